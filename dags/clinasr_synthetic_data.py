@@ -1,0 +1,94 @@
+"""Synthetic clinical speech data: lexicon -> transcripts -> multi-accent TTS -> augmentation -> manifests -> S3."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+DATASET_ASSET = Asset(name="clinasr_dataset", uri="s3://clinasr/datasets")
+
+DOC = """
+### Synthetic clinical speech data
+Builds a dataset for the priority terms and stages it as an immutable, content-addressed snapshot in the
+object store, then updates the **clinasr_dataset** Asset (the training DAG is scheduled on it).
+
+1. **transcripts** — grammar (offline) or LLM generator; PHI-looking text rejected; duplicates dropped
+2. **synthesize** — TTS across accent profiles + augmentation + NeMo manifests + dataset card (ML runtime)
+3. **stage_snapshot** — encrypted, content-addressed upload; a retry uploads nothing twice
+
+Leave *terms* empty to cover every drug in the lexicon. The dataset card (counts, hours, coverage plot,
+what was dropped and why) is stored with the snapshot.
+"""
+
+
+@dag(
+    dag_id="clinasr_synthetic_data",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["clinasr", "data"],
+    doc_md=DOC,
+    default_args={"owner": "clinasr-data", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    params={
+        "terms": Param("warfarin, levetiracetam, metoprolol, insulin glargine, apixaban", type=["string", "null"],
+                       description="Priority terms, comma-separated (empty: every drug in the lexicon)"),
+        "utterances_per_term": Param(20, type="integer", minimum=1, maximum=5000),
+        "generator": Param("grammar", enum=["grammar", "llm"]),
+        "llm_base_url": Param(None, type=["string", "null"], description="OpenAI-compatible endpoint (generator=llm)"),
+        "llm_model": Param(None, type=["string", "null"]),
+        "template_family": Param("a", enum=["a", "b", "all"], description="a: training shapes, b: held-out shapes"),
+        "seed": Param(0, type="integer", minimum=0),
+        "val_fraction": Param(0.15, type="number", minimum=0.1, maximum=0.2),
+        "augment": Param(True, type="boolean"),
+        "accent_profiles": Param(["native", "second_language", "regional"], type="array",
+                                 items={"enum": ["native", "second_language", "regional"]}),
+        "workers": Param(2, type="integer", minimum=1, maximum=64),
+        "real_manifest": Param(None, type=["string", "null"], description="real de-identified manifest to mix in"),
+        "real_ratio": Param(5.0, type="number", exclusiveMinimum=0),
+    },
+)
+def clinasr_synthetic_data():
+    @task
+    def transcripts(params=None, run_id=None) -> dict:
+        from clinasr.airflow_support import dataset_request, declare, work_dir
+        from clinasr.datasets import make_transcripts
+        from clinasr.settings import Settings
+
+        req = dataset_request(params)
+        out = make_transcripts(req, work_dir(Settings.from_env(), "clinasr_synthetic_data", run_id))
+        declare(outputs=[{"uri": out["transcripts"], "kind": "transcripts"}],
+                origin={"origin": "synthetic", "generator": out["generator"], "seed": req.seed,
+                        "lexicon_version": out["lexicon_version"], "terms": out["terms"]})
+        return {k: v for k, v in out.items() if k != "terms"} | {"terms": out["terms"][:50]}
+
+    @task(execution_timeout=timedelta(hours=6))
+    def synthesize(t: dict, params=None, run_id=None) -> dict:
+        from clinasr.airflow_support import dataset_request, declare, log, work_dir
+        from clinasr.datasets import synthesize as run
+        from clinasr.settings import Settings
+
+        req = dataset_request(params)
+        built = run(req, t, work_dir(Settings.from_env(), "clinasr_synthetic_data", run_id), log=log.info)
+        declare(inputs=[{"uri": t["transcripts"], "kind": "transcripts"}],
+                outputs=[{"uri": built["dataset_dir"], "kind": "dataset-local"}],
+                origin={"origin": "synthetic", "voices": sorted(built["card"]["per_voice"])})
+        return {"dataset_dir": built["dataset_dir"], "counts": built["card"]["counts"]}
+
+    @task(outlets=[DATASET_ASSET])
+    def stage_snapshot(built: dict, outlet_events=None) -> dict:
+        from clinasr.airflow_support import declare
+        from clinasr.datasets import stage_dataset_snapshot
+
+        snap = stage_dataset_snapshot(built["dataset_dir"])
+        outlet_events[DATASET_ASSET].extra = {"snapshot_uri": snap["uri"], "snapshot_id": snap["snapshot_id"]}
+        declare(inputs=[{"uri": built["dataset_dir"], "kind": "dataset-local"}],
+                outputs=[{"uri": snap["uri"], "sha256": snap["digest"], "size": snap["bytes"], "kind": "dataset"}])
+        return snap
+
+    stage_snapshot(synthesize(transcripts()))
+
+
+clinasr_synthetic_data()

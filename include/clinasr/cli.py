@@ -1,0 +1,160 @@
+"""``clinasr`` — a thin command line over the library (every subcommand has --help).
+
+    clinasr platform up|down|status      the local platform (S3 server, MLflow, Airflow)
+    clinasr data build ...               synthetic dataset -> object-store snapshot
+    clinasr provenance verify|lineage    read and check the provenance chain
+    clinasr demo                         run the flywheel DAGs through Airflow's REST API
+    clinasr ml-stage NAME ...            (internal) run an ML stage in the ML runtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_platform(a) -> int:
+    from clinasr import platform as P
+    from clinasr.settings import Settings
+
+    s = Settings.from_env()
+    if a.action == "up":
+        P.up(s, only=a.only)
+        print(f"\nAirflow UI  {s.airflow_url}  (user admin, password {P.airflow_admin_password(s)})")
+        print(f"MLflow UI   {s.mlflow_uri}\nS3 endpoint {s.s3_endpoint}  bucket {s.bucket}")
+    elif a.action == "down":
+        P.down(s)
+    else:
+        for r in P.status(s):
+            print(f"{r['service']:<24} {r['state']:<10} pid={r['pid'] or '-':<8} {r['url']}")
+    return 0
+
+
+def cmd_data_build(a) -> int:
+    from clinasr.datasets import DatasetRequest, build_and_stage
+
+    llm = {k: v for k, v in {"base_url": a.llm_base_url, "model": a.llm_model}.items() if v}
+    req = DatasetRequest(terms=a.terms, utterances_per_term=a.per_term, generator=a.generator,
+                         template_family=a.template_family, seed=a.seed, val_fraction=a.val_fraction,
+                         augment=not a.no_augment, workers=a.workers, real_manifest=a.real_manifest,
+                         real_ratio=a.real_ratio, accent_profiles=a.accent_profiles, llm=llm)
+    res = build_and_stage(req)
+    _print_json({"snapshot": res["snapshot"], "card": res["dataset"]["card"]["counts"]})
+    return 0
+
+
+def cmd_ml_stage(a) -> int:
+    from clinasr.mlenv import run_stage_in_process
+
+    return run_stage_in_process(a.stage, Path(a.args_json), Path(a.result_json))
+
+
+def cmd_provenance(a) -> int:
+    from clinasr import provenance as V
+
+    log = V.ProvenanceLog()
+    recs = log.records()
+    if a.action == "verify":
+        problems = V.verify(recs)
+        if a.mirror and not problems:
+            problems = V.verify_mirror(log)
+        if problems:
+            print(f"provenance chain BROKEN ({len(recs)} records):")
+            for p in problems:
+                print("  " + p)
+            return 1
+        print(f"provenance chain intact: {len(recs)} records, head {recs[-1]['hash'][:16] if recs else '-'}")
+        return 0
+    graph = V.lineage_graph(recs)
+    if a.node not in graph["nodes"]:
+        matches = [n for n in graph["nodes"] if a.node in n]
+        if len(matches) != 1:
+            print(f"no single node matches {a.node!r}; candidates: {matches[:20]}", file=sys.stderr)
+            return 2
+        a.node = matches[0]
+    walk = V.upstream if a.direction == "up" else V.downstream
+    print(a.node)
+    for n in walk(graph, a.node):
+        meta = graph["nodes"][n]
+        print(f"  {'<-' if a.direction == 'up' else '->'} {n}  [{meta.get('kind')}]")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from clinasr.demo import run_demo
+
+    return run_demo(quick=a.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clinasr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pl = sub.add_parser("platform", help="start/stop/inspect the local platform",
+                        description="Start, stop or inspect the local services (S3 server, MLflow, Airflow).")
+    pl.add_argument("action", choices=["up", "down", "status"])
+    pl.add_argument("--only", nargs="*", help="service name prefixes, e.g. s3 mlflow airflow")
+    pl.set_defaults(fn=cmd_platform)
+
+    d = sub.add_parser("data", help="synthetic clinical speech datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    b = dsub.add_parser("build", help="generate, synthesise and stage a dataset snapshot",
+                        description="Transcripts -> TTS across accents -> augmentation -> manifests -> S3 snapshot.")
+    b.add_argument("--terms", help="priority terms: comma-separated or a file (default: every drug in the lexicon)")
+    b.add_argument("--per-term", type=int, default=5, help="utterances per priority term (default 5)")
+    b.add_argument("--generator", choices=["grammar", "llm"], default="grammar")
+    b.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for --generator llm")
+    b.add_argument("--llm-model", help="model name for --generator llm")
+    b.add_argument("--template-family", choices=["a", "b", "all"], default="a",
+                   help="sentence shapes: a (training), b (held-out evaluation), all")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--val-fraction", type=float, default=0.15, help="validation share, 0.10-0.20")
+    b.add_argument("--no-augment", action="store_true", help="clean TTS audio only")
+    b.add_argument("--accent-profiles", nargs="*", help="subset of: native second_language regional")
+    b.add_argument("--workers", type=int, default=2, help="parallel TTS workers")
+    b.add_argument("--real-manifest", help="NeMo manifest of real de-identified recordings to mix in")
+    b.add_argument("--real-ratio", type=float, default=5.0, help="synthetic:real ratio (default 5)")
+    b.set_defaults(fn=cmd_data_build)
+
+    m = sub.add_parser("ml-stage", help="(internal) run one ML stage in this interpreter",
+                       description="Entry point of the ML runtime; called by clinasr.mlenv and by ML containers.")
+    m.add_argument("stage")
+    m.add_argument("--args-json", required=True)
+    m.add_argument("--result-json", required=True)
+    m.set_defaults(fn=cmd_ml_stage)
+
+    v = sub.add_parser("provenance", help="verify the provenance chain, read lineage",
+                       description="verify: check the hash chain (and its S3 mirror with --mirror). "
+                                   "lineage NODE: what NODE came from (--direction up) or what used it (down).")
+    v.add_argument("action", choices=["verify", "lineage"])
+    v.add_argument("node", nargs="?", default="", help="artifact URI or part of it (lineage)")
+    v.add_argument("--direction", choices=["up", "down"], default="up")
+    v.add_argument("--mirror", action="store_true", help="also check the object-store copies")
+    v.set_defaults(fn=cmd_provenance)
+
+    de = sub.add_parser("demo", help="run the flywheel DAGs end to end on the local platform",
+                        description="Triggers the DAGs through Airflow's REST API (as the UI does), waits, summarises.")
+    de.add_argument("--quick", action="store_true", help="smallest dataset (for tests)")
+    de.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

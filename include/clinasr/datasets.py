@@ -1,0 +1,102 @@
+"""The synthetic-data stage as three steps, shared by the CLI and the Airflow DAG:
+
+1. :func:`make_transcripts` (orchestration runtime: grammar or LLM text, PHI screening, dedupe),
+2. ``synthesize`` in the ML runtime (TTS, augmentation, manifests, card) via :mod:`clinasr.mlenv`,
+3. :func:`stage_dataset_snapshot` (content-addressed, encrypted upload to the object store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clinasr.settings import Settings
+
+
+@dataclass
+class DatasetRequest:
+    """What a data engineer asks for (the DAG's Params / the CLI's flags)."""
+
+    terms: list[str] | str | None = None      # priority terms (list, comma string or file); empty: all drugs
+    utterances_per_term: int = 100
+    generator: str = "grammar"                 # grammar | llm
+    template_family: str = "a"                 # a: training shapes, b: held-out shapes
+    seed: int = 0
+    val_fraction: float = 0.15
+    augment: bool = True
+    accent_profiles: list[str] | None = None   # default: all profiles in configs/synthesis.yaml
+    accent_mix: dict | None = None
+    workers: int = 2
+    real_manifest: str | None = None
+    real_ratio: float = 5.0
+    llm: dict = field(default_factory=dict)    # base_url, model, api_key, requests_per_minute
+
+    def validate(self) -> None:
+        if not 1 <= self.utterances_per_term <= 5000:
+            raise ValueError("utterances_per_term must be within 1..5000")
+        if not 0.1 <= self.val_fraction <= 0.2:
+            raise ValueError("val_fraction must be within 0.10..0.20")
+        if self.generator not in ("grammar", "llm"):
+            raise ValueError("generator must be 'grammar' or 'llm'")
+
+    def build_id(self) -> str:
+        """Deterministic id of this request: a retry of the same request reuses its work directory."""
+        blob = json.dumps({k: v for k, v in self.__dict__.items() if k != "llm"}, sort_keys=True, default=str)
+        return hashlib.sha256((blob + json.dumps(self.llm.get("model", ""))).encode()).hexdigest()[:12]
+
+
+def make_transcripts(req: DatasetRequest, work_dir: Path) -> dict:
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.transcripts import generate_transcripts
+
+    req.validate()
+    lex = load_lexicon()
+    terms = load_terms(req.terms, lex)
+    llm = dict(req.llm)
+    res = generate_transcripts(lex, terms, req.utterances_per_term, req.generator, req.seed, req.template_family,
+                               llm, cache_dir=work_dir / "llm-cache")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "transcripts.jsonl"
+    path.write_text("".join(json.dumps(u.to_dict()) + "\n" for u in res["utterances"]))
+    return {"transcripts": str(path), "count": len(res["utterances"]), "dropped": res["dropped"],
+            "unknown_terms": res["unknown_terms"], "generator": res["generator"], "lexicon_version": lex.version,
+            "terms": terms.terms}
+
+
+def synthesize(req: DatasetRequest, transcripts: dict, work_dir: Path, settings: Settings | None = None,
+               log=print) -> dict:
+    from clinasr import mlenv
+
+    overrides = {"accent_mix": req.accent_mix} if req.accent_mix else {}
+    args = {"transcripts": transcripts["transcripts"], "out_dir": str(work_dir / "dataset"), "seed": req.seed,
+            "workers": req.workers, "val_fraction": req.val_fraction, "augment": req.augment,
+            "accent_profiles": req.accent_profiles, "config_overrides": overrides,
+            "real_manifest": req.real_manifest, "real_ratio": req.real_ratio,
+            "meta": {"name": f"clinasr-{req.build_id()}", "generator": transcripts["generator"],
+                     "lexicon_version": transcripts["lexicon_version"], "terms": transcripts["terms"],
+                     "template_family": req.template_family,
+                     "dropped": {"transcripts": transcripts["dropped"], "unknown_terms": transcripts["unknown_terms"]}}}
+    return mlenv.run_stage("synthesize", args, settings, log=log)
+
+
+def stage_dataset_snapshot(dataset_dir: str | Path, settings: Settings | None = None) -> dict:
+    from clinasr.store import ObjectStore
+
+    snap = ObjectStore(settings).stage_snapshot(Path(dataset_dir), prefix="datasets")
+    card = json.loads((Path(dataset_dir) / "dataset_card.json").read_text())
+    return {"uri": snap.uri, "snapshot_id": snap.snapshot_id, "digest": snap.digest, "files": len(snap.files), "bytes": snap.total_bytes,
+            "counts": card["counts"], "hours": card["hours"],
+            "train_manifest": f"{snap.uri}/train_manifest.jsonl", "val_manifest": f"{snap.uri}/val_manifest.jsonl"}
+
+
+def build_and_stage(req: DatasetRequest, settings: Settings | None = None, log=print) -> dict:
+    """All three steps in one call (CLI)."""
+    settings = settings or Settings.from_env()
+    work = settings.path("work", f"dataset-{req.build_id()}")
+    t = make_transcripts(req, work)
+    log(f"transcripts: {t['count']} kept, dropped {t['dropped'] or 'none'}, unknown terms {t['unknown_terms'] or 'none'}")
+    built = synthesize(req, t, work, settings, log)
+    snap = stage_dataset_snapshot(built["dataset_dir"], settings)
+    return {"transcripts": t, "dataset": built, "snapshot": snap}

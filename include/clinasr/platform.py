@@ -1,0 +1,267 @@
+"""The local platform: start / stop / status of the embedded services on one machine.
+
+Services (each a process with a pid file and a log under ``$CLINASR_HOME/platform``):
+
+- ``s3``        moto's S3-compatible server on 127.0.0.1 (in memory: a restart empties it, and
+                staging re-uploads from the local dataset copies)
+- ``mlflow``    MLflow tracking server + model registry, SQLite backend, local artifact store
+- ``airflow-*`` Airflow 3: api-server (UI + REST), scheduler, dag-processor, triggerer; SQLite
+                metadata DB and a project-local AIRFLOW_HOME; DAGs from ``dags/``, plugins from
+                ``plugins/``; simple auth manager with a generated admin password.
+
+Production swaps these for docker-compose / managed services (see docker-compose.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clinasr.settings import REPO_ROOT, Settings
+
+
+class PlatformError(RuntimeError):
+    """A service could not be started/stopped; the message says what to do."""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    port: int | None
+    health_url: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 120.0
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def airflow_env(s: Settings) -> dict[str, str]:
+    """Environment for every Airflow process (and `airflow` CLI calls) of the local platform."""
+    home = s.path("airflow")
+    secret_file = home / "secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32))
+    pw_file = home / "simple_auth_manager_passwords.json"
+    if not pw_file.exists():
+        pw_file.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+    secret = secret_file.read_text().strip()
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url}/execution/",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(pw_file),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__API__PORT": str(s.airflow_port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__BASE_URL": s.airflow_url,
+        "AIRFLOW__API__SECRET_KEY": secret,
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        # clinasr's own settings, seen by tasks
+        "CLINASR_HOME": str(s.home),
+        "CLINASR_S3_ENDPOINT": s.s3_endpoint or "",
+        "CLINASR_BUCKET": s.bucket,
+        "MLFLOW_TRACKING_URI": s.mlflow_uri,
+        "CLINASR_ML_PYTHON": s.ml_python,
+        "CLINASR_SERVE_PORT": str(s.serve_port),
+        "PYTHONPATH": str(REPO_ROOT / "include"),
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+
+def airflow_admin_password(s: Settings) -> str:
+    airflow_env(s)
+    return json.loads((s.home / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
+
+
+def services(s: Settings) -> list[Service]:
+    mlflow_dir = s.path("mlflow")
+    af = airflow_env(s)
+    return [
+        Service("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s.s3_port)], s.s3_port,
+                f"http://127.0.0.1:{s.s3_port}/moto-api/", start_timeout=60),
+        Service("mlflow", [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
+                           "--backend-store-uri", f"sqlite:///{mlflow_dir}/mlflow.db",
+                           "--artifacts-destination", str(mlflow_dir / "artifacts"), "--workers", "1"],
+                s.mlflow_port, f"http://127.0.0.1:{s.mlflow_port}/health", start_timeout=120),
+        Service("airflow-api-server", [_bin("airflow"), "api-server", "--port", str(s.airflow_port), "--workers", "1"],
+                s.airflow_port, f"{s.airflow_url}/api/v2/monitor/health", env=af, start_timeout=180),
+        Service("airflow-scheduler", [_bin("airflow"), "scheduler"], None, None, env=af),
+        Service("airflow-dag-processor", [_bin("airflow"), "dag-processor"], None, None, env=af),
+        Service("airflow-triggerer", [_bin("airflow"), "triggerer"], None, None, env=af),
+    ]
+
+
+# -- process helpers ------------------------------------------------------------------------------
+def _pid_file(s: Settings, name: str) -> Path:
+    return s.path("platform") / f"{name}.pid"
+
+
+def _log_file(s: Settings, name: str) -> Path:
+    return s.path("platform") / f"{name}.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def running_pid(s: Settings, name: str) -> int | None:
+    pf = _pid_file(s, name)
+    if not pf.exists():
+        return None
+    try:
+        pid = int(pf.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _alive(pid) else None
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+PORT_VARS = {"s3": "CLINASR_S3_PORT", "mlflow": "CLINASR_MLFLOW_PORT", "airflow-api-server": "CLINASR_AIRFLOW_PORT"}
+
+
+def start_service(s: Settings, svc: Service, log=print) -> str:
+    pid = running_pid(s, svc.name)
+    if pid:
+        return f"{svc.name}: already running (pid {pid})"
+    if svc.port and not port_free(svc.port):
+        raise PlatformError(
+            f"{svc.name}: port {svc.port} is taken by another program. Stop that program or choose another "
+            f"port, e.g. `export {PORT_VARS.get(svc.name, 'CLINASR_..._PORT')}={svc.port + 1}`."
+        )
+    env = {**os.environ, **svc.env}
+    logf = open(_log_file(s, svc.name), "ab")
+    proc = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(s.home),
+                            start_new_session=True)
+    _pid_file(s, svc.name).write_text(str(proc.pid))
+    if svc.health_url:
+        deadline = time.time() + svc.start_timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise PlatformError(f"{svc.name} exited during start (code {proc.returncode}); see {_log_file(s, svc.name)}")
+            if _healthy(svc.health_url):
+                return f"{svc.name}: started (pid {proc.pid}) {svc.health_url}"
+            time.sleep(1)
+        raise PlatformError(f"{svc.name} did not become healthy in {svc.start_timeout:.0f}s; see {_log_file(s, svc.name)}")
+    time.sleep(1)
+    if proc.poll() is not None:
+        raise PlatformError(f"{svc.name} exited during start (code {proc.returncode}); see {_log_file(s, svc.name)}")
+    return f"{svc.name}: started (pid {proc.pid})"
+
+
+def stop_service(s: Settings, name: str, timeout: float = 30) -> str:
+    pid = running_pid(s, name)
+    _pid_file(s, name).unlink(missing_ok=True)
+    if not pid:
+        return f"{name}: not running"
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return f"{name}: stopped"
+    deadline = time.time() + timeout
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.3)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return f"{name}: stopped"
+
+
+def init_airflow(s: Settings, log=print) -> None:
+    """Migrate the metadata DB (once) and create the platform's Airflow connections (every time)."""
+    env = {**os.environ, **airflow_env(s)}
+    stamp = s.home / "airflow" / ".migrated"
+    if not stamp.exists():
+        log("airflow: migrating metadata database (first time, ~30 s)")
+        r = subprocess.run([_bin("airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
+        if r.returncode:
+            raise PlatformError(f"airflow db migrate failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        stamp.write_text("ok")
+    conns = {
+        "clinasr_s3": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None,
+                                                      "region_name": s.aws_region, "bucket": s.bucket}},
+        "clinasr_mlflow": {"conn_type": "http", "host": s.mlflow_uri},
+    }
+    f = s.home / "airflow" / "connections.json"
+    f.write_text(json.dumps(conns, indent=1))
+    r = subprocess.run([_bin("airflow"), "connections", "import", str(f), "--overwrite"], env=env,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise PlatformError(f"creating Airflow connections failed:\n{r.stderr[-2000:]}")
+
+
+def up(s: Settings | None = None, only: list[str] | None = None, log=print) -> None:
+    s = s or Settings.from_env()
+    svcs = [v for v in services(s) if not only or any(v.name.startswith(o) for o in only)]
+    if any(v.name.startswith("airflow") for v in svcs) and not running_pid(s, "airflow-api-server"):
+        init_airflow(s, log)
+    for svc in svcs:
+        log(start_service(s, svc, log))
+
+
+def down(s: Settings | None = None, log=print) -> None:
+    s = s or Settings.from_env()
+    for svc in reversed(services(s)):
+        log(stop_service(s, svc.name))
+
+
+def status(s: Settings | None = None) -> list[dict]:
+    s = s or Settings.from_env()
+    rows = []
+    for svc in services(s):
+        pid = running_pid(s, svc.name)
+        healthy = bool(pid) and (svc.health_url is None or _healthy(svc.health_url))
+        rows.append({"service": svc.name, "pid": pid, "state": "healthy" if healthy else ("unhealthy" if pid else "stopped"),
+                     "url": svc.health_url or "", "log": str(_log_file(s, svc.name))})
+    return rows

@@ -1,0 +1,259 @@
+"""Provenance: one record per task instance, append-only and hash-chained.
+
+A record answers who/what/when for a task: dag/run/task/try, trigger, start/end, host, code version,
+config hashes, parameters, inputs and outputs (URI + sha256 + size + kind), data origin and MLflow
+references. Each record holds the hash of the previous one, so :func:`verify` finds any edit,
+deletion or reordering, and reports the position of the first break.
+
+Stages declare their inputs/outputs through :func:`declare` (one small API); the Airflow listener
+in ``plugins/clinasr_provenance.py`` merges the declaration into the record it writes when the task
+instance succeeds or fails. Records live in ``$CLINASR_HOME/provenance/chain.jsonl`` and are
+mirrored to ``s3://<bucket>/provenance/`` with the store's encryption settings.
+
+Records never carry transcript text: parameters whose names suggest text are dropped, and
+declarations hold URIs and hashes, not content.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import socket
+import subprocess
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from clinasr.settings import REPO_ROOT, Settings
+
+GENESIS = "0" * 64
+TEXT_KEYS = {"text", "transcript", "prompt", "hypothesis", "reference"}
+
+
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def record_hash(record: dict) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """git sha of the checkout (with ``-dirty`` when it has local edits), else the package version."""
+    try:
+        r = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                           text=True, timeout=5)
+        sha = r.stdout.strip() if r.returncode == 0 else ""
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if sha:
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from clinasr import __version__
+
+    return f"clinasr-{__version__}"
+
+
+def config_hashes() -> dict[str, str]:
+    """sha256 of each checked-in config file (configs/), so a record pins the exact configs used."""
+    out = {}
+    for p in sorted((REPO_ROOT / "configs").rglob("*")):
+        if p.is_file():
+            out[p.relative_to(REPO_ROOT).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def scrub(params: dict | None) -> dict:
+    """Drop values that may carry transcript text (PHI) from parameters before recording them."""
+    return {k: ("<redacted>" if k.lower() in TEXT_KEYS else v) for k, v in (params or {}).items()}
+
+
+def artifact(uri: str, sha256: str | None = None, size: int | None = None, kind: str = "file", **extra) -> dict:
+    """An input/output entry; local paths are hashed when no hash is given."""
+    if sha256 is None and not uri.startswith(("s3://", "models:/", "runs:/", "http")) and Path(uri).is_file():
+        from clinasr.store import sha256_file
+
+        sha256, size = sha256_file(Path(uri)), Path(uri).stat().st_size
+    return {"uri": uri, "sha256": sha256, "size": size, "kind": kind, **extra}
+
+
+class ProvenanceLog:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.dir = self.settings.path("provenance")
+        self.chain = self.dir / "chain.jsonl"
+
+    # -- declarations (written by tasks, merged by the listener) ---------------------------------------
+    def _pending(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> Path:
+        safe = hashlib.sha1(f"{dag_id}|{run_id}|{task_id}|{try_number}".encode()).hexdigest()
+        return self.dir / "pending" / f"{safe}.json"
+
+    def declare(self, ti_key: tuple, **fields) -> Path:
+        p = self._pending(*ti_key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        merged = json.loads(p.read_text()) if p.exists() else {}
+        for k, v in fields.items():
+            if isinstance(v, list):
+                merged[k] = merged.get(k, []) + v
+            elif isinstance(v, dict):
+                merged[k] = {**merged.get(k, {}), **v}
+            else:
+                merged[k] = v
+        p.write_text(json.dumps(merged, default=str))
+        return p
+
+    def take_declaration(self, ti_key: tuple) -> dict:
+        p = self._pending(*ti_key)
+        if not p.exists():
+            return {}
+        data = json.loads(p.read_text())
+        p.unlink()
+        return data
+
+    # -- the chain ------------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self):
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def records(self) -> list[dict]:
+        if not self.chain.exists():
+            return []
+        return [json.loads(line) for line in self.chain.read_text().splitlines() if line.strip()]
+
+    def append(self, record: dict, mirror: bool = True) -> dict:
+        with self._locked():
+            recs = self.records()
+            record = {**record, "seq": len(recs), "prev_hash": recs[-1]["hash"] if recs else GENESIS,
+                      "recorded_at": datetime.now(timezone.utc).isoformat()}
+            record["hash"] = record_hash(record)
+            with open(self.chain, "a") as f:
+                f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        if mirror:
+            self._mirror(record)
+        return record
+
+    def _mirror(self, record: dict) -> None:
+        from clinasr.store import ObjectStore, StoreError
+
+        try:
+            store = ObjectStore(self.settings)
+            bucket = store.ensure_bucket()
+            store.put_bytes(canonical(record), f"s3://{bucket}/provenance/{record['seq']:08d}-{record['hash'][:16]}.json")
+        except (StoreError, OSError) as e:  # the local chain is the primary copy; say so loudly, don't fail the task
+            (self.dir / "mirror-errors.log").open("a").write(f"{record['seq']}: {e}\n")
+
+    def new_record(self, **fields) -> dict:
+        base = {
+            "host": socket.gethostname(),
+            "code_version": code_version(),
+            "config_hashes": config_hashes(),
+            "inputs": [],
+            "outputs": [],
+        }
+        base.update(fields)
+        base["params"] = scrub(base.get("params"))
+        return base
+
+
+def verify(records: list[dict]) -> list[str]:
+    """Problems in a chain, first break first; an empty list means the chain is intact."""
+    problems = []
+    prev = GENESIS
+    for i, r in enumerate(records):
+        if r.get("seq") != i:
+            problems.append(f"position {i}: sequence number {r.get('seq')} (a record was deleted or reordered)")
+        if r.get("prev_hash") != prev:
+            problems.append(f"position {i} (seq {r.get('seq')}): previous-hash link broken")
+        if record_hash(r) != r.get("hash"):
+            problems.append(f"position {i} (seq {r.get('seq')}): content does not match its hash (edited)")
+        prev = r.get("hash")
+    return problems
+
+
+def verify_mirror(log: ProvenanceLog) -> list[str]:
+    """Compare the local chain with the object-store copies (a record missing or different there)."""
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(log.settings)
+    bucket = log.settings.bucket
+    keys = set(store.list_keys(f"s3://{bucket}/provenance/"))
+    problems = []
+    for r in log.records():
+        key = f"provenance/{r['seq']:08d}-{r['hash'][:16]}.json"
+        if key not in keys:
+            problems.append(f"seq {r['seq']}: no copy in s3://{bucket}/{key}")
+    return problems
+
+
+# -- lineage --------------------------------------------------------------------------------------
+def lineage_graph(records: list[dict]) -> dict:
+    """Nodes are artifacts (URIs) and task instances; edges run input -> task -> output."""
+    nodes, edges = {}, []
+    for r in records:
+        tid = f"task:{r.get('dag_id')}/{r.get('run_id')}/{r.get('task_id')}#{r.get('try_number')}"
+        nodes[tid] = {"kind": "task", "record": r.get("seq"), "state": r.get("state"),
+                      "triggered_by": r.get("triggered_by"), "end": r.get("end_date")}
+        for a in r.get("inputs", []):
+            nodes.setdefault(a["uri"], {"kind": a.get("kind", "artifact"), "sha256": a.get("sha256")})
+            edges.append((a["uri"], tid))
+        for a in r.get("outputs", []):
+            nodes[a["uri"]] = {**nodes.get(a["uri"], {}), "kind": a.get("kind", "artifact"), "sha256": a.get("sha256")}
+            edges.append((tid, a["uri"]))
+    return {"nodes": nodes, "edges": edges}
+
+
+def upstream(graph: dict, node: str) -> list[str]:
+    """Everything ``node`` was derived from (breadth-first, nearest first)."""
+    parents: dict[str, list[str]] = {}
+    for a, b in graph["edges"]:
+        parents.setdefault(b, []).append(a)
+    return _walk(parents, node)
+
+
+def downstream(graph: dict, node: str) -> list[str]:
+    """Everything derived from ``node``."""
+    children: dict[str, list[str]] = {}
+    for a, b in graph["edges"]:
+        children.setdefault(a, []).append(b)
+    return _walk(children, node)
+
+
+def _walk(adj: dict[str, list[str]], start: str) -> list[str]:
+    seen, order, queue = {start}, [], [start]
+    while queue:
+        cur = queue.pop(0)
+        for nxt in adj.get(cur, []):
+            if nxt not in seen:
+                seen.add(nxt)
+                order.append(nxt)
+                queue.append(nxt)
+    return order
+
+
+def env_ti_key() -> tuple | None:
+    """The current task instance, when running inside an Airflow task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ctx = get_current_context()
+    except Exception:
+        return None
+    ti = ctx["ti"]
+    return (ti.dag_id, ti.run_id, ti.task_id, int(getattr(ti, "try_number", 1) or 1))
+
+
+def declare(**fields) -> None:
+    """Declare this task's inputs/outputs/origin; a no-op outside Airflow."""
+    key = env_ti_key()
+    if key is not None:
+        ProvenanceLog().declare(key, **fields)
+

@@ -1,0 +1,217 @@
+"""Object store access: the one module that talks S3.
+
+Embedded default: an S3-compatible server on 127.0.0.1 (moto's server); production: Amazon S3 with
+SSE-KMS (or MinIO in docker-compose). Same boto3 code path everywhere.
+
+Datasets are staged as immutable, content-addressed snapshots::
+
+    s3://<bucket>/datasets/<snapshot id>/<relative path>     every file of the dataset
+    s3://<bucket>/datasets/<snapshot id>/_snapshot.json      file list with sha256 + size (written last)
+
+The snapshot id is the sha256 of the file list, so the same content always lands at the same URI
+and re-running a staging task uploads nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from clinasr.settings import Settings
+
+SNAPSHOT_MARKER = "_snapshot.json"
+
+
+class StoreError(RuntimeError):
+    """The object store could not be used; the message says what to change."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    p = urlparse(uri)
+    if p.scheme != "s3" or not p.netloc:
+        raise StoreError(f"not an s3:// URI: {uri!r}")
+    return p.netloc, p.path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    uri: str
+    snapshot_id: str   # first 20 hex digits of ``digest``
+    digest: str        # sha256 of the file listing
+    files: list[dict]  # [{"path", "sha256", "size"}]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f["size"] for f in self.files)
+
+
+class ObjectStore:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            kwargs = {}
+            if self.settings.s3_endpoint:
+                kwargs["endpoint_url"] = self.settings.s3_endpoint
+                # The embedded server accepts any key; real endpoints need real credentials.
+                if _is_loopback(self.settings.s3_endpoint) and not os.environ.get("AWS_ACCESS_KEY_ID"):
+                    kwargs.update(aws_access_key_id="clinasr-local", aws_secret_access_key="clinasr-local")
+            self._client = boto3.client(
+                "s3",
+                region_name=self.settings.aws_region,
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+                **kwargs,
+            )
+        return self._client
+
+    # -- low level ---------------------------------------------------------------------------------
+    def _call(self, fn, *args, **kwargs):
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        try:
+            return fn(*args, **kwargs)
+        except NoCredentialsError:
+            raise StoreError(
+                "no AWS credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or an instance role), "
+                "or point CLINASR_S3_ENDPOINT at the embedded server (`clinasr platform up`)"
+            ) from None
+        except EndpointConnectionError:
+            raise StoreError(
+                f"object store at {self.settings.s3_endpoint} is not reachable: start it with "
+                "`clinasr platform up` or fix CLINASR_S3_ENDPOINT"
+            ) from None
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(str(e)) from None
+            raise StoreError(f"object store refused {fn.__name__}: {code} {e}") from None
+
+    def _sse_args(self) -> dict:
+        args = {"ServerSideEncryption": self.settings.sse}
+        if self.settings.sse.startswith("aws:kms") and self.settings.kms_key_id:
+            args["SSEKMSKeyId"] = self.settings.kms_key_id
+        return args
+
+    def ensure_bucket(self, bucket: str | None = None) -> str:
+        bucket = bucket or self.settings.bucket
+        try:
+            self._call(self.client.head_bucket, Bucket=bucket)
+        except (FileNotFoundError, StoreError):
+            kwargs = {"Bucket": bucket}
+            if self.settings.aws_region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.aws_region}
+            self._call(self.client.create_bucket, **kwargs)
+            self._call(self.client.put_bucket_versioning, Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        return bucket
+
+    def head(self, bucket: str, key: str) -> dict | None:
+        try:
+            return self._call(self.client.head_object, Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, uri: str) -> bool:
+        return self.head(*parse_s3_uri(uri)) is not None
+
+    def put_file(self, path: Path, uri: str, sha256: str | None = None) -> dict:
+        """Upload with server-side encryption; skip when an object with the same sha256 is there."""
+        bucket, key = parse_s3_uri(uri)
+        sha256 = sha256 or sha256_file(path)
+        head = self.head(bucket, key)
+        if head and head.get("Metadata", {}).get("sha256") == sha256:
+            return {"uri": uri, "sha256": sha256, "uploaded": False}
+        with open(path, "rb") as f:
+            self._call(
+                self.client.put_object, Bucket=bucket, Key=key, Body=f, Metadata={"sha256": sha256}, **self._sse_args()
+            )
+        return {"uri": uri, "sha256": sha256, "uploaded": True}
+
+    def put_bytes(self, data: bytes, uri: str) -> dict:
+        bucket, key = parse_s3_uri(uri)
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._call(self.client.put_object, Bucket=bucket, Key=key, Body=data, Metadata={"sha256": sha256}, **self._sse_args())
+        return {"uri": uri, "sha256": sha256}
+
+    def get_bytes(self, uri: str) -> bytes:
+        bucket, key = parse_s3_uri(uri)
+        return self._call(self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
+
+    def download(self, uri: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.get_bytes(uri))
+        return dest
+
+    def list_keys(self, uri_prefix: str) -> list[str]:
+        bucket, prefix = parse_s3_uri(uri_prefix)
+        keys, token = [], None
+        while True:
+            kwargs = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call(self.client.list_objects_v2, **kwargs)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def stage_snapshot(self, local_dir: Path, prefix: str = "datasets") -> Snapshot:
+        """Upload every file under ``local_dir`` as an immutable content-addressed snapshot."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise StoreError(f"nothing to stage: {local_dir} is not a directory")
+        files = []
+        for p in sorted(x for x in local_dir.rglob("*") if x.is_file()):
+            rel = p.relative_to(local_dir).as_posix()
+            if rel == SNAPSHOT_MARKER:
+                continue
+            files.append({"path": rel, "sha256": sha256_file(p), "size": p.stat().st_size})
+        if not files:
+            raise StoreError(f"nothing to stage: {local_dir} is empty")
+        listing = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(listing).hexdigest()
+        snapshot_id = digest[:20]
+        bucket = self.ensure_bucket()
+        base = f"s3://{bucket}/{prefix}/{snapshot_id}"
+        snap = Snapshot(uri=base, snapshot_id=snapshot_id, digest=digest, files=files)
+        if self.exists(f"{base}/{SNAPSHOT_MARKER}"):
+            return snap  # immutable and complete: a retry uploads nothing
+        for f in files:
+            self.put_file(local_dir / f["path"], f"{base}/{f['path']}", sha256=f["sha256"])
+        marker = {"snapshot_id": snapshot_id, "digest": digest, "files": files, "total_bytes": snap.total_bytes}
+        self.put_bytes(json.dumps(marker, indent=1).encode(), f"{base}/{SNAPSHOT_MARKER}")
+        return snap
+
+    def fetch_snapshot(self, uri: str, dest: Path) -> Path:
+        """Download a snapshot into ``dest`` and check every file's sha256."""
+        marker = json.loads(self.get_bytes(f"{uri.rstrip('/')}/{SNAPSHOT_MARKER}"))
+        for f in marker["files"]:
+            target = dest / f["path"]
+            if not (target.exists() and sha256_file(target) == f["sha256"]):
+                self.download(f"{uri.rstrip('/')}/{f['path']}", target)
+            if sha256_file(target) != f["sha256"]:
+                raise StoreError(f"{f['path']} in {uri} does not match its recorded sha256")
+        return dest
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

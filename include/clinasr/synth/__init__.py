@@ -1,0 +1,1 @@
+"""Synthetic clinical speech data: lexicon, transcripts, TTS, augmentation, manifests."""

