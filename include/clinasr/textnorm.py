@@ -78,7 +78,8 @@ _NUM = r"\d[\d,]*(?:\.\d+)?"
 def normalize(text: str) -> str:
     """Normalise a reference or hypothesis for scoring and for manifests."""
     t = unicodedata.normalize("NFKC", text).lower()
-    t = t.replace("’", "'").replace("µ", "µ")
+    t = t.replace("’", "'")
+    t = re.sub(r"\bo\.k\.?(?!\w)", "okay", t)
     t = re.sub(r"(\d+)(st|nd|rd|th)\b", lambda m: ordinal_words(int(m.group(1))), t)
     t = re.sub(rf"({_NUM})\s*/\s*({_NUM})", r"\1 over \2", t)  # 120/80 -> 120 over 80
     t = re.sub(rf"({_NUM})\s*(%)", r"\1 percent", t)

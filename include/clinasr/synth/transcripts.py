@@ -47,7 +47,7 @@ _PHI_PATTERNS = {
     "date": re.compile(r"\b\d{1,2}/\d{1,2}/\d{2,4}\b|\b(date of birth|dob|born on)\b", re.I),
     "email": re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b"),
     "address": re.compile(r"\b\d+\s+\w+\s+(street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln)\b", re.I),
-    "named person": re.compile(r"\b(mr|mrs|ms|miss|dr)\.?\s+[A-Z][a-z]+"),
+    "named person": re.compile(r"\b(?i:mr|mrs|ms|miss|dr)\.?\s+[A-Z][a-z]+"),
 }
 
 

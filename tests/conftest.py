@@ -1,0 +1,80 @@
+"""Shared fixtures. Each test file runs in exactly one runtime: files that declare
+``pytestmark = pytest.mark.ml`` run under the ML runtime (.venv/ml), all others under the
+orchestration runtime (.venv/orch); scripts/test.sh runs both."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ML_RUNTIME = importlib.util.find_spec("torch") is not None
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_ignore_collect(collection_path, config):
+    p = Path(collection_path)
+    if p.suffix != ".py" or not p.name.startswith("test_"):
+        return None
+    is_ml = "pytestmark = pytest.mark.ml" in p.read_text()
+    return is_ml != ML_RUNTIME
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def clinasr_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("CLINASR_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto) on loopback, for the S3 code path."""
+    moto = Path(sys.executable).parent / "moto_server"
+    if not moto.exists():  # the ML runtime has no moto: use the orchestration runtime's server
+        moto = REPO / ".venv" / "orch" / "bin" / "moto_server"
+    port = free_port()
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3_server, clinasr_home, monkeypatch, request):
+    """Settings pointing at the loopback S3 server with a bucket of this test's own."""
+    bucket = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    monkeypatch.setenv("CLINASR_S3_ENDPOINT", s3_server)
+    monkeypatch.setenv("CLINASR_BUCKET", bucket)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    from clinasr.settings import Settings
+
+    return Settings.from_env()
+
+
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,31 @@
+import subprocess
+import sys
+
+import pytest
+
+from clinasr.cli import build_parser
+
+
+def _subcommands(parser, prefix=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _subcommands(sub, prefix + (name,))
+
+
+@pytest.mark.parametrize("cmd", [()] + list(_subcommands(build_parser())), ids=lambda c: " ".join(c) or "clinasr")
+def test_every_subcommand_has_help(cmd):
+    r = subprocess.run([sys.executable, "-m", "clinasr.cli", *cmd, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "usage: clinasr" in r.stdout
+
+
+def test_bad_input_is_a_message_not_a_traceback(clinasr_home):
+    r = subprocess.run([sys.executable, "-m", "clinasr.cli", "data", "build", "--terms", "foo,bar"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "error: none of the priority terms is in the lexicon" in r.stderr
+    assert "Traceback" not in r.stderr
