@@ -84,7 +84,10 @@ class PiperEngine:
             mod = importlib.import_module(voice)
         except ImportError:
             raise TTSError(f"piper voice {voice!r} is neither an .onnx path nor an installed voice package") from None
-        return Path(mod.model_path)
+        mp = getattr(mod, "model_path", None)
+        if mp is None:
+            raise TTSError(f"package {voice!r} has no model_path: not a Piper voice package")
+        return Path(mp() if callable(mp) else mp)
 
     def has_voice(self, voice: str) -> bool:
         try:

