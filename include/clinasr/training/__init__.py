@@ -1,0 +1,1 @@
+"""Training: NeMo FastConformer-TDT fine-tuning, a CPU TDT loss, launch backends."""
