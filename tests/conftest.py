@@ -64,6 +64,34 @@ def s3_server():
     proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server + registry (SQLite backend, local artifacts) on loopback."""
+    # the server lives in the orchestration runtime (the ML runtime has only mlflow-skinny's client)
+    mlflow = REPO / ".venv" / "orch" / "bin" / "mlflow"
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{d}/db.sqlite", "--artifacts-destination", str(d / "art")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start")
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(20)
+
+
 @pytest.fixture
 def s3_env(s3_server, clinasr_home, monkeypatch, request):
     """Settings pointing at the loopback S3 server with a bucket of this test's own."""

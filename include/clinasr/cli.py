@@ -55,6 +55,21 @@ def cmd_ml_stage(a) -> int:
     return run_stage_in_process(a.stage, Path(a.args_json), Path(a.result_json))
 
 
+def cmd_ml_stage_inline(a) -> int:
+    """Container form of ml-stage: arguments inline (base64 JSON), result printed as the last line."""
+    import base64
+    import tempfile
+
+    from clinasr.mlenv import run_stage_in_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args_f, res_f = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        args_f.write_bytes(base64.b64decode(a.args_b64))
+        rc = run_stage_in_process(a.stage, args_f, res_f)
+        print(res_f.read_text())
+    return rc
+
+
 def cmd_provenance(a) -> int:
     from clinasr import provenance as V
 
@@ -128,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--args-json", required=True)
     m.add_argument("--result-json", required=True)
     m.set_defaults(fn=cmd_ml_stage)
+
+    mi = sub.add_parser("ml-stage-inline", help="(internal) ml-stage with inline arguments, for containers",
+                        description="Entry point of the ML image on SageMaker/EC2: --args-b64 is base64 JSON.")
+    mi.add_argument("stage")
+    mi.add_argument("--args-b64", required=True)
+    mi.set_defaults(fn=cmd_ml_stage_inline)
 
     v = sub.add_parser("provenance", help="verify the provenance chain, read lineage",
                        description="verify: check the hash chain (and its S3 mirror with --mirror). "

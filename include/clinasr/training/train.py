@@ -1,0 +1,339 @@
+"""The training entry point (ML runtime): NeMo FastConformer-TDT fine-tuning with MLflow tracking.
+
+``train_stage(args)`` is what every launch backend runs (locally through ``clinasr ml-stage train``, in
+the ML container on SageMaker/EC2). Arguments (JSON):
+
+    dataset          local dataset dir or s3:// snapshot URI (train_manifest.jsonl, val_manifest.jsonl)
+    base             {"config": "configs/model/fastconformer_tdt_tiny.yaml"}   build from config (new tokenizer)
+                     {"nemo": "<path or s3:// or models:/name@alias>"}           fine-tune a .nemo
+                     {"pretrained": "nvidia/parakeet-tdt-0.6b-v2"}               NeMo's from_pretrained (needs a hub)
+    trainer          path of a trainer YAML (configs/trainer/*.yaml) plus "overrides"
+    output_dir       where checkpoints, TensorBoard logs and the .nemo go
+    resume           true: continue from output_dir/checkpoints/last.ckpt if it exists
+    mlflow           {"experiment": ..., "register_as": "clinasr-asr", "tags": {...}}
+    seed
+
+Returns the MLflow run id, the registered model version (alias ``candidate``), metrics and paths.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from clinasr.settings import REPO_ROOT
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or did not produce a usable model; the message says what to change."""
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A config file; ``base: other.yaml`` (relative to the file) is deep-merged underneath."""
+    p = Path(path)
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if base := cfg.pop("base", None):
+        cfg = _merge(load_yaml(p.parent / base), cfg)
+    return cfg
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def prepare_dataset(dataset: str, work: Path, max_duration: float) -> dict:
+    """Local copies of the manifests with absolute audio paths; rows that cannot be used are reported."""
+    if dataset.startswith("s3://"):
+        from clinasr.store import ObjectStore
+
+        local = ObjectStore().fetch_snapshot(dataset, work / "dataset")
+    else:
+        local = Path(dataset)
+    out, report = {}, {}
+    work.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        src = local / f"{split}_manifest.jsonl"
+        if not src.exists():
+            raise TrainingError(f"dataset {dataset} has no {split}_manifest.jsonl: build it with `clinasr data build`")
+        rows, dropped = [], {}
+        for r in _read_manifest(src):
+            p = Path(r["audio_filepath"])
+            p = p if p.is_absolute() else local / p
+            reason = None
+            if not p.exists():
+                reason = "audio missing"
+            elif r.get("duration", 0) > max_duration:
+                reason = f"longer than max_duration {max_duration}s"
+            elif not r.get("text", "").strip():
+                reason = "empty text"
+            if reason:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            rows.append({**r, "audio_filepath": str(p)})
+        if not rows:
+            raise TrainingError(f"the {split} split of {dataset} has no usable rows ({dropped or 'empty manifest'})")
+        dst = work / f"{split}_manifest.jsonl"
+        dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[split] = str(dst)
+        report[split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4), "dropped": dropped}
+    return {"manifests": out, "report": report, "local_dir": str(local)}
+
+
+def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path) -> Path:
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
+    from clinasr.synth.lexicon import load_lexicon
+    from clinasr.textnorm import normalize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = [r["text"] for r in _read_manifest(Path(manifest))]
+    lex = load_lexicon()
+    texts += [normalize(t) for t in lex.drugs + lex["frequencies"] + lex["routes"]]  # every term is spellable
+    data = out_dir / "text.txt"
+    data.write_text("\n".join(texts) + "\n")
+    n_chars = len(set("".join(texts)))
+    vocab = max(min(vocab_size, len(set(" ".join(texts).split())) + n_chars), n_chars + 4)
+    create_spt_model(str(data), vocab, sample_size=-1, do_lower_case=True, tokenizer_type="bpe", output_dir=str(out_dir))
+    return out_dir
+
+
+def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
+    return {"manifest_filepath": manifest, "sample_rate": 16000, "batch_size": int(tcfg["batch_size"]),
+            "shuffle": shuffle, "num_workers": int(tcfg.get("num_workers", 0)), "pin_memory": False,
+            "max_duration": float(tcfg.get("max_duration", 20.0)), "min_duration": 0.1, "trim_silence": False,
+            "use_start_end_token": False,
+            **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "kaiser_fast",
+                                        "min_speed_rate": 0.9, "max_speed_rate": 1.1}}}
+               if shuffle and tcfg.get("speed_perturb") else {})}
+
+
+def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: dict, work: Path, trainer):
+    """Build or load the model. Returns (model, description)."""
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from omegaconf import OmegaConf
+
+    if "config" in base:
+        cfg = copy.deepcopy(model_cfg)
+        tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer")
+        cfg["tokenizer"] = {"dir": str(tok_dir), "type": "bpe"}
+        cfg["train_ds"] = _dataset_cfg(manifests["train"], tcfg, True)
+        cfg["validation_ds"] = _dataset_cfg(manifests["val"], tcfg, False)
+        model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg), trainer=trainer)
+        return model, f"from config {base['config']}"
+    if "nemo" in base:
+        path = resolve_nemo(base["nemo"], work)
+        try:
+            model = EncDecRNNTBPEModel.restore_from(str(path), map_location="cpu")
+        except Exception as e:
+            raise TrainingError(f"cannot load base model {base['nemo']}: {type(e).__name__}: {e}") from None
+        desc = f"fine-tune of {base['nemo']}"
+    elif "pretrained" in base:
+        try:
+            model = EncDecRNNTBPEModel.from_pretrained(base["pretrained"], map_location="cpu")
+        except Exception as e:
+            raise TrainingError(f"cannot load pretrained {base['pretrained']!r} (no hub reachable? use a .nemo "
+                                f"file via base.nemo): {type(e).__name__}: {e}") from None
+        desc = f"fine-tune of {base['pretrained']}"
+    else:
+        raise TrainingError(f"base must name one of config / nemo / pretrained (got {base})")
+    model.set_trainer(trainer)
+    with open_dict(model.cfg):
+        for key in ("optim", "spec_augment"):
+            if model_cfg and key in model_cfg:
+                model.cfg[key] = OmegaConf.create(model_cfg[key])
+    model.setup_training_data(OmegaConf.create(_dataset_cfg(manifests["train"], tcfg, True)))
+    model.setup_validation_data(OmegaConf.create(_dataset_cfg(manifests["val"], tcfg, False)))
+    if model_cfg and "optim" in model_cfg:
+        model.setup_optimization(OmegaConf.create(model_cfg["optim"]))
+    return model, desc
+
+
+def open_dict(cfg):
+    from omegaconf import open_dict as od
+
+    return od(cfg)
+
+
+def resolve_nemo(ref: str, work: Path) -> Path:
+    """A .nemo from a path, an s3:// URI or an MLflow registry reference (models:/name@alias or /version)."""
+    if ref.startswith("s3://"):
+        from clinasr.store import ObjectStore
+
+        return ObjectStore().download(ref, work / "base" / Path(ref).name)
+    if ref.startswith("models:/"):
+        from clinasr.registry import download_model
+
+        return download_model(ref, work / "base")
+    p = Path(ref)
+    if not p.exists():
+        raise TrainingError(f"base model file not found: {ref}")
+    return p
+
+
+def choose_strategy(tcfg: dict, log) -> tuple[object, str, int]:
+    """(strategy, accelerator, devices); DeepSpeed/DDP need CUDA GPUs — off-GPU falls back, with a reason."""
+    import torch
+
+    want = tcfg.get("strategy", "auto")
+    if not torch.cuda.is_available():
+        if want != "auto":
+            log(f"[train] strategy {want!r} needs CUDA GPUs; none here -> single-process CPU training")
+        return "auto", "cpu", 1
+    n = torch.cuda.device_count()
+    if want == "deepspeed_stage_2":
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
+        return DeepSpeedStrategy(config=ds_cfg), "gpu", n
+    if want == "ddp" and n > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(gradient_as_bucket_view=True), "gpu", n
+    return "auto", "gpu", 1
+
+
+def _progress_callback(total_steps: int, log, every: int = 10):
+    import lightning.pytorch as pl
+
+    class Progress(pl.Callback):
+        """step/total, loss, learning rate, audio-seconds/s and ETA in the (Airflow task) log and MLflow."""
+
+        def __init__(self):
+            self.t0 = None
+            self.audio_s = 0.0
+            self.window = (time.time(), 0.0)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if self.t0 is None:
+                self.t0 = time.time()
+            lens = batch[1] if isinstance(batch, (list, tuple)) else None
+            if lens is not None:
+                self.audio_s += float(lens.sum()) / 16000
+            step = trainer.global_step
+            if step % every == 0 or step == total_steps:
+                t, a = self.window
+                now = time.time()
+                rate = (self.audio_s - a) / max(now - t, 1e-6)
+                self.window = (now, self.audio_s)
+                done = max(step, 1)
+                eta = (now - self.t0) / done * (total_steps - step)
+                loss = outputs["loss"].item() if isinstance(outputs, dict) and "loss" in outputs else float("nan")
+                lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+                log(f"[train] step {step}/{total_steps} loss {loss:.3f} lr {lr:.2e} "
+                    f"{rate:.1f} audio-s/s ETA {eta:.0f}s")
+                module.log_dict({"throughput_audio_s_per_s": rate}, on_step=True, logger=True)
+
+    return Progress()
+
+
+def train(args: dict, log=print) -> dict:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
+    out = Path(args["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = load_yaml(args.get("trainer", "configs/trainer/cpu_demo.yaml"))
+    tcfg.update(args.get("trainer_overrides") or {})
+    base = args.get("base") or {"config": "configs/model/fastconformer_tdt_tiny.yaml"}
+    model_cfg = load_yaml(base["config"]) if "config" in base else (load_yaml(args["model_overrides"]) if args.get("model_overrides") else None)
+    seed = int(args.get("seed", 0))
+    pl.seed_everything(seed, workers=True)
+    data = prepare_dataset(args["dataset"], out / "data", float(tcfg.get("max_duration", 20.0)))
+    log(f"[train] data: {json.dumps(data['report'])}")
+
+    strategy, accelerator, devices = choose_strategy(tcfg, log)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    resume = bool(args.get("resume", True)) and last.exists()
+
+    import mlflow
+
+    mlflow_cfg = args.get("mlflow") or {}
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000"))
+    exp = mlflow.set_experiment(mlflow_cfg.get("experiment", "clinasr-training"))
+    run_id_file = out / "mlflow_run_id"
+    run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
+    run = mlflow.start_run(run_id=run_id, experiment_id=exp.experiment_id,
+                           run_name=mlflow_cfg.get("run_name"), tags=mlflow_cfg.get("tags"))
+    run_id_file.write_text(run.info.run_id)
+    try:
+        loggers = [TensorBoardLogger(str(out / "tensorboard"), name="", version="tb"),
+                   MLFlowLogger(experiment_name=exp.name, run_id=run.info.run_id,
+                                tracking_uri=mlflow.get_tracking_uri())]
+        ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
+                               save_top_k=int(tcfg.get("keep_last_k", 2)), monitor="step", mode="max",
+                               save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
+        trainer = pl.Trainer(
+            max_steps=int(tcfg["max_steps"]), accelerator=accelerator, devices=devices, strategy=strategy,
+            precision=tcfg.get("precision", "32-true"), accumulate_grad_batches=int(tcfg.get("accumulate_grad_batches", 1)),
+            gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
+            val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
+            check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
+            enable_model_summary=False, logger=loggers, callbacks=[ckpt, _progress_callback(int(tcfg["max_steps"]), log)],
+            default_root_dir=str(out), use_distributed_sampler=accelerator == "gpu" and devices > 1,
+        )
+        model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, out, trainer)
+        from clinasr.training.tdt_loss import install_cpu_tdt_loss
+
+        if reason := install_cpu_tdt_loss(model, "cuda" if accelerator == "gpu" else "cpu"):
+            log(f"[train] {reason}")
+        n_params = sum(p.numel() for p in model.parameters())
+        params = {"base": base_desc, "dataset": args["dataset"], "n_params": n_params, "seed": seed,
+                  "strategy": str(tcfg.get("strategy")), "accelerator": accelerator, "devices": devices,
+                  "resumed": resume, **{f"trainer.{k}": v for k, v in tcfg.items()}}
+        if not resume:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_dict(model_cfg or {}, "config/model.yaml")
+            mlflow.log_dict(tcfg, "config/trainer.yaml")
+            mlflow.log_dict(data["report"], "data/report.json")
+        log(f"[train] {base_desc}: {n_params / 1e6:.2f} M parameters, {tcfg['max_steps']} steps on "
+            f"{accelerator} x{devices}{' (resuming from ' + str(last) + ')' if resume else ''}")
+        t0 = time.time()
+        trainer.fit(model, ckpt_path=str(last) if resume else None)
+        elapsed = time.time() - t0
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        loss = metrics.get("train_loss", metrics.get("loss", float("nan")))
+        if math.isnan(loss) or math.isinf(loss):
+            raise TrainingError(f"training loss is {loss}: lower the learning rate or check the data; nothing registered")
+        nemo_path = out / "model.nemo"
+        model.save_to(str(nemo_path))
+        mlflow.log_artifact(str(nemo_path), "model")
+        if (out / "tensorboard").exists():
+            mlflow.log_artifacts(str(out / "tensorboard"), "tensorboard")
+        mlflow.log_metrics({"train_seconds": elapsed, "global_step": trainer.global_step})
+        result = {"mlflow_run_id": run.info.run_id, "nemo_path": str(nemo_path), "global_step": trainer.global_step,
+                  "metrics": metrics, "train_seconds": round(elapsed, 1), "n_params": n_params,
+                  "checkpoint_dir": str(ckpt_dir), "data": data["report"], "dataset": args["dataset"]}
+        if name := mlflow_cfg.get("register_as"):
+            from clinasr.registry import register_candidate
+
+            result["model_version"] = register_candidate(name, run.info.run_id, "model/model.nemo",
+                                                         tags={"dataset": args["dataset"], **(mlflow_cfg.get("tags") or {})})
+            result["model_uri"] = f"models:/{name}/{result['model_version']}"
+        mlflow.end_run()
+        return result
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+
+
+def train_stage(args: dict) -> dict:
+    """ML-runtime entry point (``clinasr ml-stage train``)."""
+    return train(args)

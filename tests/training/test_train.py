@@ -1,0 +1,82 @@
+"""Real NeMo FastConformer-TDT training on CPU (tiny config): registration, resume, bad input."""
+
+import json
+
+import pytest
+
+from clinasr.training.train import TrainingError, prepare_dataset, train
+
+pytestmark = pytest.mark.ml
+
+STEPS = {"max_steps": 12, "val_check_interval": 6, "checkpoint_every_n_steps": 6, "batch_size": 4, "keep_last_k": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.pipeline import build_dataset, load_config
+    from clinasr.synth.transcripts import generate_transcripts
+
+    lex = load_lexicon()
+    res = generate_transcripts(lex, load_terms(["warfarin", "metoprolol"], lex), 10, seed=5)
+    cfg = load_config(overrides={"accent_mix": {"native": 1.0}})
+    out = tmp_path_factory.mktemp("train-ds") / "dataset"
+    build_dataset(out, [u.to_dict() for u in res["utterances"]], config=cfg, seed=5, augment_on=False,
+                  accent_profiles=["native"], progress=False)
+    return out
+
+
+@pytest.fixture
+def tracking(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+def test_train_registers_a_candidate_and_resumes(dataset, tracking, tmp_path):
+    from mlflow import MlflowClient
+
+    logs = []
+    args = {"dataset": str(dataset), "output_dir": str(tmp_path / "run"), "trainer_overrides": STEPS,
+            "mlflow": {"experiment": "t", "register_as": "clinasr-test"}}
+    r = train(args, log=logs.append)
+    assert r["global_step"] == 12 and r["n_params"] > 100_000
+    assert any("CUDA-only" in m for m in logs) and any("step 12/12" in m for m in logs)
+    c = MlflowClient(tracking)
+    mv = c.get_model_version_by_alias("clinasr-test", "candidate")
+    assert mv.version == r["model_version"] and mv.run_id == r["mlflow_run_id"]
+    assert mv.tags["dataset"] == str(dataset)
+    run = c.get_run(r["mlflow_run_id"])
+    assert run.data.params["accelerator"] == "cpu" and "val_wer" in run.data.metrics
+    assert {a.path for a in c.list_artifacts(r["mlflow_run_id"])} >= {"model", "config", "tensorboard", "data"}
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and len(ckpts) <= 3
+
+    # resume: a longer run continues from last.ckpt in the same MLflow run, at the same LR schedule position
+    logs.clear()
+    r2 = train({**args, "trainer_overrides": {**STEPS, "max_steps": 18}}, log=logs.append)
+    assert r2["global_step"] == 18 and r2["mlflow_run_id"] == r["mlflow_run_id"]
+    assert any("resuming from" in m for m in logs)
+    assert not any("step 6/18" in m for m in logs)       # the first 12 steps were not redone
+    assert c.get_model_version_by_alias("clinasr-test", "candidate").version == r2["model_version"] != r["model_version"]
+
+    # the saved model loads and transcribes
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    m = EncDecRNNTBPEModel.restore_from(r2["nemo_path"], map_location="cpu")
+    row = json.loads((dataset / "val_manifest.jsonl").read_text().splitlines()[0])
+    hyp = m.transcribe([str(dataset / row["audio_filepath"])], batch_size=1, verbose=False)
+    assert isinstance(hyp[0].text if hasattr(hyp[0], "text") else hyp[0], str)
+
+
+def test_bad_inputs_are_clear_errors(dataset, tracking, tmp_path):
+    with pytest.raises(TrainingError, match="no train_manifest"):
+        prepare_dataset(str(tmp_path), tmp_path / "w", 20)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train_manifest.jsonl").write_text(json.dumps({"audio_filepath": "nope.wav", "duration": 1, "text": "x"}) + "\n")
+    (bad / "val_manifest.jsonl").write_text((dataset / "val_manifest.jsonl").read_text())
+    with pytest.raises(TrainingError, match="no usable rows .*audio missing"):
+        prepare_dataset(str(bad), tmp_path / "w2", 20)
+    with pytest.raises(TrainingError, match="base model file not found"):
+        train({"dataset": str(dataset), "output_dir": str(tmp_path / "o"), "base": {"nemo": str(tmp_path / "x.nemo")},
+               "trainer_overrides": STEPS, "mlflow": {"experiment": "t"}}, log=lambda m: None)
