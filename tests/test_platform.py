@@ -47,6 +47,8 @@ def test_trigger_dag_through_rest_api_with_params(platform_settings):
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     client.wait_for_dag("clinasr_synthetic_data")
+    client.wait_for_dag("clinasr_training")
+    client.pause("clinasr_training")   # trained explicitly, with few steps, in the next test
     with pytest.raises(AirflowAPIError, match="400|422"):
         client.trigger("clinasr_synthetic_data", {"utterances_per_term": 0})   # the form's validation
     run_id = client.trigger("clinasr_synthetic_data", {"terms": "warfarin, apixaban", "utterances_per_term": 2,
@@ -70,6 +72,32 @@ def test_trigger_dag_through_rest_api_with_params(platform_settings):
     assert mine[0]["triggering_user"] == "admin" and mine[0]["params"]["seed"] == 11
     assert any(o["uri"] == snap["uri"] and o["sha256"] == snap["digest"] for o in mine[-1]["outputs"])
     assert snap["uri"] in V.downstream(V.lineage_graph(recs), mine[0]["outputs"][0]["uri"])
+
+
+def test_training_dag_registers_a_candidate(platform_settings):
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    runs = client.runs("clinasr_synthetic_data")
+    snap = client.xcom("clinasr_synthetic_data", runs[0]["dag_run_id"], "stage_snapshot")
+    client.pause("clinasr_training", False)
+    run_id = client.trigger("clinasr_training", {"dataset_uri": snap["uri"], "max_steps": 4, "batch_size": 2,
+                                                 "register_as": "clinasr-platform-test"})
+    run = client.wait("clinasr_training", run_id, timeout=600)
+    assert run["state"] == "success"
+    out = client.xcom("clinasr_training", run_id, "train")
+    assert out["global_step"] == 4 and out["model_uri"] == f"models:/clinasr-platform-test/{out['model_version']}"
+    from mlflow import MlflowClient
+
+    mv = MlflowClient(s.mlflow_uri).get_model_version_by_alias("clinasr-platform-test", "candidate")
+    assert mv.version == out["model_version"]
+    from clinasr import provenance as V
+
+    rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "train"][0]
+    assert rec["inputs"][0]["uri"] == snap["uri"] and rec["outputs"][0]["uri"] == out["model_uri"]
+    assert rec["mlflow"]["run_id"] == out["mlflow_run_id"] and len(rec["outputs"][0]["sha256"]) == 64
+    # lineage: the model goes back to the dataset snapshot and the transcripts it was made from
+    up = V.upstream(V.lineage_graph(V.ProvenanceLog(s).records()), out["model_uri"])
+    assert snap["uri"] in up and any(u.endswith("transcripts.jsonl") for u in up)
 
 
 def test_port_taken_is_a_clear_message(tmp_path, monkeypatch):

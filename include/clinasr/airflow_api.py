@@ -57,6 +57,19 @@ class AirflowClient:
     def runs(self, dag_id: str) -> list[dict]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date", "limit": 20})["dag_runs"]
 
+    def pause(self, dag_id: str, paused: bool = True) -> None:
+        self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
+    def wait_for_new_run(self, dag_id: str, not_in: set[str], timeout: float = 300) -> str:
+        """The id of a run of ``dag_id`` that is not in ``not_in`` (e.g. one an asset event just started)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for r in self.runs(dag_id):
+                if r["dag_run_id"] not in not_in:
+                    return r["dag_run_id"]
+            time.sleep(3)
+        raise AirflowAPIError(f"no new run of {dag_id} appeared in {timeout:.0f}s")
+
     def wait(self, dag_id: str, run_id: str, timeout: float = 1800, log=print) -> dict:
         deadline, last = time.time() + timeout, None
         while time.time() < deadline:

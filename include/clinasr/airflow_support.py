@@ -32,3 +32,60 @@ def dataset_request(params: dict):
 
 def declare(**fields) -> None:
     provenance.declare(**fields)
+
+
+def resolve_dataset_uri(params: dict, triggering_asset_events, asset) -> str:
+    """The dataset to train on: the Param if given, else the newest triggering asset event's snapshot."""
+    if params.get("dataset_uri"):
+        return params["dataset_uri"]
+    events = list((triggering_asset_events or {}).get(asset, []) if triggering_asset_events else [])
+    for ev in reversed(events):
+        if uri := (ev.extra or {}).get("snapshot_uri"):
+            return uri
+    raise ValueError("no dataset: set the dataset_uri Param or run clinasr_synthetic_data first")
+
+
+def base_spec(base: str) -> dict:
+    kind, _, value = base.partition(":")
+    if kind not in ("config", "nemo", "pretrained") or not value:
+        raise ValueError(f"base must be config:<yaml>, nemo:<path|s3://|models:/...> or pretrained:<name> (got {base!r})")
+    return {kind: value}
+
+
+def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
+    import os
+
+    from clinasr.training.launch import AWSLaunchConfig, launch
+
+    settings = Settings.from_env()
+    out = work_dir(settings, "clinasr_training", run_id) / "train"
+    train_args = {
+        "base": base_spec(params["base"]), "trainer": params["trainer_config"], "output_dir": str(out),
+        "trainer_overrides": {"max_steps": int(params["max_steps"]), "batch_size": int(params["batch_size"])},
+        "seed": int(params["seed"]), "resume": True,
+        "mlflow": {"experiment": "clinasr-training", "register_as": params["register_as"],
+                   "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_uri),
+                   "run_name": f"airflow-{run_id}"[:120],
+                   "tags": {"airflow_run_id": run_id, "dataset_uri": dataset_uri}},
+    }
+    result = launch(params["backend"], train_args, dataset_uri, run_id, settings,
+                    AWSLaunchConfig(instance_count=int(params["instance_count"])), log=log.info)
+    if result.get("mlflow_run_id"):
+        log.info("MLflow run: %s/#/experiments/0/runs/%s", settings.mlflow_uri, result["mlflow_run_id"])
+    declare(inputs=[{"uri": dataset_uri, "kind": "dataset"}] + (
+                [{"uri": params["base"].split(":", 1)[1], "kind": "base-model"}] if not params["base"].startswith("config:") else []),
+            outputs=[{"uri": result["model_uri"], "kind": "model", "sha256": _sha(result.get("nemo_path"))}]
+            if result.get("model_uri") else [],
+            mlflow={"run_id": result.get("mlflow_run_id"), "model_version": result.get("model_version")})
+    return {k: v for k, v in result.items() if k in ("backend", "job_name", "mlflow_run_id", "model_version", "model_uri",
+                                                    "global_step", "train_seconds", "metrics", "n_params")}
+
+
+def _sha(path):
+    from pathlib import Path
+
+    if not path or not Path(path).exists():
+        return None
+    from clinasr.store import sha256_file
+
+    return sha256_file(Path(path))

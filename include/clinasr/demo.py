@@ -15,11 +15,13 @@ DEMO_TERMS = "warfarin, levetiracetam, metoprolol, apixaban, insulin glargine, f
 def run_demo(quick: bool = False, log=print) -> int:
     s = Settings.from_env()
     t0 = time.time()
-    log("== 1/3 local platform")
+    log("== 1/4 local platform")
     P.up(s, log=log)
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
-    log("== 2/3 synthetic clinical speech data (DAG clinasr_synthetic_data)")
+    log("== 2/4 synthetic clinical speech data (DAG clinasr_synthetic_data)")
     client.wait_for_dag("clinasr_synthetic_data")
+    client.wait_for_dag("clinasr_training")
+    earlier_training = {r["dag_run_id"] for r in client.runs("clinasr_training")}
     conf = {"terms": "warfarin, levetiracetam, metoprolol" if quick else DEMO_TERMS,
             "utterances_per_term": 3 if quick else 12, "seed": 7}
     run_id = client.trigger("clinasr_synthetic_data", conf, note="clinasr demo")
@@ -28,9 +30,19 @@ def run_demo(quick: bool = False, log=print) -> int:
         log(f"clinasr_synthetic_data failed: see {s.airflow_url}/dags/clinasr_synthetic_data/runs")
         return 1
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
-    log("== 3/3 summary")
+    log("== 3/4 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
+    train_run = client.wait_for_new_run("clinasr_training", earlier_training)
+    run = client.wait("clinasr_training", train_run, timeout=3600, log=log)
+    if run["state"] != "success":
+        log(f"clinasr_training failed: see {s.airflow_url}/dags/clinasr_training/runs")
+        return 1
+    trained = client.xcom("clinasr_training", train_run, "train")
+    log("== 4/4 summary")
     log(f"dataset snapshot   {snap['uri']}  ({snap['counts']['train']} train / {snap['counts']['val']} val rows, "
         f"{(snap['hours']['train'] + snap['hours']['val']) * 60:.1f} min of audio)")
+    log(f"candidate model    {trained['model_uri']}  ({trained['n_params'] / 1e6:.2f} M parameters, "
+        f"{trained['global_step']} steps in {trained['train_seconds']:.0f}s, val WER "
+        f"{trained['metrics'].get('val_wer', float('nan')):.3f})")
     log(f"provenance         {s.home / 'provenance' / 'chain.jsonl'}  (`clinasr provenance verify`)")
     log(f"Airflow UI         {s.airflow_url}  user admin / password {P.airflow_admin_password(s)}")
     log(f"MLflow UI          {s.mlflow_uri}")
