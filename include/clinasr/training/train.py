@@ -216,7 +216,8 @@ def _progress_callback(total_steps: int, log, every: int = 10):
         def __init__(self):
             self.t0 = None
             self.audio_s = 0.0
-            self.window = (time.time(), 0.0)
+            self.window = (time.time(), 0.0, 0)
+            self.rates: list[tuple[float, float]] = []   # (audio-s/s, s/step) per window
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             if self.t0 is None:
@@ -226,10 +227,12 @@ def _progress_callback(total_steps: int, log, every: int = 10):
                 self.audio_s += float(lens.sum()) / 16000
             step = trainer.global_step
             if step % every == 0 or step == total_steps:
-                t, a = self.window
+                t, a, s0 = self.window
                 now = time.time()
                 rate = (self.audio_s - a) / max(now - t, 1e-6)
-                self.window = (now, self.audio_s)
+                if step > s0:
+                    self.rates.append((rate, (now - t) / (step - s0)))
+                self.window = (now, self.audio_s, step)
                 done = max(step, 1)
                 eta = (now - self.t0) / done * (total_steps - step)
                 loss = outputs["loss"].item() if isinstance(outputs, dict) and "loss" in outputs else float("nan")
@@ -263,9 +266,9 @@ def train(args: dict, log=print) -> dict:
     last = ckpt_dir / "last.ckpt"
     resume = bool(args.get("resume", True)) and last.exists()
 
-    import mlflow
-
     mlflow_cfg = args.get("mlflow") or {}
+    # benchmarks on machines without a tracking server run with {"enabled": false}: no tracking, no registry
+    mlflow = _Tracking() if mlflow_cfg.get("enabled", True) is False else __import__("mlflow")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000"))
     exp = mlflow.set_experiment(mlflow_cfg.get("experiment", "clinasr-training"))
     run_id_file = out / "mlflow_run_id"
@@ -274,19 +277,21 @@ def train(args: dict, log=print) -> dict:
                            run_name=mlflow_cfg.get("run_name"), tags=mlflow_cfg.get("tags"))
     run_id_file.write_text(run.info.run_id)
     try:
-        loggers = [TensorBoardLogger(str(out / "tensorboard"), name="", version="tb"),
-                   MLFlowLogger(experiment_name=exp.name, run_id=run.info.run_id,
-                                tracking_uri=mlflow.get_tracking_uri())]
+        loggers = [TensorBoardLogger(str(out / "tensorboard"), name="", version="tb")]
+        if not isinstance(mlflow, _Tracking):
+            loggers.append(MLFlowLogger(experiment_name=exp.name, run_id=run.info.run_id,
+                                        tracking_uri=mlflow.get_tracking_uri()))
         ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
                                save_top_k=int(tcfg.get("keep_last_k", 2)), monitor="step", mode="max",
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
+        progress = _progress_callback(int(tcfg["max_steps"]), log, every=int(tcfg.get("log_every_n_steps", 10)))
         trainer = pl.Trainer(
             max_steps=int(tcfg["max_steps"]), accelerator=accelerator, devices=devices, strategy=strategy,
             precision=tcfg.get("precision", "32-true"), accumulate_grad_batches=int(tcfg.get("accumulate_grad_batches", 1)),
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
-            enable_model_summary=False, logger=loggers, callbacks=[ckpt, _progress_callback(int(tcfg["max_steps"]), log)],
+            enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress],
             default_root_dir=str(out), use_distributed_sampler=accelerator == "gpu" and devices > 1,
         )
         model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, out, trainer)
@@ -309,6 +314,12 @@ def train(args: dict, log=print) -> dict:
         trainer.fit(model, ckpt_path=str(last) if resume else None)
         elapsed = time.time() - t0
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        steady = progress.rates[1:] or progress.rates   # the first window holds warm-up
+        if steady:
+            import statistics
+
+            metrics["median_audio_s_per_s"] = statistics.median(r for r, _ in steady)
+            metrics["median_s_per_step"] = statistics.median(t for _, t in steady)
         loss = metrics.get("train_loss", metrics.get("loss", float("nan")))
         if math.isnan(loss) or math.isinf(loss):
             raise TrainingError(f"training loss is {loss}: lower the learning rate or check the data; nothing registered")
@@ -317,11 +328,13 @@ def train(args: dict, log=print) -> dict:
         mlflow.log_artifact(str(nemo_path), "model")
         if (out / "tensorboard").exists():
             mlflow.log_artifacts(str(out / "tensorboard"), "tensorboard")
+        if accelerator == "gpu":
+            metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         mlflow.log_metrics({"train_seconds": elapsed, "global_step": trainer.global_step})
         result = {"mlflow_run_id": run.info.run_id, "nemo_path": str(nemo_path), "global_step": trainer.global_step,
                   "metrics": metrics, "train_seconds": round(elapsed, 1), "n_params": n_params,
                   "checkpoint_dir": str(ckpt_dir), "data": data["report"], "dataset": args["dataset"]}
-        if name := mlflow_cfg.get("register_as"):
+        if (name := mlflow_cfg.get("register_as")) and not isinstance(mlflow, _Tracking):
             from clinasr.registry import register_candidate
 
             result["model_version"] = register_candidate(name, run.info.run_id, "model/model.nemo",
@@ -332,6 +345,23 @@ def train(args: dict, log=print) -> dict:
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
+
+
+class _Tracking:
+    """Stands in for the mlflow module when tracking is disabled (benchmarks): records nothing."""
+
+    class _Obj:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def set_experiment(self, name):
+        return self._Obj(experiment_id="0", name=name)
+
+    def start_run(self, **kw):
+        return self._Obj(info=self._Obj(run_id="untracked"))
 
 
 def train_stage(args: dict) -> dict:

@@ -1,0 +1,114 @@
+"""GPU training benchmark at Parakeet-0.6B scale (random init from configs/model/parakeet_tdt_0.6b.yaml).
+
+Runs clinasr's own training entry point (clinasr.training.train) for a few dozen steps per strategy, each
+in its own process, on random-noise audio of 2-12 s with lexicon sentences (no TTS on the GPU machine),
+and reports s/step, audio-seconds/s and peak GPU memory, as ratios against plain single-GPU bf16 in the
+same run. Also checkpoint + resume (a run stopped at N steps continues to 2N from last.ckpt).
+
+    python bench/bench_gpu_training.py --configs plain,zero2,zero2_offload --steps 30 --out $OUT
+
+Writes <out>/gpu_training.json. The exact commands used for the committed results are in
+bench/results/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {
+    # name: trainer overrides (on top of configs/trainer/gpu_finetune.yaml)
+    "plain": {"strategy": "auto", "precision": "bf16-mixed"},
+    "zero2": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "precision": "32-true"},
+    "zero2_offload": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2_offload.json",
+                      "precision": "32-true"},
+}
+
+
+def make_dataset(d: Path, n: int, seed: int = 0) -> Path:
+    import numpy as np
+
+    from clinasr.audio import write_wav
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.transcripts import GrammarGenerator
+
+    lex = load_lexicon()
+    texts = [u.text for u in GrammarGenerator(lex, seed).generate(load_terms(lex.drugs[:40], lex), max(1, n // 40 + 1))]
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    rows = []
+    (d / "audio").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        dur = rng.uniform(2, 12)
+        write_wav(d / "audio" / f"{i}.wav", (nrng.standard_normal(int(dur * 16000)) * 0.05).astype("float32"))
+        rows.append({"audio_filepath": f"audio/{i}.wav", "duration": round(dur, 3), "text": texts[i % len(texts)]})
+    (d / "train_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "val_manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    return d
+
+
+def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_from: Path | None = None) -> dict:
+    overrides = {**CONFIGS[name.replace("_resume", "")], "max_steps": steps, "batch_size": batch,
+                 "val_check_interval": 10**6, "checkpoint_every_n_steps": max(steps // 2, 1), "num_workers": 4,
+                 "log_every_n_steps": 5}
+    args = {"dataset": str(dataset), "output_dir": str(resume_from or out / name), "trainer": "configs/trainer/gpu_finetune.yaml",
+            "trainer_overrides": overrides, "base": {"config": "configs/model/parakeet_tdt_0.6b.yaml"},
+            "mlflow": {"enabled": False}, "resume": resume_from is not None}
+    af, rf = out / f"{name}.args.json", out / f"{name}.result.json"
+    af.write_text(json.dumps(args))
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "clinasr.cli", "ml-stage", "train", "--args-json", str(af),
+                        "--result-json", str(rf)], capture_output=True, text=True)
+    (out / f"{name}.log").write_text(p.stdout[-20000:] + p.stderr[-20000:])
+    res = json.loads(rf.read_text()) if rf.exists() else {"error": p.stderr[-2000:]}
+    res["wall_s"] = round(time.time() - t0, 1)
+    res["config"] = name
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="plain,zero2,zero2_offload")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--utterances", type=int, default=600)
+    ap.add_argument("--resume", action="store_true", help="also: stop plain at steps, resume to 2*steps")
+    ap.add_argument("--out", default="bench/out")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = make_dataset(out / "data", a.utterances)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    rows = [run_one(c, ds, out, a.steps, a.batch) for c in a.configs.split(",") if c]
+    if a.resume:
+        first = next((r for r in rows if r["config"] == "plain"), None) or run_one("plain", ds, out, a.steps, a.batch)
+        rows.append(run_one("plain_resume", ds, out, 2 * a.steps, a.batch, resume_from=out / "plain"))
+        rows[-1]["resumed_from_step"] = first.get("global_step")
+    summary = []
+    base = next((r for r in rows if r["config"] == "plain" and "metrics" in r), None)
+    for r in rows:
+        m = r.get("metrics", {})
+        row = {"config": r["config"], "global_step": r.get("global_step"), "error": r.get("error"),
+               "s_per_step": m.get("median_s_per_step"), "audio_s_per_s": m.get("median_audio_s_per_s"),
+               "peak_gpu_gib": m.get("peak_gpu_mem_gib"), "n_params": r.get("n_params"), "wall_s": r["wall_s"],
+               "final_loss": m.get("train_loss")}
+        if base and row["audio_s_per_s"]:
+            row["throughput_vs_plain"] = round(row["audio_s_per_s"] / base["metrics"]["median_audio_s_per_s"], 3)
+            row["memory_vs_plain"] = round(row["peak_gpu_gib"] / base["metrics"]["peak_gpu_mem_gib"], 3)
+        summary.append(row)
+        print(json.dumps(row), flush=True)
+    (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                                       "steps": a.steps, "batch": a.batch, "rows": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
