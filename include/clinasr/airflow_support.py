@@ -71,7 +71,8 @@ def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
     result = launch(params["backend"], train_args, dataset_uri, run_id, settings,
                     AWSLaunchConfig(instance_count=int(params["instance_count"])), log=log.info)
     if result.get("mlflow_run_id"):
-        log.info("MLflow run: %s/#/experiments/0/runs/%s", settings.mlflow_uri, result["mlflow_run_id"])
+        log.info("MLflow run: %s/#/experiments/%s/runs/%s", settings.mlflow_uri, result.get("mlflow_experiment_id", "0"),
+                 result["mlflow_run_id"])
     declare(inputs=[{"uri": dataset_uri, "kind": "dataset"}] + (
                 [{"uri": params["base"].split(":", 1)[1], "kind": "base-model"}] if not params["base"].startswith("config:") else []),
             outputs=[{"uri": result["model_uri"], "kind": "model", "sha256": _sha(result.get("nemo_path"))}]

@@ -30,6 +30,7 @@ from clinasr import audio as A
 from clinasr.settings import REPO_ROOT
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "synthesis.yaml"
+TTS_ATTEMPTS = 2
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -61,13 +62,19 @@ def render_row(utt: dict, voice: dict, cfg: dict, out_dir: str, augment_on: bool
     v = tts.Voice(**voice)
     rng = random.Random(f"{seed}|{utt['utt_id']}|voice")
     lim = cfg["limits"]
-    try:
-        x, params = tts.render(utt["text"], v, rng, cfg.get("voice_variation", {}))
-        A.check(x, A.TARGET_SR, lim["min_duration_s"], lim["max_duration_s"], lim["min_rms"])
-    except (tts.TTSError, A.AudioError) as e:
-        return {"utt_id": utt["utt_id"], "quarantine": str(e), "voice": v.voice_id, "stage": "tts"}
-    except Exception as e:  # an engine crash on one row must not end the run
-        return {"utt_id": utt["utt_id"], "quarantine": f"{type(e).__name__}: {e}", "voice": v.voice_id, "stage": "tts"}
+    error = None
+    for attempt in range(TTS_ATTEMPTS):  # engines fail transiently now and then: retry, then quarantine
+        try:
+            x, params = tts.render(utt["text"], v, rng, cfg.get("voice_variation", {}))
+            A.check(x, A.TARGET_SR, lim["min_duration_s"], lim["max_duration_s"], lim["min_rms"])
+            break
+        except (tts.TTSError, A.AudioError) as e:
+            error = str(e)
+        except Exception as e:  # an engine crash on one row must not end the run
+            error = f"{type(e).__name__}: {e}"
+    else:
+        return {"utt_id": utt["utt_id"], "quarantine": f"{error} (after {TTS_ATTEMPTS} attempts)", "voice": v.voice_id,
+                "stage": "tts"}
     applied: list[dict] = []
     if augment_on:
         aug_seed = int(hashlib.sha256(f"{seed}|{utt['utt_id']}|aug".encode()).hexdigest()[:8], 16)

@@ -10,6 +10,8 @@ Every engine returns float32 16 kHz mono audio.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 import tempfile
 from dataclasses import dataclass
@@ -62,7 +64,8 @@ class EspeakEngine:
             except Exception:  # older drivers have no pitch property
                 pass
             e.save_to_file(text, str(out))
-            e.runAndWait()
+            with contextlib.redirect_stdout(io.StringIO()):  # pyttsx3 prints a line per saved file
+                e.runAndWait()
             if not out.exists() or out.stat().st_size <= 44:
                 raise TTSError(f"espeak-ng produced no audio for voice {voice}")
             return load(out, TARGET_SR)

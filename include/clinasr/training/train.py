@@ -117,7 +117,7 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
             "shuffle": shuffle, "num_workers": int(tcfg.get("num_workers", 0)), "pin_memory": False,
             "max_duration": float(tcfg.get("max_duration", 20.0)), "min_duration": 0.1, "trim_silence": False,
             "use_start_end_token": False,
-            **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "kaiser_fast",
+            **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "fft",
                                         "min_speed_rate": 0.9, "max_speed_rate": 1.1}}}
                if shuffle and tcfg.get("speed_perturb") else {})}
 
@@ -331,7 +331,7 @@ def train(args: dict, log=print) -> dict:
         if accelerator == "gpu":
             metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         mlflow.log_metrics({"train_seconds": elapsed, "global_step": trainer.global_step})
-        result = {"mlflow_run_id": run.info.run_id, "nemo_path": str(nemo_path), "global_step": trainer.global_step,
+        result = {"mlflow_run_id": run.info.run_id, "mlflow_experiment_id": exp.experiment_id, "nemo_path": str(nemo_path), "global_step": trainer.global_step,
                   "metrics": metrics, "train_seconds": round(elapsed, 1), "n_params": n_params,
                   "checkpoint_dir": str(ckpt_dir), "data": data["report"], "dataset": args["dataset"]}
         if (name := mlflow_cfg.get("register_as")) and not isinstance(mlflow, _Tracking):
