@@ -55,7 +55,7 @@ def base_spec(base: str) -> dict:
 def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
     import os
 
-    from clinasr.training.launch import AWSLaunchConfig, launch
+    from clinasr.training.launch import AWSLaunchConfig, launch, wait_for_job
 
     settings = Settings.from_env()
     out = work_dir(settings, "clinasr_training", run_id) / "train"
@@ -70,6 +70,7 @@ def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
     }
     result = launch(params["backend"], train_args, dataset_uri, run_id, settings,
                     AWSLaunchConfig(instance_count=int(params["instance_count"])), log=log.info)
+    result = wait_for_job(result, log=log.info)  # AWS jobs: wait here; the job registers its model in MLflow
     if result.get("mlflow_run_id"):
         log.info("MLflow run: %s/#/experiments/%s/runs/%s", settings.mlflow_uri, result.get("mlflow_experiment_id", "0"),
                  result["mlflow_run_id"])

@@ -54,7 +54,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
-        home = Path(os.environ.get("CLINASR_HOME", REPO_ROOT / ".run")).resolve()
+        home = Path(os.environ.get("CLINASR_HOME") or REPO_ROOT / ".run").resolve()
         s3_port = _port("CLINASR_S3_PORT", 19000)
         mlflow_port = _port("CLINASR_MLFLOW_PORT", 15000)
         endpoint = os.environ.get("CLINASR_S3_ENDPOINT", f"http://127.0.0.1:{s3_port}")

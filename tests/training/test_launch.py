@@ -6,7 +6,8 @@ import json
 import boto3
 import pytest
 
-from clinasr.training.launch import AWSLaunchConfig, ec2_request, job_name, launch, sagemaker_request, terminate_ec2
+from clinasr.training.launch import (AWSLaunchConfig, ec2_request, job_name, launch, sagemaker_request, terminate_ec2,
+                                     wait_for_job)
 
 ARGS = {"base": {"nemo": "s3://clinasr/models/base.nemo"}, "trainer": "configs/trainer/gpu_finetune.yaml",
         "mlflow": {"experiment": "clinasr", "register_as": "clinasr-asr"}}
@@ -81,3 +82,17 @@ def test_ec2_backend_launches_tags_and_cleans_up(aws):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown launch backend"):
         launch("k8s", ARGS, DS, "r")
+
+
+def test_waiting_for_a_sagemaker_job(aws):
+    h = launch("sagemaker", ARGS, DS, "run-3", aws=AWSLaunchConfig())
+    done = wait_for_job(h, poll_s=0.1, timeout_s=30, log=lambda m: None)
+    assert done["status"] == "Completed"
+
+
+def test_ec2_instances_are_terminated_when_waiting_fails(aws):
+    h = launch("ec2", ARGS, DS, "run-4", aws=AWSLaunchConfig(instance_count=2))
+    with pytest.raises(TimeoutError):
+        wait_for_job(h, poll_s=0.1, timeout_s=0.2, log=lambda m: None)
+    states = boto3.client("ec2").describe_instances(InstanceIds=h["instance_ids"])
+    assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} <= {"shutting-down", "terminated"}

@@ -67,6 +67,17 @@ def test_train_registers_a_candidate_and_resumes(dataset, tracking, tmp_path):
     hyp = m.transcribe([str(dataset / row["audio_filepath"])], batch_size=1, verbose=False)
     assert isinstance(hyp[0].text if hasattr(hyp[0], "text") else hyp[0], str)
 
+    # fine-tune the registered model (registry reference), keeping its tokenizer, then with a new vocabulary
+    ft = train({**args, "output_dir": str(tmp_path / "ft"), "base": {"nemo": "models:/clinasr-test@candidate"},
+                "trainer_overrides": {**STEPS, "max_steps": 4}}, log=logs.append)
+    assert ft["global_step"] == 4 and ft["n_params"] == r2["n_params"]
+    assert any("fine-tune of models:/clinasr-test@candidate" in m for m in logs)
+    logs.clear()
+    nv = train({**args, "output_dir": str(tmp_path / "nv"), "trainer_overrides": {**STEPS, "max_steps": 2},
+                "base": {"nemo": r2["nemo_path"], "change_vocabulary": True},
+                "mlflow": {"experiment": "t"}}, log=logs.append)
+    assert nv["global_step"] == 2 and any("vocabulary" in m for m in logs)
+
 
 def test_bad_inputs_are_clear_errors(dataset, tracking, tmp_path):
     with pytest.raises(TrainingError, match="no train_manifest"):

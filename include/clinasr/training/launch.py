@@ -176,6 +176,53 @@ def launch(backend: str, train_args: dict, dataset_uri: str, run_key: str, setti
     raise ValueError(f"unknown launch backend {backend!r}: use local, sagemaker or ec2")
 
 
+def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 3600, log=print) -> dict:
+    """Block until an AWS training job ends (the local backend has already ended).
+
+    SageMaker: polls DescribeTrainingJob; a Failed/Stopped job raises with SageMaker's failure reason.
+    EC2: polls the job's instances until all have terminated (each node shuts itself down after uploading
+    its outputs); on timeout or any error the instances are terminated — they are never left running.
+    """
+    import time
+
+    import boto3
+
+    if handle["backend"] == "local":
+        return handle
+    deadline = time.time() + timeout_s
+    if handle["backend"] == "sagemaker":
+        sm = boto3.client("sagemaker")
+        while True:
+            job = sm.describe_training_job(TrainingJobName=handle["job_name"])
+            status = job["TrainingJobStatus"]
+            log(f"[launch] SageMaker job {handle['job_name']}: {status} ({job.get('SecondaryStatus', '')})")
+            if status == "Completed":
+                return {**handle, "status": status, "model_artifacts": job.get("ModelArtifacts", {}).get("S3ModelArtifacts")}
+            if status in ("Failed", "Stopped"):
+                raise RuntimeError(f"SageMaker job {handle['job_name']} {status}: {job.get('FailureReason', 'no reason given')}")
+            if time.time() > deadline:
+                sm.stop_training_job(TrainingJobName=handle["job_name"])
+                raise TimeoutError(f"SageMaker job {handle['job_name']} still {status} after {timeout_s:.0f}s: stopped it")
+            time.sleep(poll_s)
+    if handle["backend"] == "ec2":
+        ec2 = boto3.client("ec2")
+        try:
+            while True:
+                res = ec2.describe_instances(InstanceIds=handle["instance_ids"])
+                states = [i["State"]["Name"] for r in res["Reservations"] for i in r["Instances"]]
+                log(f"[launch] EC2 job {handle['job_name']}: {', '.join(states)}")
+                if all(st == "terminated" for st in states):
+                    return {**handle, "status": "terminated"}
+                if time.time() > deadline:
+                    raise TimeoutError(f"EC2 job {handle['job_name']} still running after {timeout_s:.0f}s")
+                time.sleep(poll_s)
+        except BaseException:
+            log(f"[launch] terminating the instances of {handle['job_name']}")
+            terminate_ec2(handle["job_name"])
+            raise
+    raise ValueError(f"unknown backend in {handle}")
+
+
 def terminate_ec2(job: str) -> list[str]:
     """Cleanup for the EC2 backend: terminate every instance of the job (idempotent)."""
     import boto3

@@ -5,7 +5,8 @@ the ML container on SageMaker/EC2). Arguments (JSON):
 
     dataset          local dataset dir or s3:// snapshot URI (train_manifest.jsonl, val_manifest.jsonl)
     base             {"config": "configs/model/fastconformer_tdt_tiny.yaml"}   build from config (new tokenizer)
-                     {"nemo": "<path or s3:// or models:/name@alias>"}           fine-tune a .nemo
+                     {"nemo": "<path or s3:// or models:/name@alias>"}           fine-tune a .nemo (its tokenizer is kept;
+                                                                 "change_vocabulary": true trains a new one)
                      {"pretrained": "nvidia/parakeet-tdt-0.6b-v2"}               NeMo's from_pretrained (needs a hub)
     trainer          path of a trainer YAML (configs/trainer/*.yaml) plus "overrides"
     output_dir       where checkpoints, TensorBoard logs and the .nemo go
@@ -152,6 +153,12 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     else:
         raise TrainingError(f"base must name one of config / nemo / pretrained (got {base})")
     model.set_trainer(trainer)
+    if base.get("change_vocabulary"):  # default: keep the base tokenizer; decoder/joint are re-initialised
+        vocab = int((model_cfg or {}).get("tokenizer", {}).get("vocab_size", model.tokenizer.vocab_size))
+        tok_dir = train_tokenizer(manifests["train"], vocab, work / "tokenizer")
+        model.change_vocabulary(new_tokenizer_dir=str(tok_dir), new_tokenizer_type="bpe")
+        _restore_tdt_loss(model)
+        desc += f" with a new {model.tokenizer.vocab_size}-token vocabulary"
     with open_dict(model.cfg):
         for key in ("optim", "spec_augment"):
             if model_cfg and key in model_cfg:
@@ -161,6 +168,23 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     if model_cfg and "optim" in model_cfg:
         model.setup_optimization(OmegaConf.create(model_cfg["optim"]))
     return model, desc
+
+
+def _restore_tdt_loss(model) -> None:
+    """NeMo 3.0's change_vocabulary rebuilds the loss as a plain RNN-T loss whose blank index counts the
+    TDT duration outputs; rebuild it as the model's configured TDT loss with the right blank."""
+    from nemo.collections.asr.losses.rnnt import RNNTLoss
+    from omegaconf import OmegaConf
+
+    loss_cfg = model.cfg.get("loss", {})
+    if loss_cfg.get("loss_name") not in ("tdt", "tdt_pytorch"):
+        return
+    extra = getattr(model.joint, "num_extra_outputs", 0)
+    kwargs = OmegaConf.to_container(loss_cfg.get("tdt_kwargs", {}), resolve=True)
+    model.loss = RNNTLoss(num_classes=model.joint.num_classes_with_blank - 1 - extra, loss_name=loss_cfg["loss_name"],
+                          loss_kwargs=kwargs, reduction=model.cfg.get("rnnt_reduction", "mean_batch"))
+    if getattr(model.joint, "fuse_loss_wer", False):
+        model.joint.set_loss(model.loss)
 
 
 def open_dict(cfg):
@@ -311,7 +335,12 @@ def train(args: dict, log=print) -> dict:
         log(f"[train] {base_desc}: {n_params / 1e6:.2f} M parameters, {tcfg['max_steps']} steps on "
             f"{accelerator} x{devices}{' (resuming from ' + str(last) + ')' if resume else ''}")
         t0 = time.time()
-        trainer.fit(model, ckpt_path=str(last) if resume else None)
+        try:
+            trainer.fit(model, ckpt_path=str(last) if resume else None)
+        except torch.OutOfMemoryError:
+            raise TrainingError(f"out of GPU memory at batch_size {tcfg['batch_size']}: lower batch_size, raise "
+                                "accumulate_grad_batches, or use strategy deepspeed_stage_2 with "
+                                "configs/deepspeed/zero2_offload.json; nothing registered") from None
         elapsed = time.time() - t0
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         steady = progress.rates[1:] or progress.rates   # the first window holds warm-up
