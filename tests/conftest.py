@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,31 @@ def clinasr_home(tmp_path, monkeypatch):
     return home
 
 
+@contextmanager
+def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float = 120):
+    """Start a real server process on loopback, wait for its health URL, stop it afterwards."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{Path(argv[0]).name} exited with {proc.returncode}")
+            try:
+                urllib.request.urlopen(url + health_path, timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"{Path(argv[0]).name} did not become healthy in {timeout_s:.0f}s") from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(20)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible HTTP server (moto) on loopback, for the S3 code path."""
@@ -47,21 +73,8 @@ def s3_server():
     if not moto.exists():  # the ML runtime has no moto: use the orchestration runtime's server
         moto = REPO / ".venv" / "orch" / "bin" / "moto_server"
     port = free_port()
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with _http_service([str(moto), "-H", "127.0.0.1", "-p", str(port)], "/moto-api/", port) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -71,25 +84,10 @@ def mlflow_server(tmp_path_factory):
     mlflow = REPO / ".venv" / "orch" / "bin" / "mlflow"
     d = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{d}/db.sqlite", "--artifacts-destination", str(d / "art")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not start")
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(20)
+    with _http_service([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                        "--backend-store-uri", f"sqlite:///{d}/db.sqlite", "--artifacts-destination", str(d / "art")],
+                       "/health", port) as url:
+        yield url
 
 
 @pytest.fixture
