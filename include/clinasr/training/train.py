@@ -233,6 +233,7 @@ def choose_strategy(tcfg: dict, log) -> tuple[object, str, int]:
 
 def _progress_callback(total_steps: int, log, every: int = 10):
     import lightning.pytorch as pl
+    import torch
 
     class Progress(pl.Callback):
         """step/total, loss, learning rate, audio-seconds/s and ETA in the (Airflow task) log and MLflow."""
@@ -263,7 +264,11 @@ def _progress_callback(total_steps: int, log, every: int = 10):
                 lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
                 log(f"[train] step {step}/{total_steps} loss {loss:.3f} lr {lr:.2e} "
                     f"{rate:.1f} audio-s/s ETA {eta:.0f}s")
-                module.log_dict({"throughput_audio_s_per_s": rate}, on_step=True, logger=True)
+                stats = {"throughput_audio_s_per_s": rate}
+                if torch.cuda.is_available():
+                    stats["gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
+                    stats["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                module.log_dict(stats, on_step=True, logger=True)
 
     return Progress()
 
