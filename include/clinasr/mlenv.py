@@ -26,7 +26,6 @@ from clinasr.settings import REPO_ROOT, Settings
 STAGES: dict[str, str] = {
     "synthesize": "clinasr.synth.pipeline:build_dataset_stage",
     "train": "clinasr.training.train:train_stage",
-    "evaluate": "clinasr.evaluation.evaluate:evaluate_stage",
 }
 
 
