@@ -205,8 +205,9 @@ class ObjectStore:
         marker = json.loads(self.get_bytes(f"{uri.rstrip('/')}/{SNAPSHOT_MARKER}"))
         for f in marker["files"]:
             target = dest / f["path"]
-            if not (target.exists() and sha256_file(target) == f["sha256"]):
-                self.download(f"{uri.rstrip('/')}/{f['path']}", target)
+            if target.exists() and sha256_file(target) == f["sha256"]:
+                continue  # already fetched and intact
+            self.download(f"{uri.rstrip('/')}/{f['path']}", target)
             if sha256_file(target) != f["sha256"]:
                 raise StoreError(f"{f['path']} in {uri} does not match its recorded sha256")
         return dest

@@ -126,7 +126,7 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
 def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: dict, work: Path, trainer):
     """Build or load the model. Returns (model, description)."""
     from nemo.collections.asr.models import EncDecRNNTBPEModel
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     if "config" in base:
         cfg = copy.deepcopy(model_cfg)
@@ -185,12 +185,6 @@ def _restore_tdt_loss(model) -> None:
                           loss_kwargs=kwargs, reduction=model.cfg.get("rnnt_reduction", "mean_batch"))
     if getattr(model.joint, "fuse_loss_wer", False):
         model.joint.set_loss(model.loss)
-
-
-def open_dict(cfg):
-    from omegaconf import open_dict as od
-
-    return od(cfg)
 
 
 def resolve_nemo(ref: str, work: Path) -> Path:
