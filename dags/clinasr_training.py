@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
 from airflow.sdk import Asset, Param, dag, task
 
 DATASET_ASSET = Asset(name="clinasr_dataset", uri="s3://clinasr/datasets")
@@ -20,7 +21,13 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
 - `base`: `config:<yaml>` (build a small model from config: CPU demo), `nemo:<path|s3://|models:/name@alias>`
   or `pretrained:nvidia/parakeet-tdt-0.6b-v2` (needs a reachable model hub).
 - `backend`: `local` (ML runtime on this machine), `sagemaker` (training job) or `ec2` (p4d nodes).
-- Checkpoints every N steps; a retried task resumes from the last one.
+- Checkpoints every N steps; a retried task resumes from the last one (local work dir, or the
+  `checkpoint_uri` S3 prefix, which also lets a run on another machine continue).
+- Tasks: `plan` builds the job once (a retry sends the same request); `choose_backend` picks
+  `train_local`, `train_sagemaker` (the amazon provider's deferrable SageMakerTrainingOperator) or
+  `launch_ec2` → `wait_ec2` (sensor, reschedule mode) → `cleanup_ec2` (always: terminates what is left);
+  `candidate` records the registered version (AWS jobs register it from the ML container) and
+  updates the asset. AWS calls use the Airflow connection `clinasr_aws`.
 """
 
 
@@ -44,6 +51,8 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
         "backend": Param("local", enum=["local", "sagemaker", "ec2"]),
         "instance_count": Param(1, type="integer", minimum=1, maximum=8),
         "register_as": Param("clinasr-asr", type="string", pattern=r"^[A-Za-z0-9_.-]+$"),
+        "checkpoint_uri": Param(None, type=["string", "null"], pattern=r"^s3://.+",
+                                description="s3:// prefix: checkpoints are mirrored there and a run resumes from it"),
         "seed": Param(0, type="integer", minimum=0),
     },
 )
@@ -54,16 +63,60 @@ def clinasr_training():
 
         return resolve_dataset_uri(params, triggering_asset_events, DATASET_ASSET)
 
-    @task(execution_timeout=timedelta(hours=72), outlets=[CANDIDATE_ASSET])
-    def train(dataset_uri: str, params=None, run_id=None, outlet_events=None) -> dict:
-        from clinasr.airflow_support import run_training
+    @task(multiple_outputs=True)
+    def plan(dataset_uri: str, params=None, run_id=None) -> dict:
+        from clinasr.airflow_support import training_plan
 
-        result = run_training(dataset_uri, params, run_id)
-        if result.get("model_version"):
-            outlet_events[CANDIDATE_ASSET].extra = {"model_uri": result["model_uri"], "dataset_uri": dataset_uri}
+        return training_plan(dataset_uri, params, run_id)
+
+    @task.branch
+    def choose_backend(p: dict) -> str:
+        return {"local": "train_local", "sagemaker": "train_sagemaker", "ec2": "launch_ec2"}[p["backend"]]
+
+    @task(execution_timeout=timedelta(hours=72))
+    def train_local(p: dict) -> dict:
+        from clinasr.airflow_support import train_local as run
+
+        return run(p)
+
+    @task
+    def launch_ec2(p: dict, params=None) -> dict:
+        from clinasr.airflow_support import launch_ec2 as run
+
+        return run(p, params)
+
+    @task.sensor(poke_interval=60, timeout=72 * 3600, mode="reschedule")
+    def wait_ec2(handle: dict) -> bool:
+        from clinasr.airflow_support import ec2_done
+
+        return ec2_done(handle)
+
+    @task(trigger_rule="all_done")
+    def cleanup_ec2(handle: dict | None) -> list:
+        from clinasr.airflow_support import cleanup_ec2 as run
+
+        return run(handle)
+
+    @task(trigger_rule="none_failed_min_one_success", outlets=[CANDIDATE_ASSET])
+    def candidate(p: dict, local_result: dict | None = None, params=None, run_id=None, outlet_events=None) -> dict:
+        from clinasr.airflow_support import record_candidate
+
+        result = record_candidate(p, local_result, params, run_id)
+        outlet_events[CANDIDATE_ASSET].extra = {"model_uri": result["model_uri"], "dataset_uri": p["dataset_uri"]}
         return result
 
-    train(resolve_dataset())
+    p = plan(resolve_dataset())
+    local = train_local(p)
+    # SageMaker: the amazon provider's operator, deferred to the triggerer while the job runs. A retry starts
+    # a job with a timestamped name that resumes from the same S3 checkpoint URI.
+    train_sagemaker = SageMakerTrainingOperator(
+        task_id="train_sagemaker", config=p["sagemaker_config"], aws_conn_id="clinasr_aws", deferrable=True,
+        check_interval=60, action_if_job_exists="timestamp", print_log=False, execution_timeout=timedelta(hours=73))
+    handle = launch_ec2(p)
+    waited = wait_ec2(handle)
+    choose_backend(p) >> [local, train_sagemaker, handle]
+    waited >> cleanup_ec2(handle)
+    [train_sagemaker, waited] >> candidate(p, local)
 
 
 clinasr_training()

@@ -84,7 +84,9 @@ def test_training_dag_registers_a_candidate(platform_settings):
                                                  "register_as": "clinasr-platform-test"})
     run = client.wait("clinasr_training", run_id, timeout=600)
     assert run["state"] == "success"
-    out = client.xcom("clinasr_training", run_id, "train")
+    out = client.xcom("clinasr_training", run_id, "candidate")
+    states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_training", run_id)}
+    assert states["train_local"] == "success" and states["train_sagemaker"] == states["launch_ec2"] == "skipped"
     assert out["global_step"] == 4 and out["model_uri"] == f"models:/clinasr-platform-test/{out['model_version']}"
     from mlflow import MlflowClient
 
@@ -92,12 +94,45 @@ def test_training_dag_registers_a_candidate(platform_settings):
     assert mv.version == out["model_version"]
     from clinasr import provenance as V
 
-    rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "train"][0]
+    rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "candidate"][0]
     assert rec["inputs"][0]["uri"] == snap["uri"] and rec["outputs"][0]["uri"] == out["model_uri"]
     assert rec["mlflow"]["run_id"] == out["mlflow_run_id"] and len(rec["outputs"][0]["sha256"]) == 64
     # lineage: the model goes back to the dataset snapshot and the transcripts it was made from
     up = V.upstream(V.lineage_graph(V.ProvenanceLog(s).records()), out["model_uri"])
     assert snap["uri"] in up and any(u.endswith("transcripts.jsonl") for u in up)
+
+
+def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
+    """backend=sagemaker: the amazon provider's SageMakerTrainingOperator sends our request (to the platform's
+    loopback AWS server, through the clinasr_aws connection); the candidate task finds the version the job
+    registered. moto accepts the job but runs no container, so this test plays the container's part."""
+    import boto3
+    from mlflow import MlflowClient
+
+    from clinasr.training.launch import job_name
+
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    snap = client.xcom("clinasr_synthetic_data", client.runs("clinasr_synthetic_data")[0]["dag_run_id"], "stage_snapshot")
+    run_id = "manual__sagemaker-backend-test"
+    ml = MlflowClient(s.mlflow_uri)
+    ml.create_registered_model("clinasr-sm-test")
+    job_run = ml.create_run(ml.get_experiment_by_name("Default").experiment_id)
+    mv = ml.create_model_version("clinasr-sm-test", f"{job_run.info.artifact_uri}/model/model.nemo", job_run.info.run_id,
+                                 tags={"airflow_run_id": run_id})
+    client.trigger("clinasr_training", {"dataset_uri": snap["uri"], "backend": "sagemaker", "instance_count": 2,
+                                        "register_as": "clinasr-sm-test"}, run_id=run_id)
+    run = client.wait("clinasr_training", run_id, timeout=300)
+    states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_training", run_id)}
+    assert run["state"] == "success", states
+    assert states["train_sagemaker"] == "success" and states["train_local"] == states["launch_ec2"] == "skipped"
+    sm = boto3.client("sagemaker", endpoint_url=s.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="x", aws_secret_access_key="x")
+    job = sm.describe_training_job(TrainingJobName=job_name(snap["uri"], run_id))
+    assert job["ResourceConfig"]["InstanceCount"] == 2
+    assert job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == snap["uri"] + "/"
+    out = client.xcom("clinasr_training", run_id, "candidate")
+    assert out["backend"] == "sagemaker" and out["model_version"] == str(mv.version)
 
 
 def test_port_taken_is_a_clear_message(tmp_path, monkeypatch):

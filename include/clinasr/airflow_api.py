@@ -38,8 +38,10 @@ class AirflowClient:
                     raise AirflowAPIError(f"DAG {dag_id} did not appear in {timeout:.0f}s; import errors: {errors}")
                 time.sleep(3)
 
-    def trigger(self, dag_id: str, conf: dict | None = None, note: str | None = None) -> str:
+    def trigger(self, dag_id: str, conf: dict | None = None, note: str | None = None, run_id: str | None = None) -> str:
         body = {"logical_date": None, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
         if note:
             body["note"] = note
         return self._req("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"]

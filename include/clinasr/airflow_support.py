@@ -52,15 +52,30 @@ def base_spec(base: str) -> dict:
     return {kind: value}
 
 
-def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
+AWS_CONN_ID = "clinasr_aws"   # SageMaker/EC2 API access (the platform points it at its loopback AWS server)
+
+
+def aws_client(service: str):
+    """A boto3 client from the Airflow AWS connection (credentials, region, endpoint live there)."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=AWS_CONN_ID, client_type=service).get_conn()
+
+
+def training_plan(dataset_uri: str, params: dict, run_id: str) -> dict:
+    """Everything a backend needs, decided once per run (so a retry sends the same job): the stage
+    arguments, the deterministic job name, and for SageMaker the full CreateTrainingJob request."""
     import os
 
-    from clinasr.training.launch import AWSLaunchConfig, launch, wait_for_job
+    from clinasr.training.launch import AWSLaunchConfig, job_name, sagemaker_request
 
     settings = Settings.from_env()
-    out = work_dir(settings, "clinasr_training", run_id) / "train"
+    backend = params["backend"]
+    name = job_name(dataset_uri, run_id)
+    ckpt_uri = params.get("checkpoint_uri") or None
     train_args = {
-        "base": base_spec(params["base"]), "trainer": params["trainer_config"], "output_dir": str(out),
+        "base": base_spec(params["base"]), "trainer": params["trainer_config"],
+        "output_dir": str(work_dir(settings, "clinasr_training", run_id) / "train"),
         "trainer_overrides": {"max_steps": int(params["max_steps"]), "batch_size": int(params["batch_size"])},
         "seed": int(params["seed"]), "resume": True,
         "mlflow": {"experiment": "clinasr-training", "register_as": params["register_as"],
@@ -68,17 +83,84 @@ def run_training(dataset_uri: str, params: dict, run_id: str) -> dict:
                    "run_name": f"airflow-{run_id}"[:120],
                    "tags": {"airflow_run_id": run_id, "dataset_uri": dataset_uri}},
     }
-    result = launch(params["backend"], train_args, dataset_uri, run_id, settings,
-                    AWSLaunchConfig(instance_count=int(params["instance_count"])), log=log.info)
-    result = wait_for_job(result, log=log.info)  # AWS jobs: wait here; the job registers its model in MLflow
+    if ckpt_uri:
+        train_args["checkpoint_uri"] = ckpt_uri
+    plan = {"backend": backend, "dataset_uri": dataset_uri, "job_name": name, "train_args": train_args,
+            "sagemaker_config": None}
+    if backend == "sagemaker":
+        aws = AWSLaunchConfig(instance_count=int(params["instance_count"]), checkpoint_uri=ckpt_uri)
+        plan["sagemaker_config"] = sagemaker_request(name, dataset_uri, train_args, aws)
+    return plan
+
+
+def train_local(plan: dict) -> dict:
+    from clinasr.training.launch import launch
+
+    return launch("local", plan["train_args"], plan["dataset_uri"], plan["job_name"], Settings.from_env(), log=log.info)
+
+
+def launch_ec2(plan: dict, params: dict) -> dict:
+    from clinasr.training.launch import AWSLaunchConfig, launch
+
+    return launch("ec2", plan["train_args"], plan["dataset_uri"], plan["job_name"],
+                  aws=AWSLaunchConfig(instance_count=int(params["instance_count"]),
+                                      checkpoint_uri=plan["train_args"].get("checkpoint_uri")),
+                  log=log.info, client=aws_client)
+
+
+def ec2_done(handle: dict) -> bool:
+    from clinasr.training.launch import ec2_states
+
+    states = ec2_states(handle["instance_ids"], client=aws_client)
+    log.info("EC2 job %s: %s", handle["job_name"], ", ".join(states))
+    return all(st == "terminated" for st in states)
+
+
+def cleanup_ec2(handle: dict | None) -> list[str]:
+    """Always runs after the EC2 branch (also when it was skipped or failed): terminate what is left."""
+    from clinasr.training.launch import terminate_ec2
+
+    if not handle:
+        return []
+    job = handle["job_name"]
+    ids = terminate_ec2(job, client=aws_client)
+    log.info("EC2 job %s: %s", job, f"terminated {ids}" if ids else "no instance left running")
+    return ids
+
+
+def find_registered_version(register_as: str, run_id: str) -> dict:
+    """The model version an AWS job registered (the ML container registers it, tagged with the Airflow run)."""
+    from clinasr import registry
+
+    c = registry.client()
+    found = c.search_model_versions(f"name = '{register_as}' and tags.airflow_run_id = '{run_id}'")
+    if not found:
+        raise RuntimeError(f"the training job finished but registered no version of {register_as!r} tagged "
+                           f"airflow_run_id={run_id!r} in MLflow: check the job's logs (MLFLOW_TRACKING_URI "
+                           "must be reachable from the training instances)")
+    mv = max(found, key=lambda v: int(v.version))
+    return {"mlflow_run_id": mv.run_id, "model_version": str(mv.version),
+            "model_uri": f"models:/{register_as}/{mv.version}"}
+
+
+def record_candidate(plan: dict, local_result: dict | None, params: dict, run_id: str) -> dict:
+    """The candidate of this run, whichever backend trained it; provenance links it to its dataset."""
+    settings = Settings.from_env()
+    result = dict(local_result or {})
+    if plan["backend"] != "local":
+        result = {"backend": plan["backend"], "job_name": plan["job_name"],
+                  **find_registered_version(params["register_as"], run_id)}
+    if not result.get("model_uri"):
+        raise RuntimeError("training finished without registering a model (register_as was empty?)")
     if result.get("mlflow_run_id"):
         log.info("MLflow run: %s/#/experiments/%s/runs/%s", settings.mlflow_uri, result.get("mlflow_experiment_id", "0"),
                  result["mlflow_run_id"])
+    dataset_uri = plan["dataset_uri"]
     declare(inputs=[{"uri": dataset_uri, "kind": "dataset"}] + (
                 [{"uri": params["base"].split(":", 1)[1], "kind": "base-model"}] if not params["base"].startswith("config:") else []),
-            outputs=[{"uri": result["model_uri"], "kind": "model", "sha256": _sha(result.get("nemo_path"))}]
-            if result.get("model_uri") else [],
-            mlflow={"run_id": result.get("mlflow_run_id"), "model_version": result.get("model_version")})
+            outputs=[{"uri": result["model_uri"], "kind": "model", "sha256": _sha(result.get("nemo_path"))}],
+            mlflow={"run_id": result.get("mlflow_run_id"), "model_version": result.get("model_version")},
+            job={"backend": plan["backend"], "name": plan["job_name"]})
     return {k: v for k, v in result.items() if k in ("backend", "job_name", "mlflow_run_id", "model_version", "model_uri",
                                                     "global_step", "train_seconds", "metrics", "n_params")}
 

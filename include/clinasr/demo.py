@@ -36,7 +36,7 @@ def run_demo(quick: bool = False, log=print) -> int:
     if run["state"] != "success":
         log(f"clinasr_training failed: see {s.airflow_url}/dags/clinasr_training/runs")
         return 1
-    trained = client.xcom("clinasr_training", train_run, "train")
+    trained = client.xcom("clinasr_training", train_run, "candidate")
     log("== 4/4 summary")
     log(f"dataset snapshot   {snap['uri']}  ({snap['counts']['train']} train / {snap['counts']['val']} val rows, "
         f"{(snap['hours']['train'] + snap['hours']['val']) * 60:.1f} min of audio)")

@@ -232,7 +232,14 @@ def init_airflow(s: Settings, log=print) -> None:
         "clinasr_s3": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None,
                                                       "region_name": s.aws_region, "bucket": s.bucket}},
         "clinasr_mlflow": {"conn_type": "http", "host": s.mlflow_uri},
+        # SageMaker/EC2 for the training DAG. Locally the embedded server (moto) answers those APIs too, so the
+        # AWS backends run their real request path against it; on AWS, replace this with real credentials/role.
+        "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None, "region_name": s.aws_region}},
     }
+    from clinasr.store import _is_loopback
+
+    if s.s3_endpoint and _is_loopback(s.s3_endpoint):
+        conns["clinasr_aws"].update(login="clinasr-local", password="clinasr-local")
     f = s.home / "airflow" / "connections.json"
     f.write_text(json.dumps(conns, indent=1))
     r = subprocess.run([_bin("airflow"), "connections", "import", str(f), "--overwrite"], env=env,

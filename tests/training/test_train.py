@@ -91,3 +91,23 @@ def test_bad_inputs_are_clear_errors(dataset, tracking, tmp_path):
     with pytest.raises(TrainingError, match="base model file not found"):
         train({"dataset": str(dataset), "output_dir": str(tmp_path / "o"), "base": {"nemo": str(tmp_path / "x.nemo")},
                "trainer_overrides": STEPS, "mlflow": {"experiment": "t"}}, log=lambda m: None)
+
+
+def test_resume_from_an_s3_checkpoint_on_another_machine(dataset, tracking, s3_env, tmp_path):
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(s3_env)
+    store.ensure_bucket()
+    uri = f"s3://{s3_env.bucket}/training/job-1/checkpoints"
+    logs = []
+    base = {"dataset": str(dataset), "checkpoint_uri": uri, "mlflow": {"experiment": "t-s3"}}
+    first = train({**base, "output_dir": str(tmp_path / "machine-a"), "trainer_overrides": {**STEPS, "max_steps": 6}},
+                  log=logs.append)
+    assert store.exists(f"{uri}/last.ckpt") and store.get_bytes(f"{uri}/mlflow_run_id").decode() == first["mlflow_run_id"]
+    logs.clear()
+    # a fresh output dir (another machine): the run continues from the mirrored checkpoint, in the same MLflow run
+    second = train({**base, "output_dir": str(tmp_path / "machine-b"), "trainer_overrides": STEPS}, log=logs.append)
+    assert any("restored last.ckpt" in m for m in logs) and any("resuming from" in m for m in logs)
+    assert second["global_step"] == 12 and second["mlflow_run_id"] == first["mlflow_run_id"]
+    with pytest.raises(TrainingError, match="s3:// prefix"):
+        train({**base, "checkpoint_uri": "/tmp/x", "output_dir": str(tmp_path / "c")}, log=logs.append)

@@ -147,20 +147,28 @@ def ec2_request(name: str, dataset_uri: str, train_args: dict, cfg: AWSLaunchCon
     return req
 
 
+def _aws(service: str, client=None):
+    """A boto3 client; ``client`` is a factory (service -> client), e.g. one built from an Airflow connection."""
+    if client is not None:
+        return client(service)
+    import boto3
+
+    return boto3.client(service)
+
+
 def launch(backend: str, train_args: dict, dataset_uri: str, run_key: str, settings: Settings | None = None,
-           aws: AWSLaunchConfig | None = None, log=print) -> dict:
+           aws: AWSLaunchConfig | None = None, log=print, client=None) -> dict:
     """Start training on ``backend``. local: runs to completion and returns the result; sagemaker/ec2:
-    submit and return the job handle (the DAG waits with a sensor/deferrable operator)."""
+    submit and return the job handle. (The training DAG submits SageMaker jobs with the amazon provider's
+    deferrable SageMakerTrainingOperator from :func:`sagemaker_request`, and waits for EC2 with a sensor.)"""
     if backend == "local":
         from clinasr import mlenv
 
         return {"backend": "local", **mlenv.run_stage("train", {**train_args, "dataset": dataset_uri}, settings, log=log)}
-    import boto3
-
     aws = aws or AWSLaunchConfig()
     name = job_name(dataset_uri, run_key)
     if backend == "sagemaker":
-        sm = boto3.client("sagemaker")
+        sm = _aws("sagemaker", client)
         from botocore.exceptions import ClientError
 
         try:
@@ -170,13 +178,13 @@ def launch(backend: str, train_args: dict, dataset_uri: str, run_key: str, setti
                 raise
         return {"backend": "sagemaker", "job_name": name}
     if backend == "ec2":
-        ec2 = boto3.client("ec2")
+        ec2 = _aws("ec2", client)
         r = ec2.run_instances(**ec2_request(name, dataset_uri, train_args, aws))
         return {"backend": "ec2", "job_name": name, "instance_ids": [i["InstanceId"] for i in r["Instances"]]}
     raise ValueError(f"unknown launch backend {backend!r}: use local, sagemaker or ec2")
 
 
-def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 3600, log=print) -> dict:
+def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 3600, log=print, client=None) -> dict:
     """Block until an AWS training job ends (the local backend has already ended).
 
     SageMaker: polls DescribeTrainingJob; a Failed/Stopped job raises with SageMaker's failure reason.
@@ -185,13 +193,11 @@ def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 360
     """
     import time
 
-    import boto3
-
     if handle["backend"] == "local":
         return handle
     deadline = time.time() + timeout_s
     if handle["backend"] == "sagemaker":
-        sm = boto3.client("sagemaker")
+        sm = _aws("sagemaker", client)
         while True:
             job = sm.describe_training_job(TrainingJobName=handle["job_name"])
             status = job["TrainingJobStatus"]
@@ -205,11 +211,9 @@ def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 360
                 raise TimeoutError(f"SageMaker job {handle['job_name']} still {status} after {timeout_s:.0f}s: stopped it")
             time.sleep(poll_s)
     if handle["backend"] == "ec2":
-        ec2 = boto3.client("ec2")
         try:
             while True:
-                res = ec2.describe_instances(InstanceIds=handle["instance_ids"])
-                states = [i["State"]["Name"] for r in res["Reservations"] for i in r["Instances"]]
+                states = ec2_states(handle["instance_ids"], client)
                 log(f"[launch] EC2 job {handle['job_name']}: {', '.join(states)}")
                 if all(st == "terminated" for st in states):
                     return {**handle, "status": "terminated"}
@@ -218,16 +222,19 @@ def wait_for_job(handle: dict, poll_s: float = 60.0, timeout_s: float = 72 * 360
                 time.sleep(poll_s)
         except BaseException:
             log(f"[launch] terminating the instances of {handle['job_name']}")
-            terminate_ec2(handle["job_name"])
+            terminate_ec2(handle["job_name"], client)
             raise
     raise ValueError(f"unknown backend in {handle}")
 
 
-def terminate_ec2(job: str) -> list[str]:
-    """Cleanup for the EC2 backend: terminate every instance of the job (idempotent)."""
-    import boto3
+def ec2_states(instance_ids: list[str], client=None) -> list[str]:
+    res = _aws("ec2", client).describe_instances(InstanceIds=instance_ids)
+    return [i["State"]["Name"] for r in res["Reservations"] for i in r["Instances"]]
 
-    ec2 = boto3.client("ec2")
+
+def terminate_ec2(job: str, client=None) -> list[str]:
+    """Cleanup for the EC2 backend: terminate every instance of the job (idempotent)."""
+    ec2 = _aws("ec2", client)
     res = ec2.describe_instances(Filters=[{"Name": "tag:clinasr-job", "Values": [job]},
                                           {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
     ids = [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]

@@ -11,6 +11,8 @@ the ML container on SageMaker/EC2). Arguments (JSON):
     trainer          path of a trainer YAML (configs/trainer/*.yaml) plus "overrides"
     output_dir       where checkpoints, TensorBoard logs and the .nemo go
     resume           true: continue from output_dir/checkpoints/last.ckpt if it exists
+    checkpoint_uri   optional s3:// prefix: last.ckpt is mirrored there as it is written, and a run whose
+                     output_dir has no checkpoint resumes from it (another machine, a lost disk)
     mlflow           {"experiment": ..., "register_as": "clinasr-asr", "tags": {...}}
     seed
 
@@ -287,6 +289,9 @@ def train(args: dict, log=print) -> dict:
     strategy, accelerator, devices = choose_strategy(tcfg, log)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    mirror = _CheckpointMirror(args.get("checkpoint_uri"), ckpt_dir, log)
+    if args.get("resume", True) and not last.exists():
+        mirror.restore()
     resume = bool(args.get("resume", True)) and last.exists()
 
     mlflow_cfg = args.get("mlflow") or {}
@@ -295,15 +300,23 @@ def train(args: dict, log=print) -> dict:
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000"))
     exp = mlflow.set_experiment(mlflow_cfg.get("experiment", "clinasr-training"))
     run_id_file = out / "mlflow_run_id"
+    if resume and not run_id_file.exists() and (ckpt_dir / "mlflow_run_id").exists():
+        run_id_file.write_text((ckpt_dir / "mlflow_run_id").read_text())
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
     run = mlflow.start_run(run_id=run_id, experiment_id=exp.experiment_id,
                            run_name=mlflow_cfg.get("run_name"), tags=mlflow_cfg.get("tags"))
     run_id_file.write_text(run.info.run_id)
+    (ckpt_dir / "mlflow_run_id").parent.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "mlflow_run_id").write_text(run.info.run_id)   # travels with the checkpoint mirror
     try:
         loggers = [TensorBoardLogger(str(out / "tensorboard"), name="", version="tb")]
         if not isinstance(mlflow, _Tracking):
-            loggers.append(MLFlowLogger(experiment_name=exp.name, run_id=run.info.run_id,
-                                        tracking_uri=mlflow.get_tracking_uri()))
+            class _Logger(MLFlowLogger):
+                def log_hyperparams(self, params):   # logged by the first attempt; paths differ on another machine
+                    if not resume:
+                        super().log_hyperparams(params)
+
+            loggers.append(_Logger(experiment_name=exp.name, run_id=run.info.run_id, tracking_uri=mlflow.get_tracking_uri()))
         ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
                                save_top_k=int(tcfg.get("keep_last_k", 2)), monitor="step", mode="max",
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
@@ -314,7 +327,7 @@ def train(args: dict, log=print) -> dict:
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
-            enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress],
+            enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
             default_root_dir=str(out), use_distributed_sampler=accelerator == "gpu" and devices > 1,
         )
         model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, out, trainer)
@@ -373,6 +386,70 @@ def train(args: dict, log=print) -> dict:
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
+
+
+class _CheckpointMirror:
+    """Keeps ``last.ckpt`` (and the MLflow run id) mirrored at an s3:// prefix, so any machine can resume.
+
+    Lightning runs ModelCheckpoint after other callbacks, so a checkpoint written at step N is uploaded at
+    step N+1 (and at the end of training or on an exception); the upload is skipped when unchanged."""
+
+    def __init__(self, uri: str | None, ckpt_dir: Path, log):
+        if uri and not uri.startswith("s3://"):
+            raise TrainingError(f"checkpoint_uri must be an s3:// prefix (got {uri!r})")
+        self.uri, self.dir, self.log, self._sent = (uri.rstrip("/") if uri else None), ckpt_dir, log, None
+
+    def restore(self) -> None:
+        if not self.uri:
+            return
+        from clinasr.store import ObjectStore
+
+        store = ObjectStore()
+        if not store.exists(f"{self.uri}/last.ckpt"):
+            self.log(f"[train] no checkpoint at {self.uri}: starting fresh")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in ("mlflow_run_id", "last.ckpt"):
+            if store.exists(f"{self.uri}/{name}"):
+                store.download(f"{self.uri}/{name}", self.dir / name)
+        self.log(f"[train] restored last.ckpt from {self.uri}")
+
+    def upload(self) -> None:
+        last = self.dir / "last.ckpt"
+        if not self.uri or not last.exists():
+            return
+        stamp = (last.stat().st_mtime_ns, last.stat().st_size)
+        if stamp == self._sent:
+            return
+        from clinasr.store import ObjectStore
+
+        t0 = time.time()
+        store = ObjectStore()
+        if (self.dir / "mlflow_run_id").exists():
+            store.put_file(self.dir / "mlflow_run_id", f"{self.uri}/mlflow_run_id")
+        store.put_file(last, f"{self.uri}/last.ckpt")
+        self._sent = stamp
+        self.log(f"[train] mirrored last.ckpt ({stamp[1] / 2**20:.1f} MiB) to {self.uri} in {time.time() - t0:.1f}s")
+
+    def callback(self):
+        from lightning.pytorch.callbacks import Callback
+
+        mirror = self
+
+        class Mirror(Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if trainer.is_global_zero:
+                    mirror.upload()
+
+            def on_train_end(self, trainer, module):
+                if trainer.is_global_zero:
+                    mirror.upload()
+
+            def on_exception(self, trainer, module, exc):
+                if trainer.is_global_zero:
+                    mirror.upload()
+
+        return Mirror()
 
 
 class _Tracking:
