@@ -52,6 +52,8 @@ def build_record(task_instance, state: str, error=None) -> dict:
         params=params, error=f"{type(error).__name__}: {error}" if error else None,
         inputs=declared.get("inputs", []), outputs=declared.get("outputs", []),
         origin=declared.get("origin", {}), mlflow=declared.get("mlflow", {}),
+        # anything else a stage declared (gate decision and override, promotion, launch job, ...)
+        **{k: v for k, v in declared.items() if k not in ("inputs", "outputs", "origin", "mlflow")},
     )
 
 

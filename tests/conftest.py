@@ -42,10 +42,12 @@ def clinasr_home(tmp_path, monkeypatch):
 
 
 @contextmanager
-def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float = 120):
+def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float = 120, env: dict | None = None,
+                  log_path: Path | None = None):
     """Start a real server process on loopback, wait for its health URL, stop it afterwards."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s
@@ -64,6 +66,8 @@ def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
             proc.wait(20)
+        if log_path:
+            out.close()
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +105,34 @@ def s3_env(s3_server, clinasr_home, monkeypatch, request):
     from clinasr.settings import Settings
 
     return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """(ML runtime) a small real dataset: grammar transcripts for two drugs, espeak-ng audio, no augmentation."""
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.pipeline import build_dataset, load_config
+    from clinasr.synth.transcripts import generate_transcripts
+
+    lex = load_lexicon()
+    res = generate_transcripts(lex, load_terms(["warfarin", "metoprolol"], lex), 10, seed=5)
+    cfg = load_config(overrides={"accent_mix": {"native": 1.0}})
+    out = tmp_path_factory.mktemp("tiny-ds") / "dataset"
+    build_dataset(out, [u.to_dict() for u in res["utterances"]], config=cfg, seed=5, augment_on=False,
+                  accent_profiles=["native"], progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory):
+    """(ML runtime) a .nemo of the tiny FastConformer-TDT config after a few CPU steps (no tracking)."""
+    from clinasr.training.train import train
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    r = train({"dataset": str(tiny_dataset), "output_dir": str(out), "mlflow": {"enabled": False},
+               "trainer_overrides": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 4,
+                                     "batch_size": 4}}, log=lambda m: None)
+    return r["nemo_path"]
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -20,22 +20,36 @@ SLICE_KEYS = ("accent_profile", "noise_band", "telephony", "origin")
 
 
 def align(ref: list[str], hyp: list[str]) -> list[tuple[str, str | None, str | None]]:
-    """Levenshtein alignment: [(op, ref_word, hyp_word)] with op in ok|sub|del|ins."""
+    """Levenshtein alignment: [(op, ref_word, hyp_word)] with op in ok|sub|del|ins.
+
+    Among the alignments with the fewest edits it keeps the one with the most matches, so that
+    "patient taking war farin" aligns "taking" with "taking" (a deletion of "denies") rather than
+    substituting every word; confusion tables then show what a term was really heard as."""
     n, m = len(ref), len(hyp)
-    d = [[0] * (m + 1) for _ in range(n + 1)]
+    # cost of a cell = (edits, -matches): tuples compare edits first, then prefer more matches
+    d = [[(0, 0)] * (m + 1) for _ in range(n + 1)]
     for i in range(n + 1):
-        d[i][0] = i
+        d[i][0] = (i, 0)
     for j in range(m + 1):
-        d[0][j] = j
+        d[0][j] = (j, 0)
     for i in range(1, n + 1):
         for j in range(1, m + 1):
-            d[i][j] = min(d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]), d[i - 1][j] + 1, d[i][j - 1] + 1)
+            same = ref[i - 1] == hyp[j - 1]
+            e, mm = d[i - 1][j - 1]
+            diag = (e + (not same), mm - same)
+            up = (d[i - 1][j][0] + 1, d[i - 1][j][1])
+            left = (d[i][j - 1][0] + 1, d[i][j - 1][1])
+            d[i][j] = min(diag, up, left)
     out, i, j = [], n, m
     while i > 0 or j > 0:
-        if i > 0 and j > 0 and d[i][j] == d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
-            out.append(("ok" if ref[i - 1] == hyp[j - 1] else "sub", ref[i - 1], hyp[j - 1]))
-            i, j = i - 1, j - 1
-        elif i > 0 and d[i][j] == d[i - 1][j] + 1:
+        if i > 0 and j > 0:
+            same = ref[i - 1] == hyp[j - 1]
+            e, mm = d[i - 1][j - 1]
+            if d[i][j] == (e + (not same), mm - same):
+                out.append(("ok" if same else "sub", ref[i - 1], hyp[j - 1]))
+                i, j = i - 1, j - 1
+                continue
+        if i > 0 and d[i][j] == (d[i - 1][j][0] + 1, d[i - 1][j][1]):
             out.append(("del", ref[i - 1], None))
             i -= 1
         else:

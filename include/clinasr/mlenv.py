@@ -26,6 +26,7 @@ from clinasr.settings import REPO_ROOT, Settings
 STAGES: dict[str, str] = {
     "synthesize": "clinasr.synth.pipeline:build_dataset_stage",
     "train": "clinasr.training.train:train_stage",
+    "evaluate": "clinasr.evaluate:evaluate_stage",
 }
 
 
@@ -71,6 +72,18 @@ def run_stage(stage: str, args: dict, settings: Settings | None = None, log: Cal
                 err = json.loads(result_f.read_text()).get("error", "")
             raise StageError(f"ML stage {stage!r} failed (exit {rc}): {err or chr(10).join(tail[-10:])}")
         return json.loads(result_f.read_text())
+
+
+SERVICES = {"serve": "clinasr.serving"}
+
+
+def service_command(name: str, argv: list[str], settings: Settings | None = None) -> tuple[list[str], dict]:
+    """Command line and environment of a long-running ML-runtime service (the transcription server)."""
+    settings = settings or Settings.from_env()
+    if name not in SERVICES:
+        raise StageError(f"unknown ML service {name!r}; known: {', '.join(SERVICES)}")
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT / "include"), "VIRTUAL_ENV": ""}
+    return [settings.ml_python, "-m", SERVICES[name], *argv], env
 
 
 def run_stage_in_process(stage: str, args_json: Path, result_json: Path) -> int:

@@ -75,3 +75,92 @@ def download_model(ref: str, dest: Path) -> Path:
             raise RegistryError(f"{ref} has no .nemo file")
         p = found[0]
     return p
+
+
+def fetch_model(ref: str, dest: Path) -> Path:
+    """A local .nemo for a path, an s3:// URI or a registry reference (models:/name@alias or /version)."""
+    if ref.startswith("s3://"):
+        from clinasr.store import ObjectStore
+
+        return ObjectStore().download(ref, dest / Path(ref).name)
+    if ref.startswith("models:/"):
+        return download_model(ref, dest)
+    p = Path(ref)
+    if not p.exists():
+        raise FileNotFoundError(f"model file not found: {ref}")
+    return p
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _history(name: str) -> list[str]:
+    import json
+
+    tags = client().get_registered_model(name).tags or {}
+    return json.loads(tags.get("production_history", "[]"))
+
+
+def promote(name: str, version: str, by: str, reason: str, report_uri: str | None = None) -> dict:
+    """production -> ``version``; the old production becomes ``previous``. ``previous`` is moved first, so a
+    failure in between leaves production unchanged (MLflow has no multi-alias transaction)."""
+    import json
+
+    c = client()
+    c.get_model_version(name, version)   # raises for an unknown version
+    old = alias_version(name, "production")
+    if old == str(version):
+        return {"name": name, "production": old, "previous": alias_version(name, "previous"), "changed": False}
+    if old:
+        c.set_registered_model_alias(name, "previous", old)
+    c.set_registered_model_alias(name, "production", str(version))
+    hist = [v for v in _history(name) if v != str(version)] + [str(version)]
+    c.set_registered_model_tag(name, "production_history", json.dumps(hist[-50:]))
+    for k, v in {"status": "production", "promoted_by": by, "promoted_at": _now(), "promotion_reason": reason,
+                 **({"gate_report": report_uri} if report_uri else {})}.items():
+        c.set_model_version_tag(name, str(version), k, str(v)[:5000])
+    if old:
+        c.set_model_version_tag(name, old, "status", "previous")
+    return {"name": name, "production": str(version), "previous": old, "changed": True}
+
+
+def reject(name: str, version: str, by: str, reason: str, report_uri: str | None = None) -> None:
+    c = client()
+    for k, v in {"status": "rejected", "rejected_by": by, "rejected_at": _now(), "rejection_reason": reason,
+                 **({"gate_report": report_uri} if report_uri else {})}.items():
+        c.set_model_version_tag(name, str(version), k, str(v)[:5000])
+
+
+def rollback(name: str, by: str, reason: str) -> dict:
+    """Restore the production version before the current one (repeatable along the promotion history)."""
+    import json
+
+    c = client()
+    cur = alias_version(name, "production")
+    if cur is None:
+        raise RegistryError(f"{name} has no production version to roll back")
+    hist = [v for v in _history(name) if v != cur]
+    prev = alias_version(name, "previous") or (hist[-1] if hist else None)
+    if prev is None:
+        raise RegistryError(f"{name}: no earlier production version to roll back to")
+    hist = hist[:hist.index(prev) + 1] if prev in hist else hist + [prev]
+    c.set_registered_model_alias(name, "production", prev)
+    if len(hist) >= 2:
+        c.set_registered_model_alias(name, "previous", hist[-2])
+    else:
+        c.delete_registered_model_alias(name, "previous")
+    c.set_registered_model_tag(name, "production_history", json.dumps(hist))
+    for k, v in {"status": "rolled_back", "rolled_back_by": by, "rolled_back_at": _now(), "rollback_reason": reason}.items():
+        c.set_model_version_tag(name, cur, k, str(v)[:5000])
+    c.set_model_version_tag(name, prev, "status", "production")
+    return {"name": name, "production": prev, "rolled_back": cur, "previous": hist[-2] if len(hist) >= 2 else None}

@@ -11,19 +11,9 @@ pytestmark = pytest.mark.ml
 STEPS = {"max_steps": 12, "val_check_interval": 6, "checkpoint_every_n_steps": 6, "batch_size": 4, "keep_last_k": 2}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from clinasr.synth.lexicon import load_lexicon, load_terms
-    from clinasr.synth.pipeline import build_dataset, load_config
-    from clinasr.synth.transcripts import generate_transcripts
-
-    lex = load_lexicon()
-    res = generate_transcripts(lex, load_terms(["warfarin", "metoprolol"], lex), 10, seed=5)
-    cfg = load_config(overrides={"accent_mix": {"native": 1.0}})
-    out = tmp_path_factory.mktemp("train-ds") / "dataset"
-    build_dataset(out, [u.to_dict() for u in res["utterances"]], config=cfg, seed=5, augment_on=False,
-                  accent_profiles=["native"], progress=False)
-    return out
+@pytest.fixture
+def dataset(tiny_dataset):
+    return tiny_dataset
 
 
 @pytest.fixture
@@ -88,7 +78,7 @@ def test_bad_inputs_are_clear_errors(dataset, tracking, tmp_path):
     (bad / "val_manifest.jsonl").write_text((dataset / "val_manifest.jsonl").read_text())
     with pytest.raises(TrainingError, match="no usable rows .*audio missing"):
         prepare_dataset(str(bad), tmp_path / "w2", 20)
-    with pytest.raises(TrainingError, match="base model file not found"):
+    with pytest.raises(TrainingError, match="base model: model file not found"):
         train({"dataset": str(dataset), "output_dir": str(tmp_path / "o"), "base": {"nemo": str(tmp_path / "x.nemo")},
                "trainer_overrides": STEPS, "mlflow": {"experiment": "t"}}, log=lambda m: None)
 

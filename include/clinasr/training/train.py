@@ -190,19 +190,12 @@ def _restore_tdt_loss(model) -> None:
 
 
 def resolve_nemo(ref: str, work: Path) -> Path:
-    """A .nemo from a path, an s3:// URI or an MLflow registry reference (models:/name@alias or /version)."""
-    if ref.startswith("s3://"):
-        from clinasr.store import ObjectStore
+    from clinasr.registry import RegistryError, fetch_model
 
-        return ObjectStore().download(ref, work / "base" / Path(ref).name)
-    if ref.startswith("models:/"):
-        from clinasr.registry import download_model
-
-        return download_model(ref, work / "base")
-    p = Path(ref)
-    if not p.exists():
-        raise TrainingError(f"base model file not found: {ref}")
-    return p
+    try:
+        return fetch_model(ref, work / "base")
+    except (RegistryError, FileNotFoundError) as e:
+        raise TrainingError(f"base model: {e}") from None
 
 
 def choose_strategy(tcfg: dict, log) -> tuple[object, str, int]:

@@ -1,0 +1,217 @@
+"""The acceptance gate: declarative criteria (configs/gate/*.yaml) applied to evaluation reports.
+
+Pure Python (both runtimes). :func:`decide` returns every criterion with its value, threshold and
+pass/fail; :func:`render_html` writes the human-readable report with plots (per-slice WER bars,
+KER by category, term confusion table). Missing data never passes: an absent metric fails its criterion.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from clinasr.settings import REPO_ROOT
+
+
+class GateError(ValueError):
+    pass
+
+
+KNOWN = {"min_relative_wer_reduction", "min_term_accuracy", "min_negation_accuracy", "max_critical_negation_errors",
+         "max_slice_wer_regression", "min_slice_words", "max_latency_p95_s", "min_utterances"}
+
+
+def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
+    p = Path(path)
+    p = p if p.is_absolute() else REPO_ROOT / p
+    if not p.exists():
+        raise GateError(f"gate config not found: {p}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    unknown = set(cfg.get("criteria", {})) - KNOWN
+    if unknown:
+        raise GateError(f"{p.name}: unknown criteria {sorted(unknown)}; known: {sorted(KNOWN)}")
+    if "version" not in cfg or "criteria" not in cfg:
+        raise GateError(f"{p.name}: needs `version` and `criteria`")
+    cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+    cfg.setdefault("in_domain_set", "validation")
+    return cfg
+
+
+def _crit(name, value, op, threshold, detail="") -> dict:
+    if value is None:
+        passed, detail = False, detail or "no data"
+    else:
+        passed = value >= threshold if op == ">=" else value <= threshold
+    return {"criterion": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed), "detail": detail}
+
+
+def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: str = "production") -> dict:
+    """candidate/baseline: evaluation reports ({"sets": {name: metrics}}); baseline None = no baseline model."""
+    c = gate["criteria"]
+    name = gate["in_domain_set"]
+    cand = (candidate.get("sets") or {}).get(name)
+    base = ((baseline or {}).get("sets") or {}).get(name) if baseline else None
+    out = []
+    n = cand["rows"]["scored"] if cand else None
+    if "min_utterances" in c:
+        out.append(_crit("utterances scored", n, ">=", c["min_utterances"],
+                         "" if cand else f"the candidate report has no {name!r} set"))
+    if cand is None:
+        cand = {}
+    if baseline is not None and base is None:
+        out.append(_crit("baseline evaluated", None, ">=", 1, f"the {baseline_name} report has no {name!r} set"))
+    base_wer = base["wer"] if base else 1.0
+    if "min_relative_wer_reduction" in c:
+        wer = cand.get("wer")
+        rel = None if wer is None else (base_wer - wer) / base_wer if base_wer > 0 else (0.0 if wer == 0 else -1.0)
+        vs = f"{baseline_name} WER {base_wer:.3f}" if base else "no baseline model: vs transcribing nothing (WER 1.0)"
+        out.append(_crit("relative WER reduction", rel, ">=", c["min_relative_wer_reduction"],
+                         f"candidate WER {wer:.3f} vs {vs}" if wer is not None else ""))
+    if "min_term_accuracy" in c:
+        ker = cand.get("ker")
+        out.append(_crit("term accuracy (1 - KER)", None if ker is None else 1 - ker, ">=", c["min_term_accuracy"],
+                         f"{cand.get('terms_scored', 0)} terms; by category " +
+                         ", ".join(f"{k} {1 - v:.2f}" for k, v in (cand.get("ker_by_category") or {}).items())
+                         if ker is not None else "no priority terms in the set"))
+    if "min_negation_accuracy" in c:
+        out.append(_crit("negation accuracy", cand.get("negation_accuracy"), ">=", c["min_negation_accuracy"],
+                         f"{cand.get('negated_utterances', 0)} negated utterances" if cand.get("negation_accuracy") is not None
+                         else "no negated utterances in the set"))
+    if "max_critical_negation_errors" in c:
+        out.append(_crit("critical negation errors", cand.get("critical_negation_errors"), "<=",
+                         c["max_critical_negation_errors"], "negation lost while the drug name survived"))
+    if "max_slice_wer_regression" in c:
+        if base is None:
+            out.append({"criterion": "worst slice WER regression", "value": None, "op": "<=",
+                        "threshold": c["max_slice_wer_regression"], "passed": True,
+                        "detail": "not applicable: no baseline model to compare slices with"})
+        else:
+            worst, where = None, ""
+            for key, vals in (cand.get("slices") or {}).items():
+                for v, m in vals.items():
+                    b = base.get("slices", {}).get(key, {}).get(v)
+                    if not b or min(m["words"], b["words"]) < c.get("min_slice_words", 0):
+                        continue
+                    d = m["wer"] - b["wer"]
+                    if worst is None or d > worst:
+                        worst, where = d, f"{key}={v}: {b['wer']:.3f} -> {m['wer']:.3f}"
+            out.append(_crit("worst slice WER regression", worst, "<=", c["max_slice_wer_regression"],
+                             where or "no slice with enough words in both reports"))
+    if "max_latency_p95_s" in c:
+        lat = (cand.get("latency") or {}).get("p95_s")
+        out.append(_crit("latency p95 (s)", lat, "<=", c["max_latency_p95_s"],
+                         f"on {(cand.get('latency') or {}).get('device', '?')}, batch of one"))
+    passed = all(x["passed"] for x in out) and bool(out)
+    return {"passed": passed, "decision": "promote" if passed else "reject", "criteria": out,
+            "gate": {"version": gate["version"], "path": gate["path"], "sha256": gate["sha256"]},
+            "in_domain_set": name, "baseline": baseline_name if baseline else None,
+            "decided_at": datetime.now(timezone.utc).isoformat()}
+
+
+def summary(decision: dict) -> str:
+    failed = [x for x in decision["criteria"] if not x["passed"]]
+    if not failed:
+        return "gate passed: " + "; ".join(f"{x['criterion']} {_fmt(x['value'])}" for x in decision["criteria"])
+    return "gate failed: " + "; ".join(f"{x['criterion']} {_fmt(x['value'])} (needs {x['op']} {x['threshold']})"
+                                       for x in failed)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(candidate: dict, baseline: dict | None, set_name: str) -> dict[str, str]:
+    """Per-slice WER bars (candidate vs baseline) and KER by category, as base64 PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cand = candidate["sets"].get(set_name) or {}
+    base = ((baseline or {}).get("sets") or {}).get(set_name) or {}
+    out = {}
+    labels, cv, bv = [], [], []
+    for key, vals in (cand.get("slices") or {}).items():
+        for v, m in vals.items():
+            labels.append(f"{key}={v}")
+            cv.append(m["wer"])
+            bv.append(base.get("slices", {}).get(key, {}).get(v, {}).get("wer", float("nan")))
+    if labels:
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 3.5))
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], cv, 0.4, label="candidate")
+        if base:
+            ax.bar([x + 0.2 for x in xs], bv, 0.4, label="baseline")
+        ax.set_xticks(list(xs), labels, rotation=45, ha="right")
+        ax.set_ylabel("WER")
+        ax.set_title(f"WER per slice ({set_name})")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        out["slices"] = _png(fig)
+    cats = sorted(set(cand.get("ker_by_category") or {}) | set(base.get("ker_by_category") or {}))
+    if cats:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        xs = range(len(cats))
+        ax.bar([x - 0.2 for x in xs], [1 - cand.get("ker_by_category", {}).get(k, float("nan")) for k in cats], 0.4,
+               label="candidate")
+        if base:
+            ax.bar([x + 0.2 for x in xs], [1 - base.get("ker_by_category", {}).get(k, float("nan")) for k in cats], 0.4,
+                   label="baseline")
+        ax.set_xticks(list(xs), cats)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("term accuracy")
+        ax.set_title("clinical-term accuracy by category")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        out["terms"] = _png(fig)
+    return out
+
+
+def render_html(decision: dict, candidate: dict, baseline: dict | None, title: str) -> str:
+    e = html.escape
+    name = decision["in_domain_set"]
+    rows = "".join(
+        f"<tr class={'pass' if x['passed'] else 'fail'}><td>{e(x['criterion'])}</td><td>{e(_fmt(x['value']))}</td>"
+        f"<td>{e(x['op'])} {e(str(x['threshold']))}</td><td>{'PASS' if x['passed'] else 'FAIL'}</td><td>{e(x['detail'])}</td></tr>"
+        for x in decision["criteria"])
+    sets = "".join(
+        f"<tr><td>{e(n)}</td><td>{m['rows']['scored']}</td><td>{m['rows']['skipped']} {e(str(m['rows']['skipped_by_reason'] or ''))}</td>"
+        f"<td>{m['wer']:.3f} {e(str([round(v, 3) for v in (m.get('ci') or {}).get('wer') or []]))}</td>"
+        f"<td>{_fmt(m.get('ker'))}</td><td>{_fmt(m.get('negation_accuracy'))}</td><td>{m.get('critical_negation_errors')}</td>"
+        f"<td>{m['latency']['p50_s'] * 1000:.0f} / {m['latency']['p95_s'] * 1000:.0f}</td><td>{m['latency']['rtfx']:.1f}</td></tr>"
+        for who, rep in (("candidate", candidate), ("baseline", baseline)) if rep
+        for n, m in [(f"{who}: {k}", v) for k, v in rep["sets"].items()])
+    conf = (candidate["sets"].get(name) or {}).get("confusions") or []
+    conf_rows = "".join(f"<tr><td>{e(c['term'])}</td><td>{e(c['heard_as'])}</td><td>{c['count']}</td></tr>" for c in conf[:30])
+    imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>'
+                   for k, v in plots(candidate, baseline, name).items())
+    verdict = "PROMOTE" if decision["passed"] else "REJECT"
+    override = decision.get("override")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.pass td:nth-child(4){{color:#060}}.fail td:nth-child(4){{color:#b00;font-weight:bold}}
+.verdict{{font-size:1.4em;font-weight:bold}}figure{{display:inline-block;margin:0 1em}}</style></head><body>
+<h1>{e(title)}</h1>
+<p class="verdict">Decision: {verdict}{' (override: ' + e(override['reason']) + ' by ' + e(override['by']) + ')' if override else ''}</p>
+<p>Candidate <code>{e(str(candidate.get('model')))}</code> vs baseline <code>{e(str((baseline or {}).get('model', 'none')))}</code>
+on set <b>{e(name)}</b>; gate <code>{e(decision['gate']['path'])}</code> version {e(str(decision['gate']['version']))}
+(sha256 {e(decision['gate']['sha256'][:12])}), decided {e(decision['decided_at'])}.</p>
+<h2>Criteria</h2><table><tr><th>criterion</th><th>value</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>
+<h2>Evaluation sets</h2><table><tr><th>set</th><th>scored</th><th>skipped</th><th>WER [95% CI]</th><th>KER</th>
+<th>negation acc.</th><th>critical neg.</th><th>latency p50/p95 ms</th><th>RTFx</th></tr>{sets}</table>
+<h2>Plots</h2>{imgs or '<p>no slices</p>'}
+<h2>Term confusions (candidate, {e(name)})</h2><table><tr><th>term</th><th>heard as</th><th>count</th></tr>{conf_rows or '<tr><td colspan=3>none</td></tr>'}</table>
+</body></html>"""

@@ -1,0 +1,119 @@
+"""Batched NeMo inference shared by evaluation and serving (ML runtime).
+
+A :class:`Transcriber` holds one ``.nemo`` model in eval mode on the GPU when there is one (CPU
+otherwise) and transcribes 16 kHz mono float arrays in batches: preprocessor -> encoder -> the model's
+own greedy decoding. Audio longer than ``max_chunk_s`` is cut into chunks (with word timestamps shifted
+back to the original timeline) and the chunk texts are joined, so memory stays bounded for long uploads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class InferenceError(RuntimeError):
+    pass
+
+
+class Transcriber:
+    def __init__(self, nemo_path: str | Path, device: str | None = None, max_chunk_s: float = 30.0, version: str = ""):
+        import torch
+        from nemo.collections.asr.models import ASRModel
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = Path(nemo_path)
+        if not path.exists():
+            raise InferenceError(f"model file not found: {path}")
+        try:
+            model = ASRModel.restore_from(str(path), map_location=self.device)
+        except Exception as e:  # a corrupt or foreign file: say which
+            raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
+        model.eval()
+        model.freeze()
+        fe = getattr(model.preprocessor, "featurizer", None)
+        if fe is not None:
+            fe.dither, fe.pad_to = 0.0, 0   # deterministic features at inference
+        self.model = model
+        self.version = version
+        self.max_chunk = int(max_chunk_s * SAMPLE_RATE)
+        self.stride_s = float(model.cfg.preprocessor.get("window_stride", 0.01)) * int(getattr(model.encoder, "subsampling_factor", 1))
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self._lock = threading.Lock()    # one forward pass at a time per model (callers batch instead)
+
+    def warm_up(self, seconds: float = 1.0) -> float:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
+        return time.perf_counter() - t0
+
+    def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
+        if len(x) <= self.max_chunk:
+            return [x]
+        return [x[i:i + self.max_chunk] for i in range(0, len(x), self.max_chunk)]
+
+    def transcribe(self, audios: list[np.ndarray], timestamps: bool = False, batch_size: int = 16) -> list[dict]:
+        """[{"text": str, "words": [{"word", "start", "end"}] (when timestamps)}] per input array."""
+        import torch
+
+        pieces, owner = [], []
+        for i, x in enumerate(audios):
+            x = np.asarray(x, dtype=np.float32)
+            if x.ndim != 1 or x.size == 0:
+                raise InferenceError(f"audio {i}: expected a non-empty 1-D 16 kHz array")
+            for c in self._chunks(x):
+                pieces.append(c)
+                owner.append(i)
+        texts: list[list[str]] = [[] for _ in audios]
+        words: list[list[dict]] = [[] for _ in audios]
+        offsets = [0.0] * len(audios)
+        with self._lock, torch.inference_mode():
+            for b in range(0, len(pieces), batch_size):
+                batch = pieces[b:b + batch_size]
+                lens = torch.tensor([len(c) for c in batch], device=self.device)
+                sig = torch.zeros(len(batch), int(lens.max()), device=self.device)
+                for k, c in enumerate(batch):
+                    sig[k, :len(c)] = torch.from_numpy(c)
+                enc, enc_len = self.model.forward(input_signal=sig, input_signal_length=lens)
+                hyps = self.model.decoding.rnnt_decoder_predictions_tensor(enc, enc_len, return_hypotheses=timestamps)
+                for k, h in enumerate(hyps):
+                    i = owner[b + k]
+                    text = h.text if hasattr(h, "text") else str(h)
+                    if text:
+                        texts[i].append(text)
+                    if timestamps:
+                        words[i].extend(self._words(h, offsets[i]))
+                    offsets[i] += len(batch[k]) / SAMPLE_RATE
+        out = []
+        for i in range(len(audios)):
+            r = {"text": " ".join(t.strip() for t in texts[i] if t.strip())}
+            if timestamps:
+                r["words"] = words[i]
+            out.append(r)
+        return out
+
+    def _words(self, hyp, offset_s: float) -> list[dict]:
+        """Word timings from the hypothesis' token timesteps (frames of ``stride_s`` seconds)."""
+        tokens = [int(t) for t in (hyp.y_sequence.tolist() if hasattr(hyp.y_sequence, "tolist") else hyp.y_sequence)]
+        steps = hyp.timestamp.tolist() if hasattr(hyp.timestamp, "tolist") else list(hyp.timestamp or [])
+        if not tokens or len(steps) != len(tokens):
+            return []
+        tok = self.model.tokenizer
+        out: list[dict] = []
+        for t, step in zip(tokens, steps):
+            piece = tok.ids_to_tokens([t])[0]
+            start = offset_s + step * self.stride_s
+            if piece.startswith("▁") or not out:
+                word = piece.lstrip("▁")
+                if not word and out:
+                    continue
+                out.append({"word": word, "start": round(start, 3), "end": round(start + self.stride_s, 3)})
+            else:
+                out[-1]["word"] += piece
+                out[-1]["end"] = round(start + self.stride_s, 3)
+        return [w for w in out if w["word"]]

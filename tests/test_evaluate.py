@@ -1,0 +1,91 @@
+"""Evaluation in the ML runtime: a real NeMo model transcribes real synthetic audio; bad rows are counted."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from clinasr.evaluate import EvaluationError, evaluate, load_rows
+
+pytestmark = pytest.mark.ml
+
+
+@pytest.fixture
+def messy_manifest(tiny_dataset, tmp_path):
+    """The validation split plus one row of each kind of bad input."""
+    d = tmp_path / "set"
+    d.mkdir()
+    rows = [json.loads(x) for x in (tiny_dataset / "val_manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["audio_filepath"] = str(tiny_dataset / r["audio_filepath"])
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage")
+    (d / "empty.wav").write_bytes(b"")
+    bad = [{"audio_filepath": "missing.wav", "text": "give warfarin", "duration": 1},
+           {"audio_filepath": "corrupt.wav", "text": "give warfarin", "duration": 1},
+           {"audio_filepath": "empty.wav", "text": "give warfarin", "duration": 1},
+           {"audio_filepath": rows[0]["audio_filepath"], "text": "  ", "duration": 1}]
+    lines = [json.dumps(r) for r in rows + bad] + ["{not json"]
+    (d / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return d / "manifest.jsonl", len(rows)
+
+
+def test_bad_rows_are_counted_with_reasons_not_dropped(messy_manifest):
+    path, good = messy_manifest
+    rows, skipped = load_rows(path)
+    assert len(rows) == good
+    assert sum(skipped.values()) == 5
+    assert skipped["bad JSON line"] == 1 and skipped["no reference text"] == 1
+    assert skipped["audio: audio file not found"] == 1 and skipped["audio: empty audio file"] == 1
+    assert any(k.startswith("audio: not decodable") for k in skipped)
+
+
+def test_evaluate_scores_sets_saves_hypotheses_and_measures_latency(tiny_model, tiny_dataset, messy_manifest, tmp_path):
+    path, good = messy_manifest
+    logs = []
+    rep = evaluate({"model": tiny_model, "output_dir": str(tmp_path / "out"), "progress": False,
+                    "sets": [{"name": "validation", "manifest": str(tiny_dataset)},
+                             {"name": "messy", "manifest": str(path)}]}, log=logs.append)
+    v, m = rep["sets"]["validation"], rep["sets"]["messy"]
+    assert v["rows"]["scored"] == good and m["rows"]["skipped"] == 5 and m["rows"]["scored"] == good
+    assert 0 <= v["wer"] and v["terms_scored"] > 0 and v["ci"]["wer"][0] <= v["wer"] <= v["ci"]["wer"][1]
+    assert v["latency"]["p95_s"] >= v["latency"]["p50_s"] > 0 and v["latency"]["rtfx"] > 1
+    hyps = [json.loads(x) for x in open(v["hypotheses"])]
+    assert len(hyps) == good and all("hypothesis" in h and "latency_s" in h for h in hyps)
+    assert v["wer"] == m["wer"]      # the same rows, the same deterministic model
+    assert json.loads(open(rep["report_path"]).read())["sets"].keys() == {"validation", "messy"}
+
+
+def test_evaluation_errors_are_clear(tiny_model, tmp_path):
+    with pytest.raises(EvaluationError, match="model .*not found"):
+        evaluate({"model": str(tmp_path / "none.nemo"), "output_dir": str(tmp_path),
+                  "sets": [{"name": "v", "manifest": str(tmp_path)}]})
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(EvaluationError, match="no usable rows"):
+        evaluate({"model": tiny_model, "output_dir": str(tmp_path / "o"), "progress": False,
+                  "sets": [{"name": "v", "manifest": str(tmp_path / "empty.jsonl")}]})
+    with pytest.raises(EvaluationError, match="no evaluation sets"):
+        evaluate({"model": tiny_model, "output_dir": str(tmp_path / "o"), "sets": []})
+
+
+def test_transcriber_chunks_long_audio_and_gives_word_times(tiny_model, tiny_dataset):
+    from clinasr import audio
+    from clinasr.inference import InferenceError, Transcriber
+
+    row = json.loads((tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[0])
+    x = audio.load(tiny_dataset / row["audio_filepath"])
+    t = Transcriber(tiny_model, max_chunk_s=1.0)
+    long = np.concatenate([x] * 4)
+    one, four = t.transcribe([x, long], timestamps=True)
+    assert isinstance(one["text"], str) and isinstance(four["text"], str)
+    starts = [w["start"] for w in four["words"]]
+    assert starts == sorted(starts) and all(w["end"] > w["start"] for w in four["words"])
+    if four["words"]:
+        assert four["words"][-1]["end"] <= len(long) / 16000 + 0.5
+    assert t.transcribe([x])[0]["text"] == t.transcribe([x])[0]["text"]     # deterministic
+    with pytest.raises(InferenceError, match="non-empty 1-D"):
+        t.transcribe([np.zeros((2, 10), dtype=np.float32)])
+    bad = tiny_dataset.parent / "bad.nemo"
+    shutil.copy(tiny_dataset / row["audio_filepath"], bad)
+    with pytest.raises(InferenceError, match="cannot load bad.nemo"):
+        Transcriber(bad)

@@ -1,0 +1,119 @@
+"""The acceptance gate: each criterion on reports scored by the real metrics library."""
+
+import copy
+
+import pytest
+
+from clinasr.gate import GateError, decide, load_gate, render_html, summary
+from clinasr.metrics import score_rows
+
+NEG = {"text": "patient denies taking warfarin", "term": "warfarin", "negated": True, "negation_cue": "denies",
+       "terms": [{"term": "warfarin", "category": "drug"}], "accent_profile": "native", "noise_band": "clean",
+       "telephony": False, "origin": "synthetic"}
+POS = {"text": "start apixaban five milligrams twice daily", "term": "apixaban", "negated": False, "negation_cue": None,
+       "terms": [{"term": "apixaban", "category": "drug"}, {"term": "five milligrams", "category": "dosage"},
+                 {"term": "twice daily", "category": "frequency"}],
+       "accent_profile": "second_language", "noise_band": "snr_10_15", "telephony": True, "origin": "synthetic"}
+
+
+def report(hyp_neg: str, hyp_pos: str, n: int = 10, p95: float = 0.2, model: str = "m") -> dict:
+    rows = [{**NEG, "hypothesis": hyp_neg}, {**POS, "hypothesis": hyp_pos}] * n
+    m = score_rows(rows)
+    m.pop("per_row")
+    m.update(rows={"scored": len(rows), "skipped": 0, "skipped_by_reason": {}},
+             latency={"p50_s": p95 / 2, "p95_s": p95, "rtfx": 20.0, "device": "cpu"}, ci={"wer": [0, 1]})
+    return {"model": model, "sets": {"validation": m}}
+
+
+PERFECT = (NEG["text"], POS["text"])
+BAD = ("patient taking war farin", "start a pixaban five milligram")
+
+
+@pytest.fixture
+def gate():
+    return load_gate("configs/gate/default.yaml")
+
+
+def failing(decision) -> set[str]:
+    return {c["criterion"] for c in decision["criteria"] if not c["passed"]}
+
+
+def test_a_better_candidate_passes_every_criterion(gate):
+    d = decide(report(*PERFECT), report(*BAD), gate)
+    assert d["passed"] and d["decision"] == "promote" and failing(d) == set()
+    rel = next(c for c in d["criteria"] if c["criterion"] == "relative WER reduction")
+    assert rel["value"] == pytest.approx(1.0) and rel["threshold"] == 0.30
+    assert d["gate"]["version"] == 1 and len(d["gate"]["sha256"]) == 64
+    assert summary(d).startswith("gate passed")
+
+
+def test_a_worse_candidate_must_be_rejected(gate):
+    d = decide(report(*BAD), report(*PERFECT), gate)
+    assert not d["passed"] and d["decision"] == "reject"
+    assert {"relative WER reduction", "term accuracy (1 - KER)", "negation accuracy",
+            "worst slice WER regression"} <= failing(d)
+    assert "needs >= 0.3" in summary(d)
+
+
+def test_small_wer_gain_fails_only_the_relative_criterion(gate):
+    base = report(NEG["text"], POS["text"] + " please do it now")   # 4 insertions: WER 0.4
+    cand = report(NEG["text"], POS["text"] + " do it now")          # 3 insertions: WER 0.3, only 25% better
+    d = decide(cand, base, gate)
+    assert failing(d) == {"relative WER reduction"}
+
+
+def test_term_accuracy_floor(gate):
+    d = decide(report(NEG["text"], "start apixaban five milligram twice daily"), report(*BAD), gate)
+    assert "term accuracy (1 - KER)" in failing(d)
+
+
+def test_critical_negation_error_alone_blocks(gate):
+    g = copy.deepcopy(gate)
+    g["criteria"]["min_negation_accuracy"] = 0.0       # even with no accuracy floor, a critical error blocks
+    d = decide(report("patient taking warfarin", POS["text"]), report(*BAD), g)
+    assert failing(d) == {"critical negation errors"}
+
+
+def test_slice_regression_and_latency(gate):
+    cand = report(*PERFECT, p95=2.5)
+    base = report(*PERFECT)
+    # a slice that regresses: make the candidate worse on one accent only
+    cand["sets"]["validation"]["slices"]["accent_profile"]["native"]["wer"] = 0.2
+    d = decide(cand, base, gate)
+    assert {"worst slice WER regression", "latency p95 (s)"} <= failing(d)
+    detail = next(c for c in d["criteria"] if c["criterion"] == "worst slice WER regression")["detail"]
+    assert "accent_profile=native" in detail
+
+
+def test_missing_data_never_passes(gate):
+    d = decide({"model": "m", "sets": {}}, report(*BAD), gate)
+    assert not d["passed"] and "utterances scored" in failing(d)
+    d = decide(report(*PERFECT, n=2), report(*BAD), gate)      # 4 rows < min_utterances 10
+    assert failing(d) == {"utterances scored"}
+    d = decide(report(*PERFECT), {"model": "b", "sets": {"other": {}}}, gate)
+    assert "baseline evaluated" in failing(d)
+
+
+def test_without_a_baseline_the_reference_is_transcribing_nothing(gate):
+    d = decide(report(*PERFECT), None, gate)
+    assert d["passed"] and d["baseline"] is None
+    rel = next(c for c in d["criteria"] if c["criterion"] == "relative WER reduction")
+    assert "transcribing nothing" in rel["detail"]
+
+
+def test_gate_config_is_validated(tmp_path):
+    bad = tmp_path / "g.yaml"
+    bad.write_text("version: 1\ncriteria:\n  min_wer_redution: 0.3\n")
+    with pytest.raises(GateError, match="unknown criteria"):
+        load_gate(bad)
+    with pytest.raises(GateError, match="not found"):
+        load_gate(tmp_path / "nope.yaml")
+
+
+def test_html_report_has_verdict_criteria_plots_and_confusions(gate):
+    cand, base = report(*BAD), report(*PERFECT)
+    d = decide(cand, base, gate)
+    page = render_html(d, cand, base, "Gate report")
+    assert "Decision: REJECT" in page and "relative WER reduction" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert "war farin" in page                          # the term confusion table
