@@ -102,6 +102,55 @@ def test_training_dag_registers_a_candidate(platform_settings):
     assert snap["uri"] in up and any(u.endswith("transcripts.jsonl") for u in up)
 
 
+def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_override(platform_settings):
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    from mlflow import MlflowClient
+
+    from clinasr.store import ObjectStore
+
+    # the candidate Asset event of the training test started an evaluation: a 4-step model must be rejected
+    auto = client.wait_for_new_run("clinasr_evaluate_promote", set(), timeout=120)
+    run = client.wait("clinasr_evaluate_promote", auto, timeout=600)
+    states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_evaluate_promote", auto)}
+    assert run["state"] == "failed" and states["gate"] == "failed" and states["promote"] == "upstream_failed", states
+    ml = MlflowClient(s.mlflow_uri)
+    cand = ml.get_model_version_by_alias("clinasr-platform-test", "candidate")
+    assert cand.tags["status"] == "rejected" and cand.tags["gate"] == "reject"
+    assert "gate failed" in cand.tags["rejection_reason"]
+    page = ObjectStore(s).get_bytes(cand.tags["gate_report"]).decode()
+    assert "Decision: REJECT" in page and "data:image/png;base64," in page
+    assert "gate" in {a.path for a in ml.list_artifacts(cand.run_id)}
+    # overriding needs an explicit Param with a reason; it is recorded
+    run_id = client.trigger("clinasr_evaluate_promote", {"model_name": "clinasr-platform-test",
+                                                         "override_reason": "platform test: first production model"})
+    run = client.wait("clinasr_evaluate_promote", run_id, timeout=600)
+    assert run["state"] == "success"
+    prod = ml.get_model_version_by_alias("clinasr-platform-test", "production")
+    assert prod.version == cand.version and prod.tags["promoted_by"] == "admin"
+    assert prod.tags["promotion_reason"] == "override: platform test: first production model"
+    from clinasr import provenance as V
+
+    gate_rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "gate"][0]
+    assert gate_rec["gate"]["override"]["reason"] == "platform test: first production model"
+    assert gate_rec["gate"]["override"]["by"] == "admin" and not gate_rec["gate"]["passed"]
+    # the deploy task switched the platform's transcription service to the new production version
+    import openai
+    import requests
+
+    version = f"clinasr-platform-test/{prod.version}"
+    assert requests.get(f"{s.serve_url}/health/ready").json()["model_version"] == version
+    assert client.xcom("clinasr_evaluate_promote", run_id, "deploy")["version"] == version
+    snap_uri = client.xcom("clinasr_synthetic_data", client.runs("clinasr_synthetic_data")[0]["dag_run_id"],
+                           "stage_snapshot")["uri"]
+    store = ObjectStore(s)
+    row = json.loads(store.get_bytes(f"{snap_uri}/val_manifest.jsonl").decode().splitlines()[0])
+    audio = store.get_bytes(f"{snap_uri}/{row['audio_filepath']}")
+    oa = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key="unused", max_retries=0)
+    raw = oa.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("a.wav", audio))
+    assert raw.headers["x-model-version"] == version and isinstance(raw.parse().text, str)
+
+
 def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
     """backend=sagemaker: the amazon provider's SageMakerTrainingOperator sends our request (to the platform's
     loopback AWS server, through the clinasr_aws connection); the candidate task finds the version the job
@@ -115,6 +164,7 @@ def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_set
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     snap = client.xcom("clinasr_synthetic_data", client.runs("clinasr_synthetic_data")[0]["dag_run_id"], "stage_snapshot")
     run_id = "manual__sagemaker-backend-test"
+    client.pause("clinasr_evaluate_promote")    # the job's "model" is an empty registry entry: nothing to evaluate
     ml = MlflowClient(s.mlflow_uri)
     ml.create_registered_model("clinasr-sm-test")
     job_run = ml.create_run(ml.get_experiment_by_name("Default").experiment_id)

@@ -173,3 +173,142 @@ def _sha(path):
     from clinasr.store import sha256_file
 
     return sha256_file(Path(path))
+
+
+# -- evaluate and promote ------------------------------------------------------------------------------
+def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> dict:
+    """Which candidate, against which baseline, on which sets."""
+    from clinasr import registry
+
+    ref = params.get("candidate")
+    if not ref:
+        for ev in reversed(list((triggering_asset_events or {}).get(candidate_asset, []) if triggering_asset_events else [])):
+            if ref := (ev.extra or {}).get("model_uri"):
+                break
+    if not ref and not params.get("model_name"):
+        raise ValueError("no candidate: set the candidate Param (models:/name/N) or model_name (uses its @candidate alias)")
+    ref = ref or f"models:/{params['model_name']}@candidate"
+    name, version = registry.resolve(ref)
+    if params.get("model_name") and name != params["model_name"]:
+        raise ValueError(f"candidate {ref} is not a version of {params['model_name']} (the model_name Param)")
+    mv = registry.client().get_model_version(name, version)
+    dataset = params.get("dataset_uri") or (mv.tags or {}).get("dataset_uri") or (mv.tags or {}).get("dataset")
+    if not dataset:
+        raise ValueError(f"{ref} records no dataset: set the dataset_uri Param (its validation split is the in-domain set)")
+    prod = registry.alias_version(name, "production")
+    if prod == version:
+        raise ValueError(f"{ref} is already production: nothing to evaluate")
+    baseline = f"models:/{name}/{prod}" if prod else (params.get("baseline_model") or None)
+    sets = [{"name": "validation", "manifest": dataset}]
+    for i, spec in enumerate(params.get("extra_manifests") or []):
+        set_name, sep, path = spec.partition("=")
+        sets.append({"name": set_name.strip(), "manifest": path.strip()} if sep else {"name": f"extra{i + 1}", "manifest": spec})
+    return {"model_name": name, "candidate": f"models:/{name}/{version}", "candidate_version": version,
+            "production_version": prod, "baseline": baseline,
+            "baseline_kind": "production" if prod else ("base model" if baseline else None),
+            "sets": sets, "dataset_uri": dataset}
+
+
+def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
+    from clinasr import mlenv
+
+    settings = Settings.from_env()
+    out = work_dir(settings, "clinasr_evaluate_promote", run_id) / which
+    report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False},
+                             settings, log=log.info)
+    for m in report["sets"].values():     # keep XCom small: per-term tables stay in the files
+        m.pop("ker_by_term", None)
+    declare(inputs=[{"uri": ref, "kind": "model"}] + [{"uri": s["manifest"], "kind": "evaluation-set"} for s in sets],
+            outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
+    return report
+
+
+def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None) -> dict:
+    """Decide, write the report (JSON + HTML, local, S3, MLflow), tag the version; a failed gate without an
+    override rejects the candidate and fails the task with every failing criterion in the message."""
+    import json
+
+    from clinasr import registry
+    from clinasr.gate import decide, load_gate, render_html, summary
+    from clinasr.store import ObjectStore
+
+    settings = Settings.from_env()
+    gate = load_gate(params["gate_config"])
+    decision = decide(candidate, baseline, gate, plan["baseline_kind"] or "production")
+    override = (params.get("override_reason") or "").strip()
+    if override and not decision["passed"]:
+        decision["override"] = {"reason": override, "by": user or "unknown", "failed": summary(decision)}
+    decision.update(candidate=plan["candidate"], baseline_model=plan["baseline"], dataset_uri=plan["dataset_uri"])
+    out = work_dir(settings, "clinasr_evaluate_promote", run_id) / "gate"
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"Gate report: {plan['model_name']} v{plan['candidate_version']}"
+    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": candidate, "baseline": baseline}, indent=1))
+    (out / "gate.html").write_text(render_html(decision, candidate, baseline, title))
+    prefix = f"s3://{settings.bucket}/reports/gate/{plan['model_name']}/v{plan['candidate_version']}/{out.parent.name}"
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    outputs = []
+    for f in ("gate.json", "gate.html"):
+        store.put_file(out / f, f"{prefix}/{f}")
+        outputs.append({"uri": f"{prefix}/{f}", "kind": "gate-report", "sha256": _sha(out / f)})
+    c = registry.client()
+    mv = c.get_model_version(plan["model_name"], plan["candidate_version"])
+    if mv.run_id:
+        c.log_artifact(mv.run_id, str(out / "gate.json"), "gate")
+        c.log_artifact(mv.run_id, str(out / "gate.html"), "gate")
+    c.set_model_version_tag(plan["model_name"], plan["candidate_version"], "gate", decision["decision"])
+    c.set_model_version_tag(plan["model_name"], plan["candidate_version"], "gate_report", f"{prefix}/gate.html")
+    declare(inputs=[{"uri": plan["candidate"], "kind": "model"}] + ([{"uri": plan["baseline"], "kind": "baseline-model"}]
+                                                                      if plan["baseline"] else []),
+            outputs=outputs, gate={"passed": decision["passed"], "version": gate["version"], "sha256": gate["sha256"],
+                                   "override": decision.get("override")})
+    log.info("%s; report: %s/gate.html", summary(decision), prefix)
+    if not decision["passed"] and not override:
+        registry.reject(plan["model_name"], plan["candidate_version"], by=user or "clinasr_evaluate_promote",
+                        reason=summary(decision), report_uri=f"{prefix}/gate.html")
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"candidate {plan['candidate']} rejected — {summary(decision)} "
+                                   f"(report: {prefix}/gate.html; to promote anyway set override_reason)")
+    return {"passed": decision["passed"], "override": decision.get("override"), "summary": summary(decision),
+            "report": f"{prefix}/gate.html", "criteria": decision["criteria"]}
+
+
+def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:
+    from clinasr import registry
+
+    reason = gate_result["summary"] if not gate_result.get("override") else f"override: {gate_result['override']['reason']}"
+    res = registry.promote(plan["model_name"], plan["candidate_version"], by=user or "clinasr_evaluate_promote",
+                           reason=reason, report_uri=gate_result["report"])
+    declare(inputs=[{"uri": plan["candidate"], "kind": "model"}, {"uri": gate_result["report"], "kind": "gate-report"}],
+            outputs=[{"uri": f"models:/{plan['model_name']}@production", "kind": "model-alias"}],
+            promotion={**res, "by": user, "reason": reason})
+    log.info("production: %s v%s (previous: %s)", plan["model_name"], res["production"], res["previous"])
+    return res
+
+
+def deploy_to_serving(model_uri: str) -> dict:
+    """Ask the transcription service to load ``model_uri`` (it warms the new model up beside the old one and
+    switches atomically; a failed load keeps the old model serving and fails this task)."""
+    import os
+
+    import requests
+
+    url = Settings.from_env().serve_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {os.environ['CLINASR_SERVE_API_KEY']}"} if os.environ.get("CLINASR_SERVE_API_KEY") else {}
+    try:
+        r = requests.post(f"{url}/admin/reload", json={"model": model_uri}, headers=headers, timeout=900)
+    except requests.ConnectionError:
+        raise RuntimeError(f"the transcription service at {url} is not reachable; {model_uri} is promoted in the "
+                           "registry and a service started later loads it (`clinasr platform up`, or set "
+                           "CLINASR_SERVE_URL)") from None
+    if r.status_code >= 400:
+        raise RuntimeError(f"serving at {url} refused {model_uri} ({r.status_code}): {r.text[:500]}")
+    res = r.json()
+    ready = requests.get(f"{url}/health/ready", timeout=30).json()
+    if ready.get("model_version") != res["version"]:
+        raise RuntimeError(f"serving reports {ready} after deploying {res['version']}")
+    log.info("serving %s now answers with %s (previous %s, %s)", url, res["version"], res["previous"], res["device"])
+    declare(inputs=[{"uri": model_uri, "kind": "model"}], outputs=[{"uri": f"{url}/v1/audio/transcriptions", "kind": "endpoint"}],
+            deployment={**res, "url": url})
+    return {**res, "url": url}

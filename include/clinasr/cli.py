@@ -3,6 +3,9 @@
     clinasr platform up|down|status      the local platform (S3 server, MLflow, Airflow)
     clinasr data build ...               synthetic dataset -> object-store snapshot
     clinasr provenance verify|lineage    read and check the provenance chain
+    clinasr evaluate --model M --manifest X   score a model on held-out sets (optionally gate vs a baseline)
+    clinasr registry show|rollback       model registry aliases (candidate, production, previous); roll back
+    clinasr serve --model M              the OpenAI-compatible transcription service (ML runtime)
     clinasr demo                         run the flywheel DAGs through Airflow's REST API
     clinasr ml-stage NAME ...            (internal) run an ML stage in the ML runtime
 """
@@ -101,6 +104,61 @@ def cmd_provenance(a) -> int:
     return 0
 
 
+def cmd_evaluate(a) -> int:
+    from clinasr import mlenv
+    from clinasr.gate import decide, load_gate, render_html, summary
+
+    sets = []
+    for i, spec in enumerate(a.manifest):
+        name, sep, path = spec.partition("=")
+        sets.append({"name": name, "manifest": path} if sep else {"name": "validation" if i == 0 else f"set{i + 1}",
+                                                                   "manifest": spec})
+    out = Path(a.out)
+    cand = mlenv.run_stage("evaluate", {"model": a.model, "sets": sets, "output_dir": str(out / "candidate"),
+                                        "max_rows": a.max_rows})
+    base = None
+    if a.baseline:
+        base = mlenv.run_stage("evaluate", {"model": a.baseline, "sets": sets, "output_dir": str(out / "baseline"),
+                                            "max_rows": a.max_rows})
+    gate = load_gate(a.gate)
+    if gate["in_domain_set"] not in cand["sets"]:
+        gate["in_domain_set"] = sets[0]["name"]
+    decision = decide(cand, base, gate, "baseline")
+    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": cand, "baseline": base}, indent=1, default=str))
+    (out / "gate.html").write_text(render_html(decision, cand, base, f"Gate report: {a.model}"))
+    for name, m in cand["sets"].items():
+        print(f"{name:<16} WER {m['wer']:.3f}  KER {m['ker'] if m['ker'] is None else round(m['ker'], 3)}  "
+              f"negation acc {m['negation_accuracy']}  p95 {m['latency']['p95_s'] * 1000:.0f} ms  "
+              f"scored {m['rows']['scored']}, skipped {m['rows']['skipped']} {m['rows']['skipped_by_reason'] or ''}")
+    print(summary(decision))
+    print(f"report: {out / 'gate.html'}  hypotheses: {out / 'candidate'}/<set>/hypotheses.jsonl")
+    return 0 if decision["passed"] else 3
+
+
+def cmd_registry(a) -> int:
+    import getpass
+
+    from clinasr import registry
+
+    if a.action == "rollback":
+        if not a.reason:
+            print("error: rollback needs --reason (it is recorded on the model versions)", file=sys.stderr)
+            return 2
+        _print_json(registry.rollback(a.model_name, by=a.by or getpass.getuser(), reason=a.reason))
+        return 0
+    _print_json({alias: registry.alias_version(a.model_name, alias) for alias in ("candidate", "production", "previous")})
+    return 0
+
+
+def cmd_serve(rest: list[str]) -> int:
+    import os
+
+    from clinasr.mlenv import service_command
+
+    argv, env = service_command("serve", rest)
+    os.execve(argv[0], argv, {**os.environ, **env})   # replaces this process: signals reach the server
+
+
 def cmd_demo(a) -> int:
     from clinasr.demo import run_demo
 
@@ -159,6 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--mirror", action="store_true", help="also check the object-store copies")
     v.set_defaults(fn=cmd_provenance)
 
+    e = sub.add_parser("evaluate", help="score a model on evaluation sets; gate it against a baseline",
+                       description="Transcribe each set with MODEL (a .nemo, s3:// URI or models:/name@alias), score "
+                                   "WER, clinical-term accuracy, negation, slices and latency, and apply the gate "
+                                   "(vs --baseline if given). Exit code 0: gate passed, 3: gate failed.")
+    e.add_argument("--model", required=True)
+    e.add_argument("--manifest", action="append", required=True,
+                   help="[name=]dataset dir, s3:// snapshot or manifest .jsonl (repeatable; the first is the in-domain set)")
+    e.add_argument("--baseline", help="model to compare with (e.g. models:/clinasr-asr@production)")
+    e.add_argument("--gate", default="configs/gate/default.yaml", help="gate criteria YAML")
+    e.add_argument("--out", default="eval-report", help="output directory (report, hypotheses)")
+    e.add_argument("--max-rows", type=int, help="at most this many rows per set")
+    e.set_defaults(fn=cmd_evaluate)
+
+    r = sub.add_parser("registry", help="show model aliases or roll production back",
+                       description="show: the candidate/production/previous versions. rollback: production goes back "
+                                   "to the previous production version (recorded with who and why).")
+    r.add_argument("action", choices=["show", "rollback"])
+    r.add_argument("--model-name", default="clinasr-asr")
+    r.add_argument("--reason", help="why (rollback; required)")
+    r.add_argument("--by", help="who (default: this user)")
+    r.set_defaults(fn=cmd_registry)
+
+    sv = sub.add_parser("serve", help="run the OpenAI-compatible transcription service", add_help=False,
+                        description="Starts clinasr.serving in the ML runtime; `clinasr serve --help` lists its options.")
+    sv.add_argument("rest", nargs=argparse.REMAINDER)
+
     de = sub.add_parser("demo", help="run the flywheel DAGs end to end on the local platform",
                         description="Triggers the DAGs through Airflow's REST API (as the UI does), waits, summarises.")
     de.add_argument("--quick", action="store_true", help="smallest dataset (for tests)")
@@ -167,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:          # its options belong to the server (ML runtime)
+        return cmd_serve(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from clinasr import platform as P
@@ -14,14 +15,17 @@ DEMO_TERMS = "warfarin, levetiracetam, metoprolol, apixaban, insulin glargine, f
 
 def run_demo(quick: bool = False, log=print) -> int:
     s = Settings.from_env()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", s.mlflow_uri)
     t0 = time.time()
-    log("== 1/4 local platform")
+    log("== 1/5 local platform")
     P.up(s, log=log)
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
-    log("== 2/4 synthetic clinical speech data (DAG clinasr_synthetic_data)")
+    log("== 2/5 synthetic clinical speech data (DAG clinasr_synthetic_data)")
     client.wait_for_dag("clinasr_synthetic_data")
     client.wait_for_dag("clinasr_training")
+    client.wait_for_dag("clinasr_evaluate_promote")
     earlier_training = {r["dag_run_id"] for r in client.runs("clinasr_training")}
+    earlier_eval = {r["dag_run_id"] for r in client.runs("clinasr_evaluate_promote")}
     conf = {"terms": "warfarin, levetiracetam, metoprolol" if quick else DEMO_TERMS,
             "utterances_per_term": 3 if quick else 12, "seed": 7}
     run_id = client.trigger("clinasr_synthetic_data", conf, note="clinasr demo")
@@ -30,21 +34,54 @@ def run_demo(quick: bool = False, log=print) -> int:
         log(f"clinasr_synthetic_data failed: see {s.airflow_url}/dags/clinasr_synthetic_data/runs")
         return 1
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
-    log("== 3/4 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
+    log("== 3/5 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
     train_run = client.wait_for_new_run("clinasr_training", earlier_training)
     run = client.wait("clinasr_training", train_run, timeout=3600, log=log)
     if run["state"] != "success":
         log(f"clinasr_training failed: see {s.airflow_url}/dags/clinasr_training/runs")
         return 1
     trained = client.xcom("clinasr_training", train_run, "candidate")
-    log("== 4/4 summary")
+    log("== 4/5 evaluation and gate (DAG clinasr_evaluate_promote, started by the candidate Asset event)")
+    eval_run = client.wait_for_new_run("clinasr_evaluate_promote", earlier_eval)
+    run = client.wait("clinasr_evaluate_promote", eval_run, timeout=1800, log=log)
+    gate = _gate_outcome(client, eval_run)
+    log(f"gate               {gate}")
+    if run["state"] != "success" and "rejected" in gate:
+        # a model trained for minutes on a 2-core CPU cannot meet the production gate; the demo shows the
+        # override path (an explicit Param with a reason, recorded in provenance and on the model version)
+        reason = "demo: toy CPU model promoted to exercise serving and rollback"
+        log(f"== 4b/5 promoting over the gate with override_reason={reason!r}")
+        eval_run = client.trigger("clinasr_evaluate_promote", {"candidate": trained["model_uri"], "override_reason": reason},
+                                  note="clinasr demo override")
+        run = client.wait("clinasr_evaluate_promote", eval_run, timeout=1800, log=log)
+    if run["state"] != "success":
+        log(f"clinasr_evaluate_promote failed: see {s.airflow_url}/dags/clinasr_evaluate_promote/runs")
+        return 1
+    promoted = client.xcom("clinasr_evaluate_promote", eval_run, "promote")
+    log("== 5/5 summary")
     log(f"dataset snapshot   {snap['uri']}  ({snap['counts']['train']} train / {snap['counts']['val']} val rows, "
         f"{(snap['hours']['train'] + snap['hours']['val']) * 60:.1f} min of audio)")
     log(f"candidate model    {trained['model_uri']}  ({trained['n_params'] / 1e6:.2f} M parameters, "
         f"{trained['global_step']} steps in {trained['train_seconds']:.0f}s, val WER "
         f"{trained['metrics'].get('val_wer', float('nan')):.3f})")
+    log(f"production model   models:/{promoted['name']}/{promoted['production']}  (previous: {promoted['previous']})")
+    log(f"gate report        {client.xcom('clinasr_evaluate_promote', eval_run, 'gate')['report']}")
     log(f"provenance         {s.home / 'provenance' / 'chain.jsonl'}  (`clinasr provenance verify`)")
     log(f"Airflow UI         {s.airflow_url}  user admin / password {P.airflow_admin_password(s)}")
     log(f"MLflow UI          {s.mlflow_uri}")
     log(f"done in {time.time() - t0:.0f}s; stop the platform with `clinasr platform down`")
     return 0
+
+
+def _gate_outcome(client: AirflowClient, run_id: str) -> str:
+    try:
+        g = client.xcom("clinasr_evaluate_promote", run_id, "gate")
+        return f"passed — {g['summary']}"
+    except Exception:   # a failed gate task pushes no XCom: read the decision from the registry instead
+        from clinasr import registry
+
+        p = client.xcom("clinasr_evaluate_promote", run_id, "plan")
+        tags = registry.client().get_model_version(p["model_name"], p["candidate_version"]).tags
+        if tags.get("status") == "rejected":
+            return f"rejected — {tags.get('rejection_reason')} (report {tags.get('gate_report')})"
+        return "did not decide: see the run's logs"

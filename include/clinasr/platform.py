@@ -111,7 +111,21 @@ def services(s: Settings) -> list[Service]:
         Service("airflow-scheduler", [_bin("airflow"), "scheduler"], None, None, env=af),
         Service("airflow-dag-processor", [_bin("airflow"), "dag-processor"], None, None, env=af),
         Service("airflow-triggerer", [_bin("airflow"), "triggerer"], None, None, env=af),
+        _serve_service(s),
     ]
+
+
+def _serve_service(s: Settings) -> Service:
+    """The transcription service (ML runtime). It starts with the registry's production model if there is
+    one, else empty (live, not ready) until the promotion DAG deploys a model."""
+    from clinasr.mlenv import service_command
+
+    argv, env = service_command("serve", ["--host", "127.0.0.1", "--port", str(s.serve_port)], s)
+    env.update({"CLINASR_HOME": str(s.home), "CLINASR_S3_ENDPOINT": s.s3_endpoint or "", "CLINASR_BUCKET": s.bucket,
+                "MLFLOW_TRACKING_URI": s.mlflow_uri, "NO_PROXY": "127.0.0.1,localhost",
+                "CLINASR_SERVE_MODEL": os.environ.get("CLINASR_SERVE_MODEL", "models:/clinasr-asr@production")})
+    return Service("serve", argv, s.serve_port, f"http://127.0.0.1:{s.serve_port}/health/live", env=env,
+                   start_timeout=240)
 
 
 # -- process helpers ------------------------------------------------------------------------------

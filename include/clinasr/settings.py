@@ -13,6 +13,8 @@ CLINASR_SSE                 AES256                                 aws:kms
 CLINASR_KMS_KEY_ID          (unset)                                arn:aws:kms:...
 MLFLOW_TRACKING_URI         http://127.0.0.1:<mlflow port>         https://mlflow.internal
 CLINASR_ML_PYTHON           <repo>/.venv/ml/bin/python             (container entry point)
+CLINASR_SERVE_URL           http://127.0.0.1:<serve port>          http://asr.internal:8000
+CLINASR_SERVE_API_KEY       (unset: no key)                        a long random token
 CLINASR_{AIRFLOW,MLFLOW,S3,SERVE}_PORT   18080, 15000, 19000, 18000
 ==========================  =====================================  ==========================
 """
@@ -82,7 +84,7 @@ class Settings:
 
     @property
     def serve_url(self) -> str:
-        return f"http://127.0.0.1:{self.serve_port}"
+        return os.environ.get("CLINASR_SERVE_URL") or f"http://127.0.0.1:{self.serve_port}"
 
     def path(self, *parts: str) -> Path:
         p = self.home.joinpath(*parts)

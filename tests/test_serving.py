@@ -1,0 +1,169 @@
+"""The transcription service as a user runs it: a real uvicorn process with a real NeMo model, called by
+the official ``openai`` client; micro-batching, model switch, bad input, API key, limits, metrics."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import REPO, _http_service, free_port
+
+pytestmark = pytest.mark.ml
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def wav(tiny_dataset):
+    row = json.loads((tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[0])
+    return tiny_dataset / row["audio_filepath"]
+
+
+def _serve(tmp, model=None, **env):
+    port = free_port()
+    argv = [sys.executable, "-m", "clinasr.serving", "--port", str(port)] + (["--model", str(model)] if model else [])
+    return _http_service(argv, "/health/live", port, timeout_s=180, log_path=tmp / "serve.log",
+                         env={"PYTHONPATH": str(REPO / "include"), "CLINASR_SERVE_WORK_DIR": str(tmp / "work"), **env})
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    with _serve(tmp, tiny_model, CLINASR_SERVE_API_KEY=KEY, CLINASR_SERVE_MAX_UPLOAD_MB="1",
+                CLINASR_SERVE_MAX_WAIT_MS="300") as url:
+        _wait_ready(url)
+        yield url, tmp / "serve.log"
+
+
+def _wait_ready(url, timeout=120):
+    import time
+
+    deadline = time.time() + timeout
+    while requests.get(f"{url}/health/ready", timeout=5).status_code != 200:
+        assert time.time() < deadline, "service never became ready"
+        time.sleep(0.5)
+
+
+def client(url, key=KEY):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def test_openai_client_json_text_and_verbose(server, wav, tiny_model):
+    url, _ = server
+    c = client(url)
+    with open(wav, "rb") as f:
+        r = c.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=f)
+    version = r.headers["x-model-version"]
+    assert version == "model.nemo" and r.headers["x-request-id"]
+    text = r.parse().text
+    assert isinstance(text, str)
+    with open(wav, "rb") as f:
+        assert c.audio.transcriptions.create(model="clinasr-asr", file=f, response_format="text").strip() == text
+    with open(wav, "rb") as f:
+        v = c.audio.transcriptions.create(model="clinasr-asr", file=f, response_format="verbose_json",
+                                          timestamp_granularities=["word", "segment"], language="en", temperature=0)
+    assert v.text == text and v.duration > 0.5 and v.language == "en"
+    assert all(w.end >= w.start for w in v.words or []) and " ".join(w.word for w in v.words or []) == text
+    if text:
+        assert v.segments and v.segments[0].start <= v.segments[-1].end <= v.duration + 0.5
+    models = c.models.list()
+    assert [m.id for m in models.data] == ["model"]
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_subtitle_formats(server, wav, fmt):
+    url, _ = server
+    with open(wav, "rb") as f:
+        out = client(url).audio.transcriptions.create(model="m", file=f, response_format=fmt)
+    assert ("-->" in out) or out.strip() in ("", "WEBVTT")
+    assert out.startswith("WEBVTT") if fmt == "vtt" else "WEBVTT" not in out
+
+
+@pytest.mark.parametrize("ext", ["flac", "mp3", "ogg"])
+def test_upload_formats_are_decoded_and_resampled(server, wav, tmp_path, ext):
+    url, _ = server
+    other = tmp_path / f"a.{ext}"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(wav), "-ar", "44100", "-ac", "2", str(other)], check=True)
+    with open(other, "rb") as f:
+        assert isinstance(client(url).audio.transcriptions.create(model="m", file=f).text, str)
+
+
+def test_bad_input_gets_openai_shaped_errors(server, wav, tmp_path):
+    url, _ = server
+    c = client(url)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not audio at all")
+    with pytest.raises(openai.BadRequestError) as e, open(bad, "rb") as f:
+        c.audio.transcriptions.create(model="m", file=f)
+    assert e.value.body["code"] == "invalid_audio" and "could not use the audio" in e.value.body["message"]
+    big = tmp_path / "big.wav"
+    big.write_bytes(wav.read_bytes() * 20 + b"\0" * (2 * 2**20))
+    with pytest.raises(openai.APIStatusError) as e, open(big, "rb") as f:
+        c.audio.transcriptions.create(model="m", file=f)
+    assert e.value.status_code == 413 and "exceeds the 1 MB limit" in e.value.body["message"]
+    with pytest.raises(openai.AuthenticationError), open(wav, "rb") as f:
+        client(url, key="wrong").audio.transcriptions.create(model="m", file=f)
+    r = requests.post(f"{url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
+                      files={"file": wav.open("rb")}, data={"model": "m", "response_format": "xml"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = requests.post(f"{url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"}, data={"model": "m"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+
+
+def test_concurrent_requests_are_batched_and_measured(server, wav):
+    url, log_path = server
+    c = client(url)
+    texts, errors = [], []
+
+    def one():
+        try:
+            with open(wav, "rb") as f:
+                texts.append(c.audio.transcriptions.create(model="m", file=f).text)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(texts)) == 1        # batching with padding does not change the output
+    m = requests.get(f"{url}/metrics").text
+    count = float(next(ln.split()[-1] for ln in m.splitlines() if ln.startswith("clinasr_batch_size_count")))
+    total = float(next(ln.split()[-1] for ln in m.splitlines() if ln.startswith("clinasr_batch_size_sum")))
+    assert total / count > 1.0, "no request shared a batch"
+    assert 'clinasr_requests_total{status="200"}' in m and 'clinasr_model_info{version="model.nemo"} 1.0' in m
+    assert "clinasr_rtfx_bucket" in m and "clinasr_audio_seconds_total" in m
+    # logs are structured and carry no transcript text
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    reqs = [x for x in lines if x.get("event") == "transcription"]
+    assert reqs and all("request_id" in x and "text" not in x for x in reqs)
+    if texts[0].strip():
+        assert texts[0] not in log_path.read_text()
+
+
+def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_model, wav, tmp_path):
+    other = tmp_path / "v2.nemo"
+    shutil.copy(tiny_model, other)
+    broken = tmp_path / "broken.nemo"
+    broken.write_bytes(b"not a model")
+    with _serve(tmp_path) as url:                      # no model: live, not ready, requests get 503
+        assert requests.get(f"{url}/health/ready").status_code == 503
+        r = requests.post(f"{url}/v1/audio/transcriptions", files={"file": wav.open("rb")}, data={"model": "m"})
+        assert r.status_code == 503 and "no model is loaded" in r.json()["error"]["message"]
+        r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)}, timeout=300)
+        assert r.status_code == 200 and r.json() == {"version": "model.nemo", "previous": None, "device": "cpu"}
+        assert requests.get(f"{url}/health/ready").json()["model_version"] == "model.nemo"
+        r = requests.post(f"{url}/admin/reload", json={"model": str(broken)}, timeout=300)
+        assert r.status_code == 422 and "still serving model.nemo" in r.json()["error"]["message"]
+        with open(wav, "rb") as f:
+            raw = client(url).audio.transcriptions.with_raw_response.create(model="m", file=f)
+        assert raw.headers["x-model-version"] == "model.nemo"
+        r = requests.post(f"{url}/admin/reload", json={"model": str(other)}, timeout=300)
+        assert r.json()["version"] == "v2.nemo" and r.json()["previous"] == "model.nemo"
+        assert requests.get(f"{url}/v1/models").json()["data"][0]["version"] == "v2.nemo"
+        assert requests.post(f"{url}/admin/reload", json={}).status_code == 400
