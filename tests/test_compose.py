@@ -52,3 +52,15 @@ def test_endpoints_point_at_compose_services():
     # the MLflow database the server uses is created by the Postgres init script
     assert "CREATE DATABASE mlflow" in (REPO / "docker/postgres-init.sql").read_text()
     assert "/mlflow" in svcs["mlflow"]["command"]
+
+
+def test_serving_service_runs_the_ml_image_and_airflow_can_reach_it():
+    svcs = _compose()["services"]
+    serve = svcs["serve"]
+    assert serve["build"]["dockerfile"] == "docker/Dockerfile.ml" and serve["command"][0] == "serve"
+    assert serve["environment"]["CLINASR_SERVE_MODEL"] == "models:/clinasr-asr@production"
+    assert serve["environment"]["MLFLOW_TRACKING_URI"].split("//")[1].split(":")[0] in svcs
+    url = svcs["airflow-scheduler"]["environment"]["CLINASR_SERVE_URL"]
+    host, port = url.split("//")[1].split(":")
+    assert host == "serve" and serve["command"][-1] == port
+    assert 'ENTRYPOINT ["clinasr"]' in (REPO / "docker/Dockerfile.ml").read_text()

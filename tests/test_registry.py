@@ -67,6 +67,20 @@ def test_cli_rollback_needs_a_reason(reg, capsys):
     registry.promote(name, v1, by="ci", reason="ok")
     registry.promote(name, v2, by="ci", reason="ok")
     assert main(["registry", "rollback", "--model-name", name]) == 2
-    assert main(["registry", "rollback", "--model-name", name, "--reason", "bad deploy", "--by", "carol"]) == 0
+    assert main(["registry", "rollback", "--model-name", name, "--reason", "bad deploy", "--by", "carol", "--no-deploy"]) == 0
     assert json.loads(capsys.readouterr().out)["production"] == v1
     assert main(["registry", "show", "--model-name", name]) == 0
+
+
+def test_cli_rollback_redeploys_and_says_when_serving_is_down(reg, capsys, monkeypatch):
+    registry, c, name, (v1, v2, _) = reg
+    from clinasr.cli import main
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("CLINASR_SERVE_URL", f"http://127.0.0.1:{free_port()}")     # nothing listens there
+    registry.promote(name, v1, by="ci", reason="ok")
+    registry.promote(name, v2, by="ci", reason="ok")
+    assert main(["registry", "rollback", "--model-name", name, "--reason", "bad deploy"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["deployed"] is None and "not reachable" in out.err
+    assert registry.alias_version(name, "production") == v1

@@ -288,27 +288,9 @@ def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:
 
 
 def deploy_to_serving(model_uri: str) -> dict:
-    """Ask the transcription service to load ``model_uri`` (it warms the new model up beside the old one and
-    switches atomically; a failed load keeps the old model serving and fails this task)."""
-    import os
+    from clinasr.deploy import deploy
 
-    import requests
-
-    url = Settings.from_env().serve_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {os.environ['CLINASR_SERVE_API_KEY']}"} if os.environ.get("CLINASR_SERVE_API_KEY") else {}
-    try:
-        r = requests.post(f"{url}/admin/reload", json={"model": model_uri}, headers=headers, timeout=900)
-    except requests.ConnectionError:
-        raise RuntimeError(f"the transcription service at {url} is not reachable; {model_uri} is promoted in the "
-                           "registry and a service started later loads it (`clinasr platform up`, or set "
-                           "CLINASR_SERVE_URL)") from None
-    if r.status_code >= 400:
-        raise RuntimeError(f"serving at {url} refused {model_uri} ({r.status_code}): {r.text[:500]}")
-    res = r.json()
-    ready = requests.get(f"{url}/health/ready", timeout=30).json()
-    if ready.get("model_version") != res["version"]:
-        raise RuntimeError(f"serving reports {ready} after deploying {res['version']}")
-    log.info("serving %s now answers with %s (previous %s, %s)", url, res["version"], res["previous"], res["device"])
-    declare(inputs=[{"uri": model_uri, "kind": "model"}], outputs=[{"uri": f"{url}/v1/audio/transcriptions", "kind": "endpoint"}],
-            deployment={**res, "url": url})
-    return {**res, "url": url}
+    res = deploy(model_uri, Settings.from_env(), log=log.info)
+    declare(inputs=[{"uri": model_uri, "kind": "model"}],
+            outputs=[{"uri": f"{res['url']}/v1/audio/transcriptions", "kind": "endpoint"}], deployment=res)
+    return res

@@ -144,7 +144,16 @@ def cmd_registry(a) -> int:
         if not a.reason:
             print("error: rollback needs --reason (it is recorded on the model versions)", file=sys.stderr)
             return 2
-        _print_json(registry.rollback(a.model_name, by=a.by or getpass.getuser(), reason=a.reason))
+        res = registry.rollback(a.model_name, by=a.by or getpass.getuser(), reason=a.reason)
+        if not a.no_deploy:
+            from clinasr.deploy import deploy
+
+            try:
+                res["deployed"] = deploy(f"models:/{a.model_name}/{res['production']}")["version"]
+            except RuntimeError as e:   # the registry is rolled back either way; say what serving did
+                res["deployed"] = None
+                print(f"warning: {e}", file=sys.stderr)
+        _print_json(res)
         return 0
     _print_json({alias: registry.alias_version(a.model_name, alias) for alias in ("candidate", "production", "previous")})
     return 0
@@ -237,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model-name", default="clinasr-asr")
     r.add_argument("--reason", help="why (rollback; required)")
     r.add_argument("--by", help="who (default: this user)")
+    r.add_argument("--no-deploy", action="store_true", help="rollback: only move aliases, do not reload serving")
     r.set_defaults(fn=cmd_registry)
 
     sv = sub.add_parser("serve", help="run the OpenAI-compatible transcription service", add_help=False,

@@ -59,6 +59,7 @@ def run_demo(quick: bool = False, log=print) -> int:
         return 1
     promoted = client.xcom("clinasr_evaluate_promote", eval_run, "promote")
     log("== 5/5 summary")
+    heard = _transcribe_one(s, snap["uri"])
     log(f"dataset snapshot   {snap['uri']}  ({snap['counts']['train']} train / {snap['counts']['val']} val rows, "
         f"{(snap['hours']['train'] + snap['hours']['val']) * 60:.1f} min of audio)")
     log(f"candidate model    {trained['model_uri']}  ({trained['n_params'] / 1e6:.2f} M parameters, "
@@ -66,6 +67,9 @@ def run_demo(quick: bool = False, log=print) -> int:
         f"{trained['metrics'].get('val_wer', float('nan')):.3f})")
     log(f"production model   models:/{promoted['name']}/{promoted['production']}  (previous: {promoted['previous']})")
     log(f"gate report        {client.xcom('clinasr_evaluate_promote', eval_run, 'gate')['report']}")
+    log(f"served             {s.serve_url}/v1/audio/transcriptions (OpenAI client), model {heard['version']}")
+    log(f"  said:  {heard['reference']}")
+    log(f"  heard: {heard['text']}")
     log(f"provenance         {s.home / 'provenance' / 'chain.jsonl'}  (`clinasr provenance verify`)")
     log(f"Airflow UI         {s.airflow_url}  user admin / password {P.airflow_admin_password(s)}")
     log(f"MLflow UI          {s.mlflow_uri}")
@@ -85,3 +89,20 @@ def _gate_outcome(client: AirflowClient, run_id: str) -> str:
         if tags.get("status") == "rejected":
             return f"rejected — {tags.get('rejection_reason')} (report {tags.get('gate_report')})"
         return "did not decide: see the run's logs"
+
+
+def _transcribe_one(s: Settings, snapshot_uri: str) -> dict:
+    """One synthetic validation utterance through the serving API with the official openai client."""
+    import json
+
+    import openai
+
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(s)
+    row = json.loads(store.get_bytes(f"{snapshot_uri}/val_manifest.jsonl").decode().splitlines()[0])
+    audio = store.get_bytes(f"{snapshot_uri}/{row['audio_filepath']}")
+    client = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=os.environ.get("CLINASR_SERVE_API_KEY") or "local",
+                           max_retries=2)
+    raw = client.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("utterance.wav", audio))
+    return {"reference": row["text"], "text": raw.parse().text, "version": raw.headers.get("x-model-version")}
