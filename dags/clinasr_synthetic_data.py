@@ -41,6 +41,8 @@ what was dropped and why) is stored with the snapshot.
         "llm_model": Param(None, type=["string", "null"]),
         "template_family": Param("a", enum=["a", "b", "all"], description="a: training shapes, b: held-out shapes"),
         "seed": Param(0, type="integer", minimum=0),
+        "reason": Param(None, type=["string", "null"],
+                        description="why this dataset is built (set by drift-triggered retraining; recorded in provenance)"),
         "val_fraction": Param(0.15, type="number", minimum=0.1, maximum=0.2),
         "augment": Param(True, type="boolean"),
         "accent_profiles": Param(["native", "second_language", "regional"], type="array",

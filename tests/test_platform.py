@@ -151,6 +151,63 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     assert raw.headers["x-model-version"] == version and isinstance(raw.parse().text, str)
 
 
+def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platform_settings, tmp_path):
+    """Feedback where "warfarin" is misheard triggers clinasr_synthetic_data with warfarin as the priority term;
+    steady feedback does not. (The production model here is a 4-step toy that never got warfarin right, so the
+    test policy judges terms on their own KER, without the increase-over-promotion condition.)"""
+    from datetime import datetime, timedelta, timezone
+
+    import yaml
+
+    from clinasr.airflow_support import _production_reference
+
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    client.wait_for_dag("clinasr_drift")
+    _, ref = _production_reference("clinasr-platform-test")
+    assert ref and ref["audio"]["duration_s"] > 0        # recorded from the gate report at promotion
+    policy = yaml.safe_load((P.REPO_ROOT / "configs/drift/default.yaml").read_text())
+    policy["thresholds"].update(max_term_ker_increase=-1.0, max_wer_increase=1.0, max_ker_increase=1.0)
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    sentences = ["patient takes warfarin two milligrams once daily", "start apixaban five milligrams twice daily"]
+    when = datetime.now(timezone.utc) - timedelta(days=1)
+
+    def write(pairs):
+        for sub in ("traffic", "feedback"):
+            (s.home / "serve" / sub).mkdir(parents=True, exist_ok=True)
+        day = when.date().isoformat()
+        with open(s.home / "serve" / "traffic" / f"{day}.jsonl", "w") as t, \
+                open(s.home / "serve" / "feedback" / f"{day}.jsonl", "w") as f:
+            for i, (hyp, said) in enumerate(pairs):
+                t.write(json.dumps({"ts": when.isoformat(), "request_id": f"t{i}", "hypothesis": hyp, "sample_rate": 16000,
+                                    **ref["audio"]}) + "\n")
+                f.write(json.dumps({"ts": when.isoformat(), "request_id": f"t{i}", "corrected_text": said}) + "\n")
+
+    def run_drift():
+        before = {r["dag_run_id"] for r in client.runs("clinasr_synthetic_data")}
+        run_id = client.trigger("clinasr_drift", {"model_name": "clinasr-platform-test", "window_days": 3,
+                                                  "policy": str(tmp_path / "policy.yaml"), "utterances_per_term": 1})
+        assert client.wait("clinasr_drift", run_id, timeout=300)["state"] == "success"
+        states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_drift", run_id)}
+        new = [r for r in client.runs("clinasr_synthetic_data") if r["dag_run_id"] not in before]
+        return run_id, client.xcom("clinasr_drift", run_id, "measure"), states, new
+
+    write([(x, x) for x in sentences * 15])
+    _, m, states, new = run_drift()
+    assert m["status"] == "ok" and states["retrain"] == "skipped" and new == []
+
+    write([(x.replace("warfarin", "war for in"), x) for x in sentences * 15])
+    run_id, m, states, new = run_drift()
+    assert m["status"] == "drift" and m["terms"] == ["warfarin"] and states["retrain"] == "success"
+    assert len(new) == 1 and new[0]["conf"]["terms"] == "warfarin" and new[0]["conf"]["reason"].startswith("drift")
+    from clinasr import provenance as V
+
+    rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "measure"][0]
+    assert rec["drift"]["status"] == "drift" and rec["drift"]["terms"] == ["warfarin"]
+    assert any(i["kind"] == "served-traffic" for i in rec["inputs"])
+    client.pause("clinasr_synthetic_data")      # the retraining it started is not part of this test
+
+
 def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
     """backend=sagemaker: the amazon provider's SageMakerTrainingOperator sends our request (to the platform's
     loopback AWS server, through the clinasr_aws connection); the candidate task finds the version the job
@@ -162,7 +219,8 @@ def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_set
 
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
-    snap = client.xcom("clinasr_synthetic_data", client.runs("clinasr_synthetic_data")[0]["dag_run_id"], "stage_snapshot")
+    done = [r for r in client.runs("clinasr_synthetic_data") if r["state"] == "success"]
+    snap = client.xcom("clinasr_synthetic_data", done[0]["dag_run_id"], "stage_snapshot")
     run_id = "manual__sagemaker-backend-test"
     client.pause("clinasr_evaluate_promote")    # the job's "model" is an empty registry entry: nothing to evaluate
     ml = MlflowClient(s.mlflow_uri)

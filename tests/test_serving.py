@@ -146,6 +146,26 @@ def test_concurrent_requests_are_batched_and_measured(server, wav):
         assert texts[0] not in log_path.read_text()
 
 
+def test_traffic_and_feedback_are_recorded_for_drift_monitoring(server, wav):
+    url, log_path = server
+    with open(wav, "rb") as f:
+        raw = client(url).audio.transcriptions.with_raw_response.create(model="m", file=f)
+    rid = raw.headers["x-request-id"]
+    work = log_path.parent / "work"
+    traffic = [json.loads(x) for f in (work / "traffic").glob("*.jsonl") for x in f.read_text().splitlines()]
+    rec = next(t for t in traffic if t["request_id"] == rid)
+    assert rec["hypothesis"] == raw.parse().text and rec["sample_rate"] == 16000 and rec["duration_s"] > 0.5
+    assert {"level_dbfs", "snr_db", "model_version", "ts"} <= rec.keys()
+    assert all((f.stat().st_mode & 0o077) == 0 for f in (work / "traffic").glob("*.jsonl"))   # PHI: owner only
+    h = {"Authorization": f"Bearer {KEY}"}
+    r = requests.post(f"{url}/v1/feedback", json={"request_id": rid, "corrected_text": "patient denies warfarin"}, headers=h)
+    assert r.status_code == 202
+    fb = [json.loads(x) for f in (work / "feedback").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert fb[-1]["request_id"] == rid and fb[-1]["corrected_text"] == "patient denies warfarin"
+    assert requests.post(f"{url}/v1/feedback", json={"request_id": rid}, headers=h).status_code == 400
+    assert requests.post(f"{url}/v1/feedback", json={"request_id": rid, "corrected_text": " "}, headers=h).status_code == 400
+
+
 def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_model, wav, tmp_path):
     other = tmp_path / "v2.nemo"
     shutil.copy(tiny_model, other)

@@ -216,8 +216,6 @@ def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / which
     report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False},
                              settings, log=log.info)
-    for m in report["sets"].values():     # keep XCom small: per-term tables stay in the files
-        m.pop("ker_by_term", None)
     declare(inputs=[{"uri": ref, "kind": "model"}] + [{"uri": s["manifest"], "kind": "evaluation-set"} for s in sets],
             outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
     return report
@@ -294,3 +292,84 @@ def deploy_to_serving(model_uri: str) -> dict:
     declare(inputs=[{"uri": model_uri, "kind": "model"}],
             outputs=[{"uri": f"{res['url']}/v1/audio/transcriptions", "kind": "endpoint"}], deployment=res)
     return res
+
+
+# -- drift --------------------------------------------------------------------------------------------
+def _production_reference(name: str) -> tuple[str | None, dict | None]:
+    """(production version, its in-domain evaluation at promotion) from the gate report it was promoted with."""
+    import json
+
+    from clinasr import registry
+    from clinasr.drift import reference_from_report
+    from clinasr.store import ObjectStore
+
+    version = registry.alias_version(name, "production")
+    if version is None:
+        return None, None
+    report = (registry.client().get_model_version(name, version).tags or {}).get("gate_report")
+    if not report:
+        return version, None
+    try:
+        gate = json.loads(ObjectStore().get_bytes(report.rsplit(".", 1)[0] + ".json"))
+    except (FileNotFoundError, ValueError):
+        return version, None
+    in_domain = gate["decision"]["in_domain_set"]
+    return version, reference_from_report(gate["candidate"]["sets"][in_domain])
+
+
+def measure_drift(params: dict, run_id: str) -> dict:
+    import json
+
+    import mlflow
+
+    from clinasr import drift
+    from clinasr.store import ObjectStore
+    from clinasr.synth.lexicon import load_lexicon
+
+    settings = Settings.from_env()
+    policy = drift.load_policy(params["policy"])
+    lex = load_lexicon()
+    serve_dir = settings.path("serve")
+    window = drift.load_window(serve_dir, float(params["window_days"]))
+    version, reference = _production_reference(params["model_name"])
+    m = drift.measure(window, lex)
+    decision = drift.decide(m, reference, policy)
+    decision["model"] = f"models:/{params['model_name']}/{version}" if version else None
+    terms = drift.retrain_terms(decision, policy, lex) if decision["status"] == "drift" else []
+    # history (one line per DAG run, idempotent on retries) for the trend plot
+    hist_f = settings.path("drift") / "history.jsonl"
+    hist = [json.loads(x) for x in hist_f.read_text().splitlines()] if hist_f.exists() else []
+    hist = [h for h in hist if h.get("run_id") != run_id] + [{"run_id": run_id, "end": m["window"]["end"], "status": decision["status"],
+                                                             "wer": m.get("wer"), "ker": m.get("ker"), "oov_rate": m.get("oov_rate")}]
+    hist_f.write_text("".join(json.dumps(h) + "\n" for h in hist))
+    out = work_dir(settings, "clinasr_drift", run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "drift.json").write_text(json.dumps(decision, indent=1, default=str))
+    (out / "drift.html").write_text(drift.render_html(decision, hist, f"Drift report: {params['model_name']}"))
+    prefix = f"s3://{settings.bucket}/reports/drift/{m['window']['end'][:10]}-{out.name}"
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    outputs = []
+    for f in ("drift.json", "drift.html"):
+        store.put_file(out / f, f"{prefix}/{f}")
+        outputs.append({"uri": f"{prefix}/{f}", "kind": "drift-report", "sha256": _sha(out / f)})
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment("clinasr-drift")
+    with mlflow.start_run(run_name=f"drift-{run_id}"[:120], tags={"airflow_run_id": run_id, "status": decision["status"]}):
+        mlflow.log_params({"window_days": params["window_days"], "policy_version": policy["version"], "model": decision["model"]})
+        mlflow.log_metrics({k: float(v) for k, v in m.items() if k in ("wer", "ker", "oov_rate", "matched_feedback", "requests")
+                            and v is not None})
+        mlflow.log_artifact(str(out / "drift.json"))
+        mlflow.log_artifact(str(out / "drift.html"))
+    inputs = [{"uri": str(f), "kind": "served-traffic", "sha256": _sha(f)} for sub in ("traffic", "feedback")
+              for f in sorted((serve_dir / sub).glob("*.jsonl")) if f.stem >= m["window"]["start"][:10]]
+    declare(inputs=inputs + ([{"uri": decision["model"], "kind": "model"}] if decision["model"] else []), outputs=outputs,
+            drift={"status": decision["status"], "reason": decision["reason"], "terms": terms,
+                   "policy_sha256": policy["sha256"]})
+    log.info("drift %s: %s; report %s/drift.html", decision["status"], decision["reason"], prefix)
+    conf = None
+    if decision["status"] == "drift":
+        conf = {"terms": ", ".join(terms) or None, "utterances_per_term": int(params["utterances_per_term"]),
+                "reason": f"drift ({params['model_name']} v{version}): {decision['reason']}"[:1000]}
+    return {"status": decision["status"], "reason": decision["reason"], "report": f"{prefix}/drift.html",
+            "terms": terms, "retrain_conf": conf}

@@ -84,3 +84,25 @@ def write_wav(path: str | Path, x: np.ndarray, sr: int = TARGET_SR) -> None:
         x = x * (0.999 / peak)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), x, sr, subtype="PCM_16")
+
+
+def probe_rate(data: bytes) -> int | None:
+    """The sample rate an upload was recorded at (before resampling), when libsndfile can read its header."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(io.BytesIO(data)).samplerate)
+    except Exception:
+        return None
+
+
+def stats(x: np.ndarray, sr: int = TARGET_SR) -> dict:
+    """Audio-condition summary for drift monitoring: duration, level (dBFS) and a rough SNR estimate
+    (loud frames vs quiet frames, 20 ms frames, 90th vs 10th percentile energy)."""
+    dur = len(x) / sr
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    n = sr // 50
+    frames = x[: len(x) // n * n].reshape(-1, n) if len(x) >= n else x.reshape(1, -1)
+    e = np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-12
+    snr = float(10 * np.log10(np.percentile(e, 90) / np.percentile(e, 10))) if len(e) > 1 else 0.0
+    return {"duration_s": round(dur, 3), "level_dbfs": round(20 * np.log10(max(rms, 1e-9)), 2), "snr_db": round(snr, 2)}

@@ -83,9 +83,10 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
         raise EvaluationError(f"set {name!r} ({manifest}) has no usable rows: {dict(skipped) or 'empty manifest'}")
     from tqdm import tqdm
 
-    lat, audio_s = [], 0.0
+    lat, audio_s, conds = [], 0.0, []
     for r in tqdm(rows, desc=f"evaluate {name}", unit="utt", disable=not progress, mininterval=5):
         x = r.pop("_audio")
+        conds.append(audio.stats(x))
         t0 = time.perf_counter()
         r["hypothesis"] = t.transcribe([x])[0]["text"]
         r["latency_s"] = time.perf_counter() - t0
@@ -103,7 +104,8 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
     with open(d / "hypotheses.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({k: r[k] for k in keep if k in r}) + "\n")
-    result = {**scores, "ci": ci, "latency": latency, "manifest": str(manifest),
+    audio_stats = {k: statistics.mean(c[k] for c in conds) for k in conds[0]}
+    result = {**scores, "ci": ci, "latency": latency, "audio": audio_stats, "manifest": str(manifest),
               "rows": {"scored": len(rows), "skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped)},
               "hypotheses": str(d / "hypotheses.jsonl")}
     (d / "metrics.json").write_text(json.dumps(result, indent=1))

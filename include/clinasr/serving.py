@@ -45,6 +45,7 @@ class ServeConfig:
     max_chunk_s: float = 30.0
     cors_origins: list[str] = field(default_factory=list)
     work_dir: str = ".run/serve"
+    record_traffic: bool = True              # traffic/ + feedback/ under work_dir, for drift monitoring (PHI: 0600)
 
     @classmethod
     def from_env(cls, **over) -> "ServeConfig":
@@ -54,6 +55,7 @@ class ServeConfig:
                   max_batch=int(env("CLINASR_SERVE_MAX_BATCH") or 8),
                   max_wait_ms=float(env("CLINASR_SERVE_MAX_WAIT_MS") or 20),
                   cors_origins=[o for o in (env("CLINASR_SERVE_CORS_ORIGINS") or "").split(",") if o],
+                  record_traffic=(env("CLINASR_SERVE_RECORD_TRAFFIC") or "1") not in ("0", "false", "no"),
                   work_dir=env("CLINASR_SERVE_WORK_DIR") or str(Path(env("CLINASR_HOME") or ".run") / "serve"))
         for k, v in over.items():
             if v is not None:
@@ -185,6 +187,32 @@ class Batcher:
                         fut.set_exception(e)
 
 
+# -- traffic and feedback records (drift monitoring) ------------------------------------------------
+class Recorder:
+    """Appends JSON lines to <work_dir>/<kind>/<UTC date>.jsonl. These files hold transcripts (PHI): they
+    are created readable by the service's user only, and are never written to logs."""
+
+    def __init__(self, work_dir: str, enabled: bool):
+        self.dir, self.enabled = Path(work_dir), enabled
+        self._lock = threading.Lock()
+
+    def append(self, kind: str, record: dict) -> None:
+        if not self.enabled:
+            return
+        from datetime import datetime, timezone
+
+        now = datetime.now(timezone.utc)
+        d = self.dir / kind
+        d.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"ts": now.isoformat(), **record}) + "\n"
+        with self._lock:
+            fd = os.open(d / f"{now.date().isoformat()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+
 # -- metrics ------------------------------------------------------------------------------------------
 class Metrics:
     def __init__(self):
@@ -245,6 +273,7 @@ def create_app(cfg: ServeConfig | None = None):
 
     cfg = cfg or ServeConfig.from_env()
     holder, metrics = ModelHolder(cfg), Metrics()
+    recorder = Recorder(cfg.work_dir, cfg.record_traffic)
     batcher = Batcher(holder, metrics, cfg.max_batch, cfg.max_wait_ms)
 
     def _set_model_gauges():
@@ -354,6 +383,21 @@ def create_app(cfg: ServeConfig | None = None):
         _set_model_gauges()
         return {"version": new.version, "previous": prev, "device": new.transcriber.device}
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        """A clinician's corrected transcript for an earlier request (X-Request-ID of its response)."""
+        try:
+            body = await request.json()
+        except Exception:
+            body = None
+        if not isinstance(body, dict) or not body.get("request_id") or not isinstance(body.get("corrected_text"), str):
+            raise APIError(400, 'body must be JSON {"request_id": "...", "corrected_text": "..."}', param="request_id")
+        if not body["corrected_text"].strip():
+            raise APIError(400, "corrected_text is empty", param="corrected_text")
+        recorder.append("feedback", {"request_id": str(body["request_id"])[:200], "corrected_text": body["corrected_text"][:20000],
+                                     "source": str(body.get("source", ""))[:100]})
+        return JSONResponse({"status": "recorded", "request_id": body["request_id"]}, status_code=202)
+
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request):
         form = await request.form()
@@ -389,6 +433,8 @@ def create_app(cfg: ServeConfig | None = None):
         metrics.audio.inc(duration)
         metrics.rtfx.observe(duration / max(took, 1e-6))
         text = result["text"]
+        recorder.append("traffic", {"request_id": request.state.rid, "model_version": version,
+                                    "sample_rate": audio.probe_rate(data), **audio.stats(x), "hypothesis": text})
         headers = {"X-Model-Version": version}
         if fmt == "text":
             return PlainTextResponse(text, headers=headers)

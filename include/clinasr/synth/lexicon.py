@@ -50,6 +50,33 @@ class Lexicon:
         return cats
 
 
+    def annotate(self, text: str) -> tuple[list[dict], str | None]:
+        """Priority terms (drug, frequency, route) present in normalised ``text``, and its negation cue."""
+        cats = self.categories()
+        neg = next((c for c in map(normalize, self.data["negations"]) if f" {c} " in f" {text} "), None)
+        terms = [{"term": t, "category": c} for t, c in cats.items()
+                 if c in ("drug", "frequency", "route") and f" {t} " in f" {text} "]
+        return terms, neg
+
+    def vocabulary(self) -> set[str]:
+        """Every word the lexicon can produce (for out-of-vocabulary rates)."""
+        words: set[str] = set()
+
+        def walk(v):
+            if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                words.update(normalize(str(v)).split())
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    words.update(normalize(k).split())
+                    walk(x)
+            elif isinstance(v, list):
+                for x in v:
+                    walk(x)
+
+        walk({k: v for k, v in self.data.items() if k != "version_note"})
+        return words
+
+
 @lru_cache(maxsize=4)
 def load_lexicon(path: str | None = None) -> Lexicon:
     p = Path(path) if path else LEXICON_PATH

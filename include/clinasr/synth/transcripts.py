@@ -200,7 +200,6 @@ class LLMGenerator:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def generate(self, terms: TermList, per_term: int) -> Iterable[Utterance]:
-        cats = self.lex.categories()
         for term in terms.terms:
             rng = random.Random(f"{self.seed}|{term}")
             for i in range(per_term):
@@ -219,9 +218,7 @@ class LLMGenerator:
                     if f" {term} " not in f" {text} ":
                         self._reject("term missing")
                         continue
-                    neg = next((c for c in map(normalize, self.lex["negations"]) if f" {c} " in f" {text} "), None)
-                    present = [{"term": t, "category": c} for t, c in cats.items()
-                               if c in ("drug", "frequency", "route") and f" {t} " in f" {text} "]
+                    present, neg = self.lex.annotate(text)
                     yield Utterance(utt_id=_utt_id(text, self.seed, i, term), text=text, term=term, terms=present,
                                     negated=neg is not None, negation_cue=neg, generator=self.name,
                                     template_id=f"prompt:{hashlib.sha256(prompt.encode()).hexdigest()[:8]}",

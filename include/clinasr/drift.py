@@ -1,0 +1,262 @@
+"""Drift monitoring: how is the production model doing on served traffic and clinician feedback?
+
+Inputs (written by the transcription service under ``<serve work dir>``):
+  traffic/<date>.jsonl   one record per served request: request id, time, model version, audio
+                         conditions (duration, level, SNR estimate, original sample rate) and the
+                         hypothesis. It holds transcripts, i.e. PHI: files are created mode 0600.
+  feedback/<date>.jsonl  corrected transcripts posted to ``POST /v1/feedback`` with the request id.
+
+:func:`measure` joins feedback to traffic in a time window and computes the signals with the same
+metrics library as evaluation (WER, strict KER per term with confusions, negation accuracy and critical
+negation errors), plus the out-of-vocabulary rate (corrected words the lexicon has never produced) and
+audio-condition shift. :func:`decide` compares them with the values recorded at promotion under the
+thresholds of ``configs/drift/*.yaml``. Too little data is "insufficient data", never a drift alarm.
+Pure Python: runs in the orchestration runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import statistics
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from clinasr import metrics
+from clinasr.settings import REPO_ROOT
+from clinasr.textnorm import normalize
+
+
+class DriftError(ValueError):
+    pass
+
+
+def load_policy(path: str | Path = "configs/drift/default.yaml") -> dict:
+    p = Path(path)
+    p = p if p.is_absolute() else REPO_ROOT / p
+    if not p.exists():
+        raise DriftError(f"drift policy not found: {p}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if "thresholds" not in cfg or "version" not in cfg:
+        raise DriftError(f"{p.name}: needs `version` and `thresholds`")
+    cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+    return cfg
+
+
+def _read_jsonl(d: Path, start: datetime, end: datetime) -> tuple[list[dict], int]:
+    rows, bad = [], 0
+    if not d.exists():
+        return rows, bad
+    day = start.date()
+    while day <= end.date():
+        f = d / f"{day.isoformat()}.jsonl"
+        if f.exists():
+            for line in f.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                    ts = datetime.fromisoformat(r["ts"])
+                except (ValueError, KeyError, TypeError):
+                    bad += 1
+                    continue
+                if start <= ts < end:
+                    rows.append(r)
+        day += timedelta(days=1)
+    return rows, bad
+
+
+def load_window(serve_dir: Path, days: float, end: datetime | None = None) -> dict:
+    end = end or datetime.now(timezone.utc)
+    start = end - timedelta(days=days)
+    traffic, bad_t = _read_jsonl(serve_dir / "traffic", start, end)
+    feedback, bad_f = _read_jsonl(serve_dir / "feedback", start - timedelta(days=days), end)  # late feedback counts
+    return {"start": start.isoformat(), "end": end.isoformat(), "traffic": traffic, "feedback": feedback,
+            "unreadable_lines": bad_t + bad_f}
+
+
+def measure(window: dict, lexicon) -> dict:
+    """Signals for one window (see module doc)."""
+    by_id = {t["request_id"]: t for t in window["traffic"]}
+    rows, unmatched = [], 0
+    for f in window["feedback"]:
+        t = by_id.get(f.get("request_id"))
+        text = normalize(f.get("corrected_text") or "")
+        if t is None or not text:
+            unmatched += 1
+            continue
+        terms, cue = lexicon.annotate(text)
+        drug = next((x["term"] for x in terms if x["category"] == "drug"), None)
+        rows.append({"utt_id": f["request_id"], "text": text, "hypothesis": t.get("hypothesis", ""), "terms": terms,
+                     "negated": cue is not None, "negation_cue": cue, "term": drug})
+    out = {"window": {"start": window["start"], "end": window["end"]}, "requests": len(window["traffic"]),
+           "feedback": len(window["feedback"]), "matched_feedback": len(rows), "unmatched_feedback": unmatched,
+           "unreadable_lines": window["unreadable_lines"]}
+    if window["traffic"]:
+        tr = window["traffic"]
+        out["audio"] = {k: statistics.mean(t[k] for t in tr if t.get(k) is not None)
+                        for k in ("duration_s", "level_dbfs", "snr_db") if any(t.get(k) is not None for t in tr)}
+        rates = [t.get("sample_rate") for t in tr if t.get("sample_rate")]
+        out["audio"]["low_rate_share"] = sum(r < 16000 for r in rates) / len(rates) if rates else 0.0
+        out["model_versions"] = sorted({t.get("model_version") or "?" for t in tr})
+    if rows:
+        s = metrics.score_rows(rows)
+        s.pop("per_row")
+        vocab = lexicon.vocabulary() | _common_words()
+        words = [w for r in rows for w in r["text"].split()]
+        oov = [w for w in words if w not in vocab]
+        out.update(wer=s["wer"], ker=s["ker"], ker_by_term=s["ker_by_term"], confusions=s["confusions"],
+                   negation_accuracy=s["negation_accuracy"], critical_negation_errors=s["critical_negation_errors"],
+                   negated_utterances=s["negated_utterances"], oov_rate=len(oov) / max(len(words), 1),
+                   oov_words=sorted(set(oov))[:50],
+                   term_counts={t: sum(1 for r in rows for x in r["terms"] if x["term"] == t) for t in s["ker_by_term"]})
+    return out
+
+
+@lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    """The words of the grammar generator's templates (all families), i.e. of the synthetic training data."""
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.transcripts import TEMPLATES
+
+    words: set[str] = set()
+    for _, template in TEMPLATES.values():
+        for piece in (template if isinstance(template, (list, tuple)) else [template]):
+            words.update(w for w in normalize(re.sub(r"\{[^}]*\}", " ", str(piece))).split() if w.isalpha())
+    return frozenset(words)
+
+
+def reference_from_report(report_set: dict) -> dict:
+    """What drift compares with: the production model's evaluation on its in-domain set at promotion."""
+    return {"wer": report_set.get("wer"), "ker": report_set.get("ker"), "ker_by_term": report_set.get("ker_by_term") or {},
+            "negation_accuracy": report_set.get("negation_accuracy"), "audio": report_set.get("audio") or {}}
+
+
+def _sig(name, value, reference, threshold, drifted, detail="") -> dict:
+    return {"signal": name, "value": value, "reference": reference, "threshold": threshold, "drifted": bool(drifted),
+            "detail": detail}
+
+
+def decide(m: dict, reference: dict | None, policy: dict) -> dict:
+    th = policy["thresholds"]
+    ref = reference or {}
+    base = {"policy": {"version": policy["version"], "path": policy["path"], "sha256": policy["sha256"]},
+            "measured": m, "reference": ref, "decided_at": datetime.now(timezone.utc).isoformat()}
+    if m["matched_feedback"] < th.get("min_feedback", 1):
+        why = (f"{m['matched_feedback']} matched feedback items in the window (need {th.get('min_feedback', 1)}); "
+               f"{m['requests']} requests, {m['unmatched_feedback']} feedback items without a matching request")
+        return {**base, "status": "insufficient data", "reason": why, "signals": [], "drifted_terms": []}
+    sig = []
+    if ref.get("wer") is not None:
+        d = m["wer"] - ref["wer"]
+        sig.append(_sig("WER increase", d, ref["wer"], th["max_wer_increase"], d > th["max_wer_increase"],
+                        f"WER {m['wer']:.3f} on feedback vs {ref['wer']:.3f} at promotion"))
+    if "max_wer" in th:
+        sig.append(_sig("WER", m["wer"], None, th["max_wer"], m["wer"] > th["max_wer"]))
+    if m.get("ker") is not None and ref.get("ker") is not None:
+        d = m["ker"] - ref["ker"]
+        sig.append(_sig("KER increase", d, ref["ker"], th["max_ker_increase"], d > th["max_ker_increase"]))
+    drifted_terms = []
+    for t, k in sorted((m.get("ker_by_term") or {}).items()):
+        n = m["term_counts"].get(t, 0)
+        if n < th.get("min_term_occurrences", 1):
+            continue
+        r = (ref.get("ker_by_term") or {}).get(t)
+        bad = k > th["max_term_ker"] and (r is None or k - r > th.get("max_term_ker_increase", 0.0))
+        if bad:
+            drifted_terms.append(t)
+        heard = [c["heard_as"] for c in m.get("confusions", []) if c["term"] == t][:3]
+        sig.append(_sig(f"term '{t}' KER", k, r, th["max_term_ker"], bad,
+                        f"{n} occurrences; heard as {', '.join(heard) or '-'}"))
+    if m.get("negation_accuracy") is not None and "min_negation_accuracy" in th:
+        sig.append(_sig("negation accuracy", m["negation_accuracy"], ref.get("negation_accuracy"),
+                        th["min_negation_accuracy"], m["negation_accuracy"] < th["min_negation_accuracy"],
+                        f"{m['negated_utterances']} negated statements"))
+    if "max_critical_negation_errors" in th:
+        sig.append(_sig("critical negation errors", m.get("critical_negation_errors", 0), None,
+                        th["max_critical_negation_errors"], m.get("critical_negation_errors", 0) > th["max_critical_negation_errors"]))
+    if "max_oov_rate" in th:
+        sig.append(_sig("out-of-vocabulary rate", m["oov_rate"], None, th["max_oov_rate"], m["oov_rate"] > th["max_oov_rate"],
+                        f"e.g. {', '.join(m.get('oov_words', [])[:8]) or '-'}"))
+    a, ra = m.get("audio") or {}, ref.get("audio") or {}
+    for key, lim, label in (("level_dbfs", "max_level_shift_db", "level shift (dB)"), ("snr_db", "max_snr_shift_db", "SNR shift (dB)")):
+        if lim in th and a.get(key) is not None and ra.get(key) is not None:
+            d = a[key] - ra[key]
+            sig.append(_sig(label, d, ra[key], th[lim], abs(d) > th[lim]))
+    if "max_duration_ratio" in th and a.get("duration_s") and ra.get("duration_s"):
+        ratio = a["duration_s"] / ra["duration_s"]
+        sig.append(_sig("duration ratio", ratio, ra["duration_s"], th["max_duration_ratio"],
+                        max(ratio, 1 / ratio) > th["max_duration_ratio"]))
+    if "max_low_rate_share" in th and "low_rate_share" in a:
+        sig.append(_sig("share of uploads below 16 kHz", a["low_rate_share"], None, th["max_low_rate_share"],
+                        a["low_rate_share"] > th["max_low_rate_share"]))
+    drifted = [s for s in sig if s["drifted"]]
+    return {**base, "status": "drift" if drifted else "ok", "signals": sig, "drifted_terms": drifted_terms,
+            "reason": "; ".join(f"{s['signal']} {_f(s['value'])} (limit {s['threshold']})" for s in drifted)
+            or "all signals within their thresholds"}
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def retrain_terms(decision: dict, policy: dict, lexicon) -> list[str]:
+    """The priority terms for a drift-triggered retraining: drifted terms, else the most confused ones."""
+    terms = list(decision["drifted_terms"])
+    if not terms:
+        terms = [c["term"] for c in decision["measured"].get("confusions", [])]
+    cats = lexicon.categories()
+    out = [t for t in dict.fromkeys(terms) if cats.get(t) == "drug"]
+    return out[: policy.get("max_retrain_terms", 20)]
+
+
+def render_html(decision: dict, history: list[dict], title: str) -> str:
+    import base64
+    import html
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = html.escape
+    imgs = []
+    pts = [h for h in history if h.get("wer") is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        xs = [h["end"][:10] for h in pts]
+        ax.plot(xs, [h["wer"] for h in pts], marker="o", label="WER")
+        ax.plot(xs, [h["ker"] if h.get("ker") is not None else float("nan") for h in pts], marker="s", label="KER")
+        ax.set_title("WER / KER on feedback over time")
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend()
+        imgs.append(fig)
+    conf = decision["measured"].get("confusions") or []
+    if conf:
+        fig, ax = plt.subplots(figsize=(6, 0.35 * min(len(conf), 12) + 1))
+        top = conf[:12][::-1]
+        ax.barh([f"{c['term']} → {c['heard_as']}" for c in top], [c["count"] for c in top])
+        ax.set_title("top term confusions (feedback)")
+        imgs.append(fig)
+    pngs = []
+    for fig in imgs:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        pngs.append(base64.b64encode(buf.getvalue()).decode())
+    rows = "".join(f"<tr class={'bad' if s['drifted'] else 'ok'}><td>{e(s['signal'])}</td><td>{e(_f(s['value']))}</td>"
+                   f"<td>{e(_f(s['reference']))}</td><td>{e(str(s['threshold']))}</td><td>{'DRIFT' if s['drifted'] else 'ok'}</td>"
+                   f"<td>{e(s['detail'])}</td></tr>" for s in decision["signals"])
+    m = decision["measured"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>
+body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
+.bad td:nth-child(5){{color:#b00;font-weight:bold}}</style></head><body><h1>{e(title)}</h1>
+<p><b>Status: {e(decision['status'].upper())}</b> — {e(decision['reason'])}</p>
+<p>Window {e(m['window']['start'])} → {e(m['window']['end'])}: {m['requests']} requests, {m['feedback']} feedback items
+({m['matched_feedback']} matched, {m['unmatched_feedback']} without a request); policy {e(decision['policy']['path'])}
+v{e(str(decision['policy']['version']))}.</p>
+<table><tr><th>signal</th><th>value</th><th>at promotion</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>
+{''.join(f'<figure><img src="data:image/png;base64,{p}"></figure>' for p in pngs)}</body></html>"""
