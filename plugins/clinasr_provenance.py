@@ -8,6 +8,7 @@ A listener must never break a task: any error here is logged and swallowed.
 from __future__ import annotations
 
 import logging
+import os
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
@@ -61,9 +62,17 @@ def _write(task_instance, state: str, error=None) -> None:
     try:
         from clinasr.provenance import ProvenanceLog
 
-        ProvenanceLog().append(build_record(task_instance, state, error))
+        rec = ProvenanceLog().append(build_record(task_instance, state, error))
     except Exception:
         log.exception("clinasr provenance: could not record %s", getattr(task_instance, "task_id", "?"))
+        return
+    if os.environ.get("CLINASR_OPENLINEAGE_URL"):   # best effort: the chain above is the record of truth
+        try:
+            from clinasr import lineage
+
+            lineage.emit(lineage.openlineage_events([rec]), os.environ["CLINASR_OPENLINEAGE_URL"])
+        except Exception:
+            log.exception("clinasr provenance: could not send the OpenLineage event")
 
 
 class ProvenanceListener:

@@ -18,7 +18,7 @@ step() { printf '\n\033[1m[setup] %s\033[0m\n' "$*"; }
 pipq() { "$@" 2>&1 | grep -vE "^WARNING: Location|^WARNING: Skipping" || true; return "${PIPESTATUS[0]}"; }
 
 # ---- 1. system packages -------------------------------------------------------------------------
-APT_PKGS="espeak-ng sox ffmpeg libsndfile1"
+APT_PKGS="espeak-ng sox ffmpeg libsndfile1 chromium"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

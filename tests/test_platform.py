@@ -149,6 +149,14 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     oa = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key="unused", max_retries=0)
     raw = oa.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("a.wav", audio))
     assert raw.headers["x-model-version"] == version and isinstance(raw.parse().text, str)
+    # a reviewer's questions, answered for the promoted model: where did it come from, what used the dataset
+    from clinasr.cli import main as cli
+
+    page = s.home / "lineage.html"
+    assert cli(["provenance", "page", "models:/clinasr-platform-test@production", "--out", str(page)]) == 0
+    up, down = page.read_text().split("<h2>What used it</h2>")
+    assert snap_uri in up and "transcripts.jsonl" in up and "Provenance chain intact" in up
+    assert f"{s.serve_url}/v1/audio/transcriptions" in down and "clinasr_evaluate_promote › promote" in down
 
 
 def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platform_settings, tmp_path):

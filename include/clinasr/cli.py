@@ -2,7 +2,7 @@
 
     clinasr platform up|down|status      the local platform (S3 server, MLflow, Airflow)
     clinasr data build ...               synthetic dataset -> object-store snapshot
-    clinasr provenance verify|lineage    read and check the provenance chain
+    clinasr provenance verify|lineage|page|openlineage   check the chain, read lineage (CLI, HTML, OpenLineage)
     clinasr evaluate --model M --manifest X   score a model on held-out sets (optionally gate vs a baseline)
     clinasr registry show|rollback       model registry aliases (candidate, production, previous); roll back
     clinasr serve --model M              the OpenAI-compatible transcription service (ML runtime)
@@ -89,6 +89,24 @@ def cmd_provenance(a) -> int:
             return 1
         print(f"provenance chain intact: {len(recs)} records, head {recs[-1]['hash'][:16] if recs else '-'}")
         return 0
+    if a.action == "openlineage":
+        from clinasr import lineage
+
+        events = lineage.openlineage_events(recs, a.namespace)
+        if a.out:
+            Path(a.out).write_text("".join(json.dumps(e) + "\n" for e in lineage.to_dicts(events)))
+            print(f"{len(events)} OpenLineage events -> {a.out}")
+        if a.url:
+            print(f"{lineage.emit(events, a.url)} OpenLineage events sent to {a.url}")
+        if not (a.out or a.url):
+            print("give --out FILE and/or --url http://marquez:5000", file=sys.stderr)
+            return 2
+        return 0
+    if a.node.startswith("models:/") and "@" in a.node:     # an alias: the version it points at now
+        from clinasr import registry
+
+        name, version = registry.resolve(a.node)
+        a.node = f"models:/{name}/{version}"
     graph = V.lineage_graph(recs)
     if a.node not in graph["nodes"]:
         matches = [n for n in graph["nodes"] if a.node in n]
@@ -96,6 +114,13 @@ def cmd_provenance(a) -> int:
             print(f"no single node matches {a.node!r}; candidates: {matches[:20]}", file=sys.stderr)
             return 2
         a.node = matches[0]
+    if a.action == "page":
+        from clinasr import lineage
+
+        out = Path(a.out or "lineage.html")
+        out.write_text(lineage.page(recs, a.node))
+        print(f"lineage page for {a.node}: {out.resolve()}")
+        return 0
     walk = V.upstream if a.direction == "up" else V.downstream
     print(a.node)
     for n in walk(graph, a.node):
@@ -219,9 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("provenance", help="verify the provenance chain, read lineage",
                        description="verify: check the hash chain (and its S3 mirror with --mirror). "
-                                   "lineage NODE: what NODE came from (--direction up) or what used it (down).")
-    v.add_argument("action", choices=["verify", "lineage"])
-    v.add_argument("node", nargs="?", default="", help="artifact URI or part of it (lineage)")
+                                   "lineage NODE: what NODE came from (--direction up) or what used it (down). "
+                                   "page NODE: the same as an HTML page for a reviewer (--out). "
+                                   "openlineage: every record as an OpenLineage event (--out FILE, --url MARQUEZ).")
+    v.add_argument("action", choices=["verify", "lineage", "page", "openlineage"])
+    v.add_argument("node", nargs="?", default="",
+                   help="artifact URI or part of it, e.g. models:/clinasr-asr@production (lineage, page)")
+    v.add_argument("--out", help="output file (page, openlineage)")
+    v.add_argument("--url", help="OpenLineage endpoint, e.g. http://marquez:5000 (openlineage)")
+    v.add_argument("--namespace", default="clinasr", help="OpenLineage job namespace")
     v.add_argument("--direction", choices=["up", "down"], default="up")
     v.add_argument("--mirror", action="store_true", help="also check the object-store copies")
     v.set_defaults(fn=cmd_provenance)

@@ -70,6 +70,12 @@ def run_demo(quick: bool = False, log=print) -> int:
     log(f"served             {s.serve_url}/v1/audio/transcriptions (OpenAI client), model {heard['version']}")
     log(f"  said:  {heard['reference']}")
     log(f"  heard: {heard['text']}")
+    from clinasr import lineage
+    from clinasr.provenance import ProvenanceLog
+
+    page = s.path("lineage") / f"{promoted['name']}-v{promoted['production']}.html"
+    page.write_text(lineage.page(ProvenanceLog(s).records(), f"models:/{promoted['name']}/{promoted['production']}"))
+    log(f"lineage page       {page}  (where the production model came from; `clinasr provenance page`)")
     log(f"provenance         {s.home / 'provenance' / 'chain.jsonl'}  (`clinasr provenance verify`)")
     log(f"Airflow UI         {s.airflow_url}  user admin / password {P.airflow_admin_password(s)}")
     log(f"MLflow UI          {s.mlflow_uri}")

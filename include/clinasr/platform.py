@@ -88,6 +88,11 @@ def airflow_env(s: Settings) -> dict[str, str]:
         "CLINASR_SERVE_PORT": str(s.serve_port),
         "PYTHONPATH": str(REPO_ROOT / "include"),
         "NO_PROXY": "127.0.0.1,localhost",
+        # OpenLineage (apache-airflow-providers-openlineage): Airflow's own events, plus clinasr's provenance
+        # records as events from the listener, go to CLINASR_OPENLINEAGE_URL (e.g. Marquez) when it is set
+        **({"AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "http", "url": os.environ["CLINASR_OPENLINEAGE_URL"]}),
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "clinasr"}
+           if os.environ.get("CLINASR_OPENLINEAGE_URL") else {"AIRFLOW__OPENLINEAGE__DISABLED": "True"}),
     }
 
 
