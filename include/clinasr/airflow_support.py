@@ -165,6 +165,19 @@ def record_candidate(plan: dict, local_result: dict | None, params: dict, run_id
                                                     "global_step", "train_seconds", "metrics", "n_params")}
 
 
+def publish_reports(settings: Settings, local_dir: Path, names: tuple[str, ...], prefix: str, kind: str) -> list[dict]:
+    """Upload report files to the object store; the provenance outputs (URI, kind, sha256) they become."""
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    outputs = []
+    for f in names:
+        store.put_file(local_dir / f, f"{prefix}/{f}")
+        outputs.append({"uri": f"{prefix}/{f}", "kind": kind, "sha256": _sha(local_dir / f)})
+    return outputs
+
+
 def _sha(path):
     from pathlib import Path
 
@@ -228,7 +241,6 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
 
     from clinasr import registry
     from clinasr.gate import decide, load_gate, render_html, summary
-    from clinasr.store import ObjectStore
 
     settings = Settings.from_env()
     gate = load_gate(params["gate_config"])
@@ -243,12 +255,7 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
     (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": candidate, "baseline": baseline}, indent=1))
     (out / "gate.html").write_text(render_html(decision, candidate, baseline, title))
     prefix = f"s3://{settings.bucket}/reports/gate/{plan['model_name']}/v{plan['candidate_version']}/{out.parent.name}"
-    store = ObjectStore(settings)
-    store.ensure_bucket()
-    outputs = []
-    for f in ("gate.json", "gate.html"):
-        store.put_file(out / f, f"{prefix}/{f}")
-        outputs.append({"uri": f"{prefix}/{f}", "kind": "gate-report", "sha256": _sha(out / f)})
+    outputs = publish_reports(settings, out, ("gate.json", "gate.html"), prefix, "gate-report")
     c = registry.client()
     mv = c.get_model_version(plan["model_name"], plan["candidate_version"])
     if mv.run_id:
@@ -323,7 +330,6 @@ def measure_drift(params: dict, run_id: str) -> dict:
     import mlflow
 
     from clinasr import drift
-    from clinasr.store import ObjectStore
     from clinasr.synth.lexicon import load_lexicon
 
     settings = Settings.from_env()
@@ -347,12 +353,7 @@ def measure_drift(params: dict, run_id: str) -> dict:
     (out / "drift.json").write_text(json.dumps(decision, indent=1, default=str))
     (out / "drift.html").write_text(drift.render_html(decision, hist, f"Drift report: {params['model_name']}"))
     prefix = f"s3://{settings.bucket}/reports/drift/{m['window']['end'][:10]}-{out.name}"
-    store = ObjectStore(settings)
-    store.ensure_bucket()
-    outputs = []
-    for f in ("drift.json", "drift.html"):
-        store.put_file(out / f, f"{prefix}/{f}")
-        outputs.append({"uri": f"{prefix}/{f}", "kind": "drift-report", "sha256": _sha(out / f)})
+    outputs = publish_reports(settings, out, ("drift.json", "drift.html"), prefix, "drift-report")
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_experiment("clinasr-drift")
     with mlflow.start_run(run_name=f"drift-{run_id}"[:120], tags={"airflow_run_id": run_id, "status": decision["status"]}):

@@ -16,7 +16,6 @@ Pure Python: runs in the orchestration runtime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import statistics
@@ -24,10 +23,9 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from clinasr import metrics
-from clinasr.settings import REPO_ROOT
+from clinasr.settings import load_versioned_yaml
 from clinasr.textnorm import normalize
 
 
@@ -36,15 +34,7 @@ class DriftError(ValueError):
 
 
 def load_policy(path: str | Path = "configs/drift/default.yaml") -> dict:
-    p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
-    if not p.exists():
-        raise DriftError(f"drift policy not found: {p}")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    if "thresholds" not in cfg or "version" not in cfg:
-        raise DriftError(f"{p.name}: needs `version` and `thresholds`")
-    cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
-    return cfg
+    return load_versioned_yaml(path, ("thresholds",), "drift policy", DriftError)
 
 
 def _read_jsonl(d: Path, start: datetime, end: datetime) -> tuple[list[dict], int]:
@@ -118,7 +108,6 @@ def measure(window: dict, lexicon) -> dict:
 @lru_cache(maxsize=1)
 def _common_words() -> frozenset[str]:
     """The words of the grammar generator's templates (all families), i.e. of the synthetic training data."""
-    from clinasr.synth.lexicon import load_lexicon, load_terms
     from clinasr.synth.transcripts import TEMPLATES
 
     words: set[str] = set()

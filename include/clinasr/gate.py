@@ -8,15 +8,13 @@ KER by category, term confusion table). Missing data never passes: an absent met
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 
-from clinasr.settings import REPO_ROOT
+from clinasr.settings import load_versioned_yaml
 
 
 class GateError(ValueError):
@@ -28,17 +26,10 @@ KNOWN = {"min_relative_wer_reduction", "min_term_accuracy", "min_negation_accura
 
 
 def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
-    p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
-    if not p.exists():
-        raise GateError(f"gate config not found: {p}")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    unknown = set(cfg.get("criteria", {})) - KNOWN
+    cfg = load_versioned_yaml(path, ("criteria",), "gate config", GateError)
+    unknown = set(cfg["criteria"]) - KNOWN
     if unknown:
-        raise GateError(f"{p.name}: unknown criteria {sorted(unknown)}; known: {sorted(KNOWN)}")
-    if "version" not in cfg or "criteria" not in cfg:
-        raise GateError(f"{p.name}: needs `version` and `criteria`")
-    cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+        raise GateError(f"{Path(cfg['path']).name}: unknown criteria {sorted(unknown)}; known: {sorted(KNOWN)}")
     cfg.setdefault("in_domain_set", "validation")
     return cfg
 

@@ -90,3 +90,22 @@ class Settings:
         p = self.home.joinpath(*parts)
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+
+def load_versioned_yaml(path: str | Path, required: tuple[str, ...], what: str, error=ValueError) -> dict:
+    """A checked-in policy file (gate, drift): relative to the repo, with `version`, plus its path and sha256
+    so every decision records exactly which criteria it applied."""
+    import hashlib
+
+    import yaml
+
+    p = Path(path)
+    p = p if p.is_absolute() else REPO_ROOT / p
+    if not p.exists():
+        raise error(f"{what} not found: {p}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    missing = [k for k in ("version", *required) if k not in cfg]
+    if missing:
+        raise error(f"{p.name}: needs {', '.join(f'`{k}`' for k in missing)}")
+    cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
+    return cfg
