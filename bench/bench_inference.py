@@ -1,7 +1,7 @@
 """Inference benchmark: clinasr's Transcriber (the code evaluation and serving run) on one device.
 
 Measures batched RTFx (audio seconds per second of compute) at several batch sizes, per-request latency
-p50/p95 for 5/10/30 s clips at batch 1, peak GPU memory, fp32 vs bf16 autocast, the encoder's share of
+p50/p95 for 5/10/30 s clips at batch 1, peak GPU memory, fp32 vs bf16 autocast vs the Transcriber's default (bf16 from batch 16), the encoder's share of
 the time, and the HTTP serving stack's overhead (uvicorn + FastAPI + decode + micro-batcher) against the
 bare model, all in the same run.
 
@@ -65,11 +65,14 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def bench_model(t, batches: list[int], repeats: int, clip_s: float, bf16: bool = False) -> dict:
+    """``bf16``: whether the encoder-only timing runs under bf16 autocast (True/False, or the minimum batch)."""
     import contextlib
 
     import torch
 
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    def ctx(b):
+        use = bf16 if isinstance(bf16, bool) else b >= bf16
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
     res = {"rtfx": {}, "latency_batch1": {}, "encoder_share": {}}
     for b in batches:
@@ -79,7 +82,7 @@ def bench_model(t, batches: list[int], repeats: int, clip_s: float, bf16: bool =
             torch.cuda.reset_peak_memory_stats()
         times = timed(lambda: t.transcribe(xs, batch_size=b), repeats)
         med = statistics.median(times)
-        with ctx():
+        with ctx(b):
             enc = timed(lambda: _encoder_only(t, xs), repeats)
         res["rtfx"][b] = round(b * clip_s / med, 1)
         res["encoder_share"][b] = round(statistics.median(enc) / med, 3)
@@ -185,6 +188,8 @@ def main() -> int:
 
     batches = [int(b) for b in a.batches.split(",")]
     t = Transcriber(nemo)
+    policy = t.bf16_min_batch
+    t.bf16_min_batch = 0          # plain fp32 first
     result = {"model": str(a.build_config or a.nemo), "n_params": t.n_params, "device": t.device,
               "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "clip_s": a.clip_s, "repeats": a.repeats}
@@ -192,18 +197,17 @@ def main() -> int:
     print("fp32:", flush=True)
     result["fp32"] = bench_model(t, batches, a.repeats, a.clip_s)
     if t.device == "cuda":
-        print("bf16 autocast:", flush=True)
-        orig = t.transcribe
-
-        def bf16(*args, **kw):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return orig(*args, **kw)
-
-        t.transcribe = bf16
+        # fp32 above (bf16 off); now the Transcriber's own policy: bf16 autocast for batches >= 16
+        print(f"Transcriber default (bf16 from batch {policy}):", flush=True)
+        t.bf16_min_batch = policy
+        result["default_policy"] = bench_model(t, batches, a.repeats, a.clip_s, bf16=policy)
+        result["default_policy"]["bf16_min_batch"] = policy
+        print("bf16 autocast at every batch size:", flush=True)
+        t.bf16_min_batch = 1
         result["bf16_autocast"] = bench_model(t, batches, a.repeats, a.clip_s, bf16=True)
-        t.transcribe = orig
         for b in batches:
             result.setdefault("bf16_speedup", {})[b] = round(result["bf16_autocast"]["rtfx"][b] / result["fp32"]["rtfx"][b], 2)
+            result.setdefault("default_policy_speedup", {})[b] = round(result["default_policy"]["rtfx"][b] / result["fp32"]["rtfx"][b], 2)
     if not a.no_http:
         del t
         if torch.cuda.is_available():
