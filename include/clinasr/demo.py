@@ -28,17 +28,20 @@ def run_demo(quick: bool = False, log=print) -> int:
     earlier_eval = {r["dag_run_id"] for r in client.runs("clinasr_evaluate_promote")}
     conf = {"terms": "warfarin, levetiracetam, metoprolol" if quick else DEMO_TERMS,
             "utterances_per_term": 3 if quick else 12, "seed": 7}
+
+    def succeeded(dag_id: str, run_id: str, timeout: float = 1800) -> bool:
+        if client.wait(dag_id, run_id, timeout=timeout, log=log)["state"] == "success":
+            return True
+        log(f"{dag_id} failed: see {s.airflow_url}/dags/{dag_id}/runs")
+        return False
+
     run_id = client.trigger("clinasr_synthetic_data", conf, note="clinasr demo")
-    run = client.wait("clinasr_synthetic_data", run_id, log=log)
-    if run["state"] != "success":
-        log(f"clinasr_synthetic_data failed: see {s.airflow_url}/dags/clinasr_synthetic_data/runs")
+    if not succeeded("clinasr_synthetic_data", run_id):
         return 1
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
     log("== 3/5 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
     train_run = client.wait_for_new_run("clinasr_training", earlier_training)
-    run = client.wait("clinasr_training", train_run, timeout=3600, log=log)
-    if run["state"] != "success":
-        log(f"clinasr_training failed: see {s.airflow_url}/dags/clinasr_training/runs")
+    if not succeeded("clinasr_training", train_run, timeout=3600):
         return 1
     trained = client.xcom("clinasr_training", train_run, "candidate")
     log("== 4/5 evaluation and gate (DAG clinasr_evaluate_promote, started by the candidate Asset event)")
@@ -46,17 +49,18 @@ def run_demo(quick: bool = False, log=print) -> int:
     run = client.wait("clinasr_evaluate_promote", eval_run, timeout=1800, log=log)
     gate = _gate_outcome(client, eval_run)
     log(f"gate               {gate}")
-    if run["state"] != "success" and "rejected" in gate:
+    if run["state"] != "success" and "rejected" not in gate:
+        log(f"clinasr_evaluate_promote failed: see {s.airflow_url}/dags/clinasr_evaluate_promote/runs")
+        return 1
+    if run["state"] != "success":
         # a model trained for minutes on a 2-core CPU cannot meet the production gate; the demo shows the
         # override path (an explicit Param with a reason, recorded in provenance and on the model version)
         reason = "demo: toy CPU model promoted to exercise serving and rollback"
         log(f"== 4b/5 promoting over the gate with override_reason={reason!r}")
         eval_run = client.trigger("clinasr_evaluate_promote", {"candidate": trained["model_uri"], "override_reason": reason},
                                   note="clinasr demo override")
-        run = client.wait("clinasr_evaluate_promote", eval_run, timeout=1800, log=log)
-    if run["state"] != "success":
-        log(f"clinasr_evaluate_promote failed: see {s.airflow_url}/dags/clinasr_evaluate_promote/runs")
-        return 1
+        if not succeeded("clinasr_evaluate_promote", eval_run):
+            return 1
     promoted = client.xcom("clinasr_evaluate_promote", eval_run, "promote")
     log("== 5/5 summary")
     heard = _transcribe_one(s, snap["uri"])
