@@ -20,7 +20,9 @@ Runs when training registers a candidate (the **clinasr_candidate_model** Asset)
    (`name=path` each, e.g. de-identified clinician recordings).
 2. **evaluate_candidate**, **evaluate_baseline** — the same sets, in the ML runtime: WER, strict
    clinical-term accuracy by category, negation accuracy and critical negation errors, per-slice WER,
-   latency p50/p95 and RTFx, bootstrap CIs; hypotheses saved per utterance.
+   latency p50/p95 and RTFx, bootstrap CIs; hypotheses saved per utterance. **evaluate_references** scores
+   off-the-shelf models (`reference_models`, e.g. Whisper tiny.en) the same way for the report's
+   leaderboard; they do not enter the decision unless the gate config says so.
 3. **gate** — the criteria in `gate_config` (versioned YAML). The report (JSON + HTML with plots) goes to
    S3, to the candidate's MLflow run and to provenance. A failed gate rejects the candidate and fails
    here, naming each failing criterion; `override_reason` promotes anyway and is recorded.
@@ -52,6 +54,10 @@ Runs when training registers a candidate (the **clinasr_candidate_model** Asset)
         "baseline_model": Param(None, type=["string", "null"],
                                 description="baseline when there is no production yet (.nemo, s3:// or models:/...)"),
         "gate_config": Param("configs/gate/default.yaml", type="string"),
+        "reference_models": Param(None, type=["array", "null"], items={"type": "string"},
+                                  description="off-the-shelf models scored beside ours for the leaderboard, e.g. "
+                                              "whisper:tiny.en, pretrained:nvidia/parakeet-tdt-0.6b-v2 (default: the "
+                                              "gate config's reference_models; [] for none)"),
         "override_reason": Param(None, type=["string", "null"],
                                  description="promote even if the gate fails; the reason is recorded (leave empty)"),
         "deploy": Param(True, type="boolean", description="load the new production model into the transcription service"),
@@ -76,11 +82,17 @@ def clinasr_evaluate_promote():
 
         return evaluate_model(p["baseline"], p["sets"], "baseline", run_id) if p["baseline"] else None
 
+    @task(execution_timeout=timedelta(hours=6))
+    def evaluate_references(p: dict, run_id=None) -> list[dict]:
+        from clinasr.airflow_support import evaluate_references
+
+        return evaluate_references(p["references"], p["sets"], run_id)
+
     @task
-    def gate(p: dict, cand: dict, base: dict | None, params=None, run_id=None, dag_run=None) -> dict:
+    def gate(p: dict, cand: dict, base: dict | None, refs: list[dict], params=None, run_id=None, dag_run=None) -> dict:
         from clinasr.airflow_support import apply_gate
 
-        return apply_gate(p, cand, base, params, run_id, getattr(dag_run, "triggering_user_name", None))
+        return apply_gate(p, cand, base, params, run_id, getattr(dag_run, "triggering_user_name", None), refs)
 
     @task(outlets=[PRODUCTION_ASSET])
     def promote(p: dict, decision: dict, dag_run=None, outlet_events=None) -> dict:
@@ -100,7 +112,7 @@ def clinasr_evaluate_promote():
         return deploy_to_serving(f"models:/{promoted['name']}/{promoted['production']}")
 
     p = plan()
-    deploy(promote(p, gate(p, evaluate_candidate(p), evaluate_baseline(p))))
+    deploy(promote(p, gate(p, evaluate_candidate(p), evaluate_baseline(p), evaluate_references(p))))
 
 
 clinasr_evaluate_promote()

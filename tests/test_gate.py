@@ -43,7 +43,7 @@ def test_a_better_candidate_passes_every_criterion(gate):
     assert d["passed"] and d["decision"] == "promote" and failing(d) == set()
     rel = next(c for c in d["criteria"] if c["criterion"] == "relative WER reduction")
     assert rel["value"] == pytest.approx(1.0) and rel["threshold"] == 0.30
-    assert d["gate"]["version"] == 1 and len(d["gate"]["sha256"]) == 64
+    assert d["gate"]["version"] == 2 and len(d["gate"]["sha256"]) == 64
     assert summary(d).startswith("gate passed")
 
 
@@ -117,3 +117,46 @@ def test_html_report_has_verdict_criteria_plots_and_confusions(gate):
     assert "Decision: REJECT" in page and "relative WER reduction" in page
     assert page.count("data:image/png;base64,") == 2
     assert "war farin" in page                          # the term confusion table
+
+
+def reference(hyp_neg: str, hyp_pos: str, label: str) -> dict:
+    return {**report(hyp_neg, hyp_pos, model=f"whisper:{label}"), "reference": True, "label": label}
+
+
+def test_reference_models_are_ranked_on_the_leaderboard_but_do_not_decide(gate):
+    assert gate["reference_models"] == ["whisper:tiny.en"]
+    cand, base = report(NEG["text"], "start a pixaban five milligrams twice daily", model="cand"), report(*BAD, model="prod")
+    better_ref = reference(*PERFECT, label="whisper-big")             # an off-the-shelf model that beats ours
+    broken = {"model": "pretrained:x", "label": "pretrained:x", "reference": True, "error": "no hub", "sets": {}}
+    with_refs = decide(cand, base, gate, references=[better_ref, broken])
+    assert with_refs["criteria"] == decide(cand, base, gate)["criteria"]   # the decision ignores references
+    board = with_refs["leaderboard"]
+    assert [r["model"] for r in board] == ["whisper-big", "cand", "prod", "pretrained:x"]
+    assert [r["role"] for r in board] == ["reference", "candidate", "production", "reference"]
+    assert board[0]["wer"] == 0.0 and board[1]["wer"] < board[2]["wer"] and board[-1]["error"] == "no hub"
+    assert set(board[1]["ker_by_category"]) == {"drug", "dosage", "frequency"}
+    page = render_html(with_refs, cand, base, "Gate report")
+    assert 'id=leaderboard' in page and "whisper-big" in page and "not evaluated: no hub" in page
+    from clinasr.gate import leaderboard_text
+
+    md = leaderboard_text(board).splitlines()
+    assert md[0].startswith("| model | role | WER") and "KER drug" in md[0] and len(md) == 2 + len(board)
+
+
+def test_gate_can_require_beating_the_references(gate):
+    g = copy.deepcopy(gate)
+    g["criteria"]["min_wer_margin_vs_references"] = 0.0
+    cand, base = report(NEG["text"], POS["text"] + " now"), report(*BAD)      # every term right, one insertion
+    d = decide(cand, base, g, references=[reference(*PERFECT, label="whisper-big")])
+    assert failing(d) == {"WER margin vs best reference"}
+    crit = next(c for c in d["criteria"] if c["criterion"] == "WER margin vs best reference")
+    assert crit["value"] < 0 and "whisper-big 0.000" in crit["detail"]
+    assert decide(cand, base, g, references=[reference(*BAD, label="w")])["passed"]
+    assert "WER margin vs best reference" in failing(decide(cand, base, g, references=[]))   # no data never passes
+
+
+def test_reference_list_is_validated(tmp_path):
+    bad = tmp_path / "g.yaml"
+    bad.write_text("version: 1\ncriteria: {}\nreference_models: whisper:tiny.en\n")
+    with pytest.raises(GateError, match="reference_models must be a list"):
+        load_gate(bad)

@@ -114,6 +114,7 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     run = client.wait("clinasr_evaluate_promote", auto, timeout=600)
     states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_evaluate_promote", auto)}
     assert run["state"] == "failed" and states["gate"] == "failed" and states["promote"] == "upstream_failed", states
+    assert states["evaluate_references"] == "success", states
     ml = MlflowClient(s.mlflow_uri)
     cand = ml.get_model_version_by_alias("clinasr-platform-test", "candidate")
     assert cand.tags["status"] == "rejected" and cand.tags["gate"] == "reject"
@@ -122,10 +123,17 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     assert "Decision: REJECT" in page and "data:image/png;base64," in page
     assert "gate" in {a.path for a in ml.list_artifacts(cand.run_id)}
     # overriding needs an explicit Param with a reason; it is recorded
+    # (with a reference model that cannot load here — no hub — beside the packaged Whisper: reported, not fatal)
     run_id = client.trigger("clinasr_evaluate_promote", {"model_name": "clinasr-platform-test",
-                                                         "override_reason": "platform test: first production model"})
+                                                         "override_reason": "platform test: first production model",
+                                                         "reference_models": ["whisper:tiny.en",
+                                                                              "pretrained:nvidia/parakeet-tdt-0.6b-v2"]})
     run = client.wait("clinasr_evaluate_promote", run_id, timeout=600)
     assert run["state"] == "success"
+    board = {r["model"]: r for r in client.xcom("clinasr_evaluate_promote", run_id, "gate")["leaderboard"]}
+    assert board["whisper-tiny.en"]["role"] == "reference" and 0 <= board["whisper-tiny.en"]["wer"]
+    assert "cannot load pretrained" in board["pretrained:nvidia/parakeet-tdt-0.6b-v2"]["error"]
+    assert {r["role"] for r in board.values()} == {"candidate", "reference"}
     prod = ml.get_model_version_by_alias("clinasr-platform-test", "production")
     assert prod.version == cand.version and prod.tags["promoted_by"] == "admin"
     assert prod.tags["promotion_reason"] == "override: platform test: first production model"

@@ -216,10 +216,15 @@ def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> d
     for i, spec in enumerate(params.get("extra_manifests") or []):
         set_name, sep, path = spec.partition("=")
         sets.append({"name": set_name.strip(), "manifest": path.strip()} if sep else {"name": f"extra{i + 1}", "manifest": spec})
+    refs = params.get("reference_models")
+    if refs is None:   # not given: the gate config's list (versioned with the criteria)
+        from clinasr.gate import load_gate
+
+        refs = load_gate(params.get("gate_config") or "configs/gate/default.yaml")["reference_models"]
     return {"model_name": name, "candidate": f"models:/{name}/{version}", "candidate_version": version,
             "production_version": prod, "baseline": baseline,
             "baseline_kind": "production" if prod else ("base model" if baseline else None),
-            "sets": sets, "dataset_uri": dataset}
+            "sets": sets, "dataset_uri": dataset, "references": [r.strip() for r in refs if r.strip()]}
 
 
 def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
@@ -234,7 +239,23 @@ def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
     return report
 
 
-def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None) -> dict:
+def evaluate_references(specs: list[str], sets: list[dict], run_id: str) -> list[dict]:
+    """Score each off-the-shelf reference model on the same sets. A reference that cannot be loaded or run
+    (e.g. no hub for a pretrained name) is reported with its error; it never fails the evaluation."""
+    from clinasr.mlenv import StageError
+
+    out = []
+    for i, spec in enumerate(specs):
+        try:
+            out.append(evaluate_model(spec, sets, f"reference-{i + 1}", run_id))
+        except StageError as e:
+            log.warning("reference model %s not evaluated: %s", spec, e)
+            out.append({"model": spec, "label": spec, "reference": True, "error": str(e)[-500:], "sets": {}})
+    return out
+
+
+def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None,
+               references: list[dict] | None = None) -> dict:
     """Decide, write the report (JSON + HTML, local, S3, MLflow), tag the version; a failed gate without an
     override rejects the candidate and fails the task with every failing criterion in the message."""
     import json
@@ -244,7 +265,7 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
 
     settings = Settings.from_env()
     gate = load_gate(params["gate_config"])
-    decision = decide(candidate, baseline, gate, plan["baseline_kind"] or "production")
+    decision = decide(candidate, baseline, gate, plan["baseline_kind"] or "production", references)
     override = (params.get("override_reason") or "").strip()
     if override and not decision["passed"]:
         decision["override"] = {"reason": override, "by": user or "unknown", "failed": summary(decision)}
@@ -252,7 +273,8 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / "gate"
     out.mkdir(parents=True, exist_ok=True)
     title = f"Gate report: {plan['model_name']} v{plan['candidate_version']}"
-    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": candidate, "baseline": baseline}, indent=1))
+    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": candidate, "baseline": baseline,
+                                               "references": references or []}, indent=1))
     (out / "gate.html").write_text(render_html(decision, candidate, baseline, title))
     prefix = f"s3://{settings.bucket}/reports/gate/{plan['model_name']}/v{plan['candidate_version']}/{out.parent.name}"
     outputs = publish_reports(settings, out, ("gate.json", "gate.html"), prefix, "gate-report")
@@ -276,7 +298,7 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
         raise AirflowFailException(f"candidate {plan['candidate']} rejected — {summary(decision)} "
                                    f"(report: {prefix}/gate.html; to promote anyway set override_reason)")
     return {"passed": decision["passed"], "override": decision.get("override"), "summary": summary(decision),
-            "report": f"{prefix}/gate.html", "criteria": decision["criteria"]}
+            "report": f"{prefix}/gate.html", "criteria": decision["criteria"], "leaderboard": decision["leaderboard"]}
 
 
 def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:

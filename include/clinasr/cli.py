@@ -131,7 +131,7 @@ def cmd_provenance(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from clinasr import mlenv
-    from clinasr.gate import decide, load_gate, render_html, summary
+    from clinasr.gate import decide, leaderboard_text, load_gate, render_html, summary
 
     sets = []
     for i, spec in enumerate(a.manifest):
@@ -146,15 +146,26 @@ def cmd_evaluate(a) -> int:
         base = mlenv.run_stage("evaluate", {"model": a.baseline, "sets": sets, "output_dir": str(out / "baseline"),
                                             "max_rows": a.max_rows})
     gate = load_gate(a.gate)
+    refs = []
+    for i, spec in enumerate([] if a.no_references else (a.reference or gate["reference_models"])):
+        try:
+            refs.append(mlenv.run_stage("evaluate", {"model": spec, "sets": sets, "output_dir": str(out / f"reference-{i + 1}"),
+                                                     "max_rows": a.max_rows}))
+        except mlenv.StageError as e:   # an unavailable reference is reported, never fatal
+            print(f"reference {spec} not evaluated: {e}", file=sys.stderr)
+            refs.append({"model": spec, "label": spec, "reference": True, "error": str(e)[-500:], "sets": {}})
     if gate["in_domain_set"] not in cand["sets"]:
         gate["in_domain_set"] = sets[0]["name"]
-    decision = decide(cand, base, gate, "baseline")
-    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": cand, "baseline": base}, indent=1, default=str))
+    decision = decide(cand, base, gate, "baseline", refs)
+    (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": cand, "baseline": base,
+                                               "references": refs}, indent=1, default=str))
     (out / "gate.html").write_text(render_html(decision, cand, base, f"Gate report: {a.model}"))
     for name, m in cand["sets"].items():
         print(f"{name:<16} WER {m['wer']:.3f}  KER {m['ker'] if m['ker'] is None else round(m['ker'], 3)}  "
               f"negation acc {m['negation_accuracy']}  p95 {m['latency']['p95_s'] * 1000:.0f} ms  "
               f"scored {m['rows']['scored']}, skipped {m['rows']['skipped']} {m['rows']['skipped_by_reason'] or ''}")
+    if len(decision["leaderboard"]) > 1:
+        print(leaderboard_text(decision["leaderboard"]))
     print(summary(decision))
     print(f"report: {out / 'gate.html'}  hypotheses: {out / 'candidate'}/<set>/hypotheses.jsonl")
     return 0 if decision["passed"] else 3
@@ -268,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gate", default="configs/gate/default.yaml", help="gate criteria YAML")
     e.add_argument("--out", default="eval-report", help="output directory (report, hypotheses)")
     e.add_argument("--max-rows", type=int, help="at most this many rows per set")
+    e.add_argument("--reference", action="append",
+                   help="off-the-shelf model to score beside MODEL for the leaderboard, e.g. whisper:tiny.en or "
+                        "pretrained:nvidia/parakeet-tdt-0.6b-v2 (repeatable; default: the gate config's reference_models)")
+    e.add_argument("--no-references", action="store_true", help="score no reference models")
     e.set_defaults(fn=cmd_evaluate)
 
     r = sub.add_parser("registry", help="show model aliases or roll production back",

@@ -70,7 +70,12 @@ def run_demo(quick: bool = False, log=print) -> int:
         f"{trained['global_step']} steps in {trained['train_seconds']:.0f}s, val WER "
         f"{trained['metrics'].get('val_wer', float('nan')):.3f})")
     log(f"production model   models:/{promoted['name']}/{promoted['production']}  (previous: {promoted['previous']})")
-    log(f"gate report        {client.xcom('clinasr_evaluate_promote', eval_run, 'gate')['report']}")
+    gate_res = client.xcom("clinasr_evaluate_promote", eval_run, "gate")
+    log(f"gate report        {gate_res['report']}")
+    from clinasr.gate import leaderboard_text
+
+    log("leaderboard (validation set; reference models are off-the-shelf, for comparison only)\n"
+        + leaderboard_text(gate_res.get("leaderboard") or []))
     log(f"served             {s.serve_url}/v1/audio/transcriptions (OpenAI client), model {heard['version']}")
     log(f"  said:  {heard['reference']}")
     log(f"  heard: {heard['text']}")

@@ -113,8 +113,9 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
 
 
 def evaluate(args: dict, log=print) -> dict:
-    from clinasr.inference import Transcriber
-    from clinasr.registry import RegistryError, fetch_model
+    from clinasr.inference import InferenceError
+    from clinasr.reference import ReferenceError, is_reference, label, make_transcriber
+    from clinasr.registry import RegistryError
 
     out = Path(args["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -125,13 +126,14 @@ def evaluate(args: dict, log=print) -> dict:
     if len(set(names)) != len(names):
         raise EvaluationError(f"evaluation set names must be unique: {names}")
     try:
-        path = fetch_model(args["model"], out / "model")
-    except (RegistryError, FileNotFoundError) as e:
+        t = make_transcriber(args["model"], out / "model", version=str(args.get("model_version", "")))
+    except (RegistryError, FileNotFoundError, ReferenceError, InferenceError) as e:
         raise EvaluationError(f"model {args['model']}: {e}") from None
-    t = Transcriber(path, version=str(args.get("model_version", "")))
     warm = t.warm_up()
-    log(f"[evaluate] {args['model']}: {t.n_params / 1e6:.2f} M parameters on {t.device} (warm-up {warm:.2f}s)")
-    report = {"model": args["model"], "device": t.device, "n_params": t.n_params, "sets": {}}
+    size = f"{t.n_params / 1e6:.2f} M parameters" if t.n_params else "reference model"
+    log(f"[evaluate] {args['model']}: {size} on {t.device} (warm-up {warm:.2f}s)")
+    report = {"model": args["model"], "device": t.device, "n_params": t.n_params, "sets": {},
+              "reference": is_reference(args["model"]), "label": label(args["model"]) if is_reference(args["model"]) else None}
     for s in sets:
         m = manifest_path(s["manifest"], out / s["name"])
         res = evaluate_set(t, s["name"], m, out, args.get("max_rows"), progress=args.get("progress", True))

@@ -22,7 +22,8 @@ class GateError(ValueError):
 
 
 KNOWN = {"min_relative_wer_reduction", "min_term_accuracy", "min_negation_accuracy", "max_critical_negation_errors",
-         "max_slice_wer_regression", "min_slice_words", "max_latency_p95_s", "min_utterances"}
+         "max_slice_wer_regression", "min_slice_words", "max_latency_p95_s", "min_utterances",
+         "min_wer_margin_vs_references"}
 
 
 def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
@@ -31,7 +32,49 @@ def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
     if unknown:
         raise GateError(f"{Path(cfg['path']).name}: unknown criteria {sorted(unknown)}; known: {sorted(KNOWN)}")
     cfg.setdefault("in_domain_set", "validation")
+    refs = cfg.setdefault("reference_models", [])
+    if not isinstance(refs, list) or not all(isinstance(r, str) and r.strip() for r in refs):
+        raise GateError(f"{Path(cfg['path']).name}: reference_models must be a list of model specs "
+                        f"(e.g. whisper:tiny.en), got {refs!r}")
     return cfg
+
+
+def leaderboard(candidate: dict, baseline: dict | None, references: list[dict] | None, set_name: str,
+                baseline_name: str = "baseline") -> list[dict]:
+    """One row per model on ``set_name``, best WER first: candidate, baseline and reference models
+    (a reference that could not be evaluated is listed last with its error)."""
+    rows = []
+    for role, rep in [("candidate", candidate), (baseline_name, baseline)] + [("reference", r) for r in references or []]:
+        if not rep:
+            continue
+        m = (rep.get("sets") or {}).get(set_name)
+        name = rep.get("label") or str(rep.get("model"))
+        if rep.get("error") or not m:
+            rows.append({"model": name, "role": role, "error": rep.get("error") or f"no {set_name!r} set"})
+            continue
+        rows.append({"model": name, "role": role, "wer": m["wer"], "wer_ci": (m.get("ci") or {}).get("wer"),
+                     "ker": m.get("ker"), "ker_by_category": m.get("ker_by_category") or {},
+                     "negation_accuracy": m.get("negation_accuracy"),
+                     "critical_negation_errors": m.get("critical_negation_errors"),
+                     "rtfx": (m.get("latency") or {}).get("rtfx"), "p95_s": (m.get("latency") or {}).get("p95_s"),
+                     "device": (m.get("latency") or {}).get("device"), "scored": m["rows"]["scored"]})
+    return sorted(rows, key=lambda r: (r.get("wer") is None, r.get("wer") or 0.0))
+
+
+def leaderboard_text(rows: list[dict]) -> str:
+    """The leaderboard as a Markdown table (demo summary, README)."""
+    cats = sorted({k for r in rows for k in r.get("ker_by_category") or {}})
+    head = ["model", "role", "WER [95% CI]", "KER"] + [f"KER {c}" for c in cats] + ["negation acc.", "RTFx"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['model']} | {r['role']} | not evaluated: {r['error'][:80]} |" + " |" * (len(head) - 3))
+            continue
+        ci = " [" + ", ".join(f"{v:.2f}" for v in r["wer_ci"]) + "]" if r.get("wer_ci") else ""
+        out.append("| " + " | ".join([r["model"], r["role"], f"{r['wer']:.3f}{ci}", _fmt(r["ker"])]
+                                     + [_fmt(r["ker_by_category"].get(c)) for c in cats]
+                                     + [_fmt(r["negation_accuracy"]), f"{r['rtfx']:.1f} ({r['device']})"]) + " |")
+    return "\n".join(out)
 
 
 def _crit(name, value, op, threshold, detail="") -> dict:
@@ -42,8 +85,11 @@ def _crit(name, value, op, threshold, detail="") -> dict:
     return {"criterion": name, "value": value, "op": op, "threshold": threshold, "passed": bool(passed), "detail": detail}
 
 
-def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: str = "production") -> dict:
-    """candidate/baseline: evaluation reports ({"sets": {name: metrics}}); baseline None = no baseline model."""
+def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: str = "production",
+           references: list[dict] | None = None) -> dict:
+    """candidate/baseline: evaluation reports ({"sets": {name: metrics}}); baseline None = no baseline model.
+    references: evaluation reports of off-the-shelf models; they are judged only when the gate sets
+    ``min_wer_margin_vs_references`` (the candidate's WER must be that far below the best reference)."""
     c = gate["criteria"]
     name = gate["in_domain_set"]
     cand = (candidate.get("sets") or {}).get(name)
@@ -98,10 +144,22 @@ def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: st
         lat = (cand.get("latency") or {}).get("p95_s")
         out.append(_crit("latency p95 (s)", lat, "<=", c["max_latency_p95_s"],
                          f"on {(cand.get('latency') or {}).get('device', '?')}, batch of one"))
+    if "min_wer_margin_vs_references" in c:
+        ref_wers = [(r.get("label") or r.get("model"), r["sets"][name]["wer"]) for r in references or []
+                    if not r.get("error") and name in (r.get("sets") or {})]
+        wer = cand.get("wer")
+        if not ref_wers or wer is None:
+            out.append(_crit("WER margin vs best reference", None, ">=", c["min_wer_margin_vs_references"],
+                             "no reference model was evaluated" if not ref_wers else ""))
+        else:
+            best, best_wer = min(ref_wers, key=lambda x: x[1])
+            out.append(_crit("WER margin vs best reference", best_wer - wer, ">=", c["min_wer_margin_vs_references"],
+                             f"candidate WER {wer:.3f} vs {best} {best_wer:.3f}"))
     passed = all(x["passed"] for x in out) and bool(out)
     return {"passed": passed, "decision": "promote" if passed else "reject", "criteria": out,
             "gate": {"version": gate["version"], "path": gate["path"], "sha256": gate["sha256"]},
             "in_domain_set": name, "baseline": baseline_name if baseline else None,
+            "leaderboard": leaderboard(candidate, baseline, references, name, baseline_name),
             "decided_at": datetime.now(timezone.utc).isoformat()}
 
 
@@ -189,6 +247,20 @@ def render_html(decision: dict, candidate: dict, baseline: dict | None, title: s
     conf_rows = "".join(f"<tr><td>{e(c['term'])}</td><td>{e(c['heard_as'])}</td><td>{c['count']}</td></tr>" for c in conf[:30])
     imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"></figure>'
                    for k, v in plots(candidate, baseline, name).items())
+    board = decision.get("leaderboard") or []
+    cats = sorted({k for r in board for k in r.get("ker_by_category") or {}})
+    board_rows = "".join(
+        f"<tr class=role-{e(r['role'].replace(' ', '-'))}><td>{e(r['model'])}</td><td>{e(r['role'])}</td>"
+        + (f"<td colspan={4 + len(cats)}>not evaluated: {e(r['error'])}</td></tr>" if "error" in r else
+           f"<td>{r['wer']:.3f} {e(str([round(v, 3) for v in r.get('wer_ci') or []]))}</td><td>{_fmt(r['ker'])}</td>"
+           + "".join(f"<td>{_fmt(r['ker_by_category'].get(k))}</td>" for k in cats)
+           + f"<td>{_fmt(r['negation_accuracy'])}</td><td>{r['rtfx']:.1f} ({e(str(r['device']))})</td></tr>")
+        for r in board)
+    board_html = (f"<h2>Leaderboard ({e(name)})</h2><p>Reference models are off-the-shelf systems scored with the same "
+                  f"normaliser and metrics; they are shown for comparison and enter the decision only through "
+                  f"<code>min_wer_margin_vs_references</code>.</p><table id=leaderboard><tr><th>model</th><th>role</th>"
+                  f"<th>WER [95% CI]</th><th>KER</th>" + "".join(f"<th>KER {e(k)}</th>" for k in cats)
+                  + f"<th>negation acc.</th><th>RTFx</th></tr>{board_rows}</table>") if board else ""
     verdict = "PROMOTE" if decision["passed"] else "REJECT"
     override = decision.get("override")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title>
@@ -201,6 +273,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.pass td:nth-child
 on set <b>{e(name)}</b>; gate <code>{e(decision['gate']['path'])}</code> version {e(str(decision['gate']['version']))}
 (sha256 {e(decision['gate']['sha256'][:12])}), decided {e(decision['decided_at'])}.</p>
 <h2>Criteria</h2><table><tr><th>criterion</th><th>value</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>
+{board_html}
 <h2>Evaluation sets</h2><table><tr><th>set</th><th>scored</th><th>skipped</th><th>WER [95% CI]</th><th>KER</th>
 <th>negation acc.</th><th>critical neg.</th><th>latency p50/p95 ms</th><th>RTFx</th></tr>{sets}</table>
 <h2>Plots</h2>{imgs or '<p>no slices</p>'}

@@ -28,14 +28,29 @@ class Transcriber:
         import torch
         from nemo.collections.asr.models import ASRModel
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = Path(nemo_path)
         if not path.exists():
             raise InferenceError(f"model file not found: {path}")
         try:
-            model = ASRModel.restore_from(str(path), map_location=self.device)
+            model = ASRModel.restore_from(str(path), map_location=device)
         except Exception as e:  # a corrupt or foreign file: say which
             raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
+        self._setup(model, device, max_chunk_s, version, bf16_min_batch)
+
+    @classmethod
+    def from_model(cls, model, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",
+                   bf16_min_batch: int | None = None) -> "Transcriber":
+        """A Transcriber over an already loaded NeMo ASR model (e.g. from ``from_pretrained``)."""
+        import torch
+
+        self = cls.__new__(cls)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._setup(model.to(device), device, max_chunk_s, version, bf16_min_batch)
+        return self
+
+    def _setup(self, model, device: str, max_chunk_s: float, version: str, bf16_min_batch: int | None) -> None:
+        self.device = device
         model.eval()
         model.freeze()
         fe = getattr(model.preprocessor, "featurizer", None)

@@ -30,8 +30,13 @@ ABBREVIATIONS = {
     "q12h": "every twelve hours", "hx": "history", "pt": "patient", "sob": "shortness of breath",
 }
 VARIANTS = {"ok": "okay", "o.k.": "okay", "mm-hmm": "mhm", "mmhmm": "mhm", "uhm": "um", "umm": "um", "uhh": "uh",
-            "millilitres": "milliliters", "millilitre": "milliliter", "litres": "liters", "colour": "color",
-            "haemoglobin": "hemoglobin", "oesophagus": "esophagus", "anaemia": "anemia", "paediatric": "pediatric"}
+            "alright": "all right", "dr": "doctor", "mr": "mister", "mrs": "missus", "vs": "versus",
+            "millilitres": "milliliters", "millilitre": "milliliter", "litres": "liters", "litre": "liter",
+            "millimetre": "millimeter", "millimetres": "millimeters", "centimetre": "centimeter",
+            "centimetres": "centimeters", "colour": "color", "tumour": "tumor", "oedema": "edema",
+            "haemoglobin": "hemoglobin", "oesophagus": "esophagus", "anaemia": "anemia", "paediatric": "pediatric",
+            "haemorrhage": "hemorrhage", "diarrhoea": "diarrhea", "ischaemia": "ischemia", "oestrogen": "estrogen",
+            "anaesthetic": "anesthetic", "anaesthesia": "anesthesia", "leukaemia": "leukemia"}
 
 
 def int_to_words(n: int) -> str:
@@ -81,7 +86,9 @@ def normalize(text: str) -> str:
     t = t.replace("’", "'")
     t = re.sub(r"\bo\.k\.?(?!\w)", "okay", t)
     t = re.sub(r"(\d+)(st|nd|rd|th)\b", lambda m: ordinal_words(int(m.group(1))), t)
+    t = re.sub(r"\b(\d{1,2}):(\d{2})\b", lambda m: m.group(1) + ("" if m.group(2) == "00" else " " + str(int(m.group(2)))), t)
     t = re.sub(rf"({_NUM})\s*/\s*({_NUM})", r"\1 over \2", t)  # 120/80 -> 120 over 80
+    t = t.replace("&", " and ").replace("°", " degrees ")
     t = re.sub(rf"({_NUM})\s*(%)", r"\1 percent", t)
     t = re.sub(rf"({_NUM})\s*([a-zµ]+)\b", lambda m: f"{m.group(1)} {UNITS.get(m.group(2), m.group(2))}", t)
     t = re.sub(_NUM, lambda m: " " + number_to_words(m.group(0)) + " ", t)
@@ -94,3 +101,4 @@ def normalize(text: str) -> str:
         w = ABBREVIATIONS.get(w, w)
         words.append(w)
     return " ".join(" ".join(words).split())
+

