@@ -290,7 +290,8 @@ def build_dataset(out_dir: Path, utterances: list[dict], *, config: dict, seed: 
                     r = f.result()
                 except Exception as e:  # a dead worker quarantines its row, the run goes on
                     r = {"utt_id": u["utt_id"], "quarantine": f"worker failed: {type(e).__name__}: {e}", "stage": "tts"}
-                (cache / f"{u['utt_id']}.json").write_text(json.dumps(r))
+                else:  # cache only what the row itself decided: a retry re-renders rows a dead worker lost
+                    (cache / f"{u['utt_id']}.json").write_text(json.dumps(r))
                 (quarantine if "quarantine" in r else rows).append(r)
                 bar.update(1)
     bar.close()
