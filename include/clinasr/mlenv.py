@@ -97,5 +97,6 @@ def run_stage_in_process(stage: str, args_json: Path, result_json: Path) -> int:
         traceback.print_exc()
         Path(result_json).write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1
-    Path(result_json).write_text(json.dumps(result, default=str))
+    if int(os.environ.get("RANK", "0") or 0) == 0:   # a multi-process (torchrun) stage: rank 0's result stands
+        Path(result_json).write_text(json.dumps(result, default=str))
     return 0

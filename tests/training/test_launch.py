@@ -43,7 +43,10 @@ def test_bad_launch_config_is_rejected(bad):
 
 
 def test_ec2_request_shape():
-    req = ec2_request("job-2", DS, ARGS, AWSLaunchConfig(instance_type="ml.p4d.24xlarge", instance_count=8))
+    req = ec2_request("job-2", DS, ARGS, AWSLaunchConfig(instance_type="ml.p4d.24xlarge", instance_count=8,
+                                                         placement_group="clinasr-cluster"))
+    assert req["Placement"] == {"GroupName": "clinasr-cluster"}
+    assert "Placement" not in ec2_request("job-3", DS, ARGS, AWSLaunchConfig())
     assert req["MinCount"] == req["MaxCount"] == 8 and req["InstanceType"] == "p4d.24xlarge"
     assert req["InstanceInitiatedShutdownBehavior"] == "terminate" and req["ClientToken"] == "job-2"
     ud = req["UserData"]

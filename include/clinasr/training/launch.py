@@ -38,6 +38,7 @@ class AWSLaunchConfig:
     ami_id: str = "ami-0123456789abcdef0"         # a Deep Learning AMI with Docker + NVIDIA runtime
     launch_template: str | None = None
     instance_profile_arn: str | None = None
+    placement_group: str | None = None            # a cluster placement group: multi-node NCCL over EFA needs one
 
     def validate(self) -> None:
         if not 1 <= self.instance_count <= 8:
@@ -113,7 +114,7 @@ mkdir -p /data/dataset /data/out
 aws s3 sync {dataset_uri.rstrip('/')}/ /data/dataset/
 aws s3 sync {out}/checkpoints/ /data/out/checkpoints/ || true
 aws ecr get-login-password --region $REGION | docker login --username AWS --password-stdin {cfg.image_uri.split('/')[0]}
-docker run --gpus all --network host --ipc host -v /data:/data -e NCCL_SOCKET_IFNAME=ens -e FI_PROVIDER=efa \\
+docker run --gpus all --network host --ipc host -v /data:/data -e NCCL_SOCKET_IFNAME=ens -e FI_PROVIDER=efa -e FI_EFA_USE_DEVICE_RDMA=1 \\
   --entrypoint torchrun {cfg.image_uri} --nnodes {cfg.instance_count} --nproc-per-node 8 --node-rank $RANK \\
   --rdzv-backend c10d --rdzv-endpoint $MASTER:29400 --rdzv-id {name} -m clinasr.cli {inline}
 """
@@ -142,6 +143,8 @@ def ec2_request(name: str, dataset_uri: str, train_args: dict, cfg: AWSLaunchCon
     if cfg.subnets:
         req["NetworkInterfaces"] = [{"DeviceIndex": 0, "SubnetId": cfg.subnets[0], "Groups": cfg.security_groups,
                                      "InterfaceType": "efa"}]
+    if cfg.placement_group:
+        req["Placement"] = {"GroupName": cfg.placement_group}
     if cfg.spot:
         req["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time"}}
     return req

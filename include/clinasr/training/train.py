@@ -198,26 +198,45 @@ def resolve_nemo(ref: str, work: Path) -> Path:
         raise TrainingError(f"base model: {e}") from None
 
 
-def choose_strategy(tcfg: dict, log) -> tuple[object, str, int]:
-    """(strategy, accelerator, devices); DeepSpeed/DDP need CUDA GPUs — off-GPU falls back, with a reason."""
+def launched_processes() -> tuple[int, int, int]:
+    """(world size, processes per node, global rank) when started by torchrun (or a SageMaker/EC2 launcher that
+    sets the same variables), else (1, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    return world, local, int(os.environ.get("RANK", "0") or 0)
+
+
+def choose_strategy(tcfg: dict, log) -> tuple[object, str, int, int]:
+    """(strategy, accelerator, devices per node, nodes). DeepSpeed needs CUDA GPUs — off-GPU it falls back,
+    with a reason. Under torchrun the process layout comes from its variables: N processes per node x M nodes
+    run DDP (gloo on CPUs, NCCL on GPUs) or DeepSpeed ZeRO-2 across all of them."""
     import torch
 
     want = tcfg.get("strategy", "auto")
+    world, local, _ = launched_processes()
+    nodes = max(1, world // max(local, 1))
     if not torch.cuda.is_available():
+        if world > 1:
+            from lightning.pytorch.strategies import DDPStrategy
+
+            if want not in ("auto", "ddp"):
+                log(f"[train] strategy {want!r} needs CUDA GPUs; none here -> DDP over gloo on CPU processes")
+            log(f"[train] {world} processes ({local} per node x {nodes} nodes): DDP over gloo on CPUs")
+            return DDPStrategy(process_group_backend="gloo"), "cpu", local, nodes
         if want != "auto":
             log(f"[train] strategy {want!r} needs CUDA GPUs; none here -> single-process CPU training")
-        return "auto", "cpu", 1
-    n = torch.cuda.device_count()
+        return "auto", "cpu", 1, 1
+    n = local if world > 1 else torch.cuda.device_count()
     if want == "deepspeed_stage_2":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
-        return DeepSpeedStrategy(config=ds_cfg), "gpu", n
-    if want == "ddp" and n > 1:
+        return DeepSpeedStrategy(config=ds_cfg), "gpu", n, nodes
+    if (want == "ddp" and n > 1) or world > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(gradient_as_bucket_view=True), "gpu", n
-    return "auto", "gpu", 1
+        return DDPStrategy(gradient_as_bucket_view=True), "gpu", n, nodes
+    return "auto", "gpu", 1, 1
 
 
 def _progress_callback(total_steps: int, log, every: int = 10):
@@ -276,10 +295,15 @@ def train(args: dict, log=print) -> dict:
     model_cfg = load_yaml(base["config"]) if "config" in base else (load_yaml(args["model_overrides"]) if args.get("model_overrides") else None)
     seed = int(args.get("seed", 0))
     pl.seed_everything(seed, workers=True)
-    data = prepare_dataset(args["dataset"], out / "data", float(tcfg.get("max_duration", 20.0)))
+    strategy, accelerator, devices, nodes = choose_strategy(tcfg, log)
+    rank = launched_processes()[2]
+    work = out   # rank 0 tracks, saves and registers; other ranks of a multi-process run train in their own dir
+    if rank:
+        log = lambda m: None   # noqa: E731 — one log per run, not one per process
+        args = {**args, "mlflow": {**(args.get("mlflow") or {}), "enabled": False}, "checkpoint_uri": None}
+        work = out / f"rank{rank}"
+    data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)))
     log(f"[train] data: {json.dumps(data['report'])}")
-
-    strategy, accelerator, devices = choose_strategy(tcfg, log)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     mirror = _CheckpointMirror(args.get("checkpoint_uri"), ckpt_dir, log)
@@ -292,17 +316,18 @@ def train(args: dict, log=print) -> dict:
     mlflow = _Tracking() if mlflow_cfg.get("enabled", True) is False else __import__("mlflow")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:15000"))
     exp = mlflow.set_experiment(mlflow_cfg.get("experiment", "clinasr-training"))
-    run_id_file = out / "mlflow_run_id"
+    run_id_file = work / "mlflow_run_id"
     if resume and not run_id_file.exists() and (ckpt_dir / "mlflow_run_id").exists():
         run_id_file.write_text((ckpt_dir / "mlflow_run_id").read_text())
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else None
     run = mlflow.start_run(run_id=run_id, experiment_id=exp.experiment_id,
                            run_name=mlflow_cfg.get("run_name"), tags=mlflow_cfg.get("tags"))
     run_id_file.write_text(run.info.run_id)
-    (ckpt_dir / "mlflow_run_id").parent.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "mlflow_run_id").write_text(run.info.run_id)   # travels with the checkpoint mirror
+    if not rank:
+        (ckpt_dir / "mlflow_run_id").parent.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "mlflow_run_id").write_text(run.info.run_id)   # travels with the checkpoint mirror
     try:
-        loggers = [TensorBoardLogger(str(out / "tensorboard"), name="", version="tb")]
+        loggers = [TensorBoardLogger(str(work / "tensorboard"), name="", version="tb")]
         if not isinstance(mlflow, _Tracking):
             class _Logger(MLFlowLogger):
                 def log_hyperparams(self, params):   # logged by the first attempt; paths differ on another machine
@@ -315,22 +340,22 @@ def train(args: dict, log=print) -> dict:
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
         progress = _progress_callback(int(tcfg["max_steps"]), log, every=int(tcfg.get("log_every_n_steps", 10)))
         trainer = pl.Trainer(
-            max_steps=int(tcfg["max_steps"]), accelerator=accelerator, devices=devices, strategy=strategy,
+            max_steps=int(tcfg["max_steps"]), accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy,
             precision=tcfg.get("precision", "32-true"), accumulate_grad_batches=int(tcfg.get("accumulate_grad_batches", 1)),
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
-            default_root_dir=str(out), use_distributed_sampler=accelerator == "gpu" and devices > 1,
+            default_root_dir=str(out), use_distributed_sampler=devices * nodes > 1,
         )
-        model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, out, trainer)
+        model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, work, trainer)
         from clinasr.training.tdt_loss import install_cpu_tdt_loss
 
         if reason := install_cpu_tdt_loss(model, "cuda" if accelerator == "gpu" else "cpu"):
             log(f"[train] {reason}")
         n_params = sum(p.numel() for p in model.parameters())
         params = {"base": base_desc, "dataset": args["dataset"], "n_params": n_params, "seed": seed,
-                  "strategy": str(tcfg.get("strategy")), "accelerator": accelerator, "devices": devices,
+                  "strategy": str(tcfg.get("strategy")), "accelerator": accelerator, "devices": devices, "nodes": nodes,
                   "resumed": resume, **{f"trainer.{k}": v for k, v in tcfg.items()}}
         if not resume:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -338,7 +363,8 @@ def train(args: dict, log=print) -> dict:
             mlflow.log_dict(tcfg, "config/trainer.yaml")
             mlflow.log_dict(data["report"], "data/report.json")
         log(f"[train] {base_desc}: {n_params / 1e6:.2f} M parameters, {tcfg['max_steps']} steps on "
-            f"{accelerator} x{devices}{' (resuming from ' + str(last) + ')' if resume else ''}")
+            f"{accelerator} x{devices}{f' x {nodes} nodes' if nodes > 1 else ''}"
+            f"{' (resuming from ' + str(last) + ')' if resume else ''}")
         t0 = time.time()
         try:
             trainer.fit(model, ckpt_path=str(last) if resume else None)
@@ -357,6 +383,9 @@ def train(args: dict, log=print) -> dict:
         loss = metrics.get("train_loss", metrics.get("loss", float("nan")))
         if math.isnan(loss) or math.isinf(loss):
             raise TrainingError(f"training loss is {loss}: lower the learning rate or check the data; nothing registered")
+        if rank:
+            mlflow.end_run()
+            return {"rank": rank, "global_step": trainer.global_step, "train_seconds": round(elapsed, 1)}
         nemo_path = out / "model.nemo"
         model.save_to(str(nemo_path))
         mlflow.log_artifact(str(nemo_path), "model")
