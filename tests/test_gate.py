@@ -160,3 +160,22 @@ def test_reference_list_is_validated(tmp_path):
     bad.write_text("version: 1\ncriteria: {}\nreference_models: whisper:tiny.en\n")
     with pytest.raises(GateError, match="reference_models must be a list"):
         load_gate(bad)
+
+
+def test_an_unavailable_reference_becomes_a_row_with_its_error():
+    from clinasr.gate import score_references
+
+    class Unavailable(Exception):
+        pass
+
+    def evaluate_one(i, spec):
+        if spec.startswith("pretrained:"):
+            raise Unavailable("cannot load pretrained 'x': no hub")
+        return reference(*PERFECT, label=f"ref{i}")
+
+    warnings = []
+    rows = score_references(["whisper:a", "pretrained:x", "whisper:b"], evaluate_one, Unavailable, warnings.append)
+    assert [r.get("label") for r in rows] == ["ref0", "pretrained:x", "ref2"]
+    assert rows[1]["error"].endswith("no hub") and rows[1]["sets"] == {} and "pretrained:x" in warnings[0]
+    with pytest.raises(KeyError):     # other failures are not hidden
+        score_references(["w"], lambda i, s: {}["missing"], Unavailable)

@@ -242,16 +242,11 @@ def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
 def evaluate_references(specs: list[str], sets: list[dict], run_id: str) -> list[dict]:
     """Score each off-the-shelf reference model on the same sets. A reference that cannot be loaded or run
     (e.g. no hub for a pretrained name) is reported with its error; it never fails the evaluation."""
+    from clinasr.gate import score_references
     from clinasr.mlenv import StageError
 
-    out = []
-    for i, spec in enumerate(specs):
-        try:
-            out.append(evaluate_model(spec, sets, f"reference-{i + 1}", run_id))
-        except StageError as e:
-            log.warning("reference model %s not evaluated: %s", spec, e)
-            out.append({"model": spec, "label": spec, "reference": True, "error": str(e)[-500:], "sets": {}})
-    return out
+    return score_references(specs, lambda i, spec: evaluate_model(spec, sets, f"reference-{i + 1}", run_id),
+                            StageError, log.warning)
 
 
 def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None,

@@ -131,7 +131,7 @@ def cmd_provenance(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from clinasr import mlenv
-    from clinasr.gate import decide, leaderboard_text, load_gate, render_html, summary
+    from clinasr.gate import decide, leaderboard_text, load_gate, render_html, score_references, summary
 
     sets = []
     for i, spec in enumerate(a.manifest):
@@ -146,14 +146,10 @@ def cmd_evaluate(a) -> int:
         base = mlenv.run_stage("evaluate", {"model": a.baseline, "sets": sets, "output_dir": str(out / "baseline"),
                                             "max_rows": a.max_rows})
     gate = load_gate(a.gate)
-    refs = []
-    for i, spec in enumerate([] if a.no_references else (a.reference or gate["reference_models"])):
-        try:
-            refs.append(mlenv.run_stage("evaluate", {"model": spec, "sets": sets, "output_dir": str(out / f"reference-{i + 1}"),
-                                                     "max_rows": a.max_rows}))
-        except mlenv.StageError as e:   # an unavailable reference is reported, never fatal
-            print(f"reference {spec} not evaluated: {e}", file=sys.stderr)
-            refs.append({"model": spec, "label": spec, "reference": True, "error": str(e)[-500:], "sets": {}})
+    refs = score_references([] if a.no_references else (a.reference or gate["reference_models"]),
+                            lambda i, spec: mlenv.run_stage("evaluate", {"model": spec, "sets": sets, "max_rows": a.max_rows,
+                                                                         "output_dir": str(out / f"reference-{i + 1}")}),
+                            mlenv.StageError, lambda m: print(m, file=sys.stderr))
     if gate["in_domain_set"] not in cand["sets"]:
         gate["in_domain_set"] = sets[0]["name"]
     decision = decide(cand, base, gate, "baseline", refs)

@@ -39,6 +39,20 @@ def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
     return cfg
 
 
+def score_references(specs: list[str], evaluate_one, unavailable: type[Exception], warn=print) -> list[dict]:
+    """Evaluation reports of the reference models, ``evaluate_one(index, spec)`` each. One that cannot be
+    loaded or run (``unavailable``, e.g. no hub for a pretrained name) becomes a row with its error: a missing
+    reference never fails an evaluation."""
+    out = []
+    for i, spec in enumerate(specs):
+        try:
+            out.append(evaluate_one(i, spec))
+        except unavailable as e:
+            warn(f"reference model {spec} not evaluated: {e}")
+            out.append({"model": spec, "label": spec, "reference": True, "error": str(e)[-500:], "sets": {}})
+    return out
+
+
 def leaderboard(candidate: dict, baseline: dict | None, references: list[dict] | None, set_name: str,
                 baseline_name: str = "baseline") -> list[dict]:
     """One row per model on ``set_name``, best WER first: candidate, baseline and reference models
