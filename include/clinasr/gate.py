@@ -158,22 +158,21 @@ def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: st
         lat = (cand.get("latency") or {}).get("p95_s")
         out.append(_crit("latency p95 (s)", lat, "<=", c["max_latency_p95_s"],
                          f"on {(cand.get('latency') or {}).get('device', '?')}, batch of one"))
+    board = leaderboard(candidate, baseline, references, name, baseline_name)
     if "min_wer_margin_vs_references" in c:
-        ref_wers = [(r.get("label") or r.get("model"), r["sets"][name]["wer"]) for r in references or []
-                    if not r.get("error") and name in (r.get("sets") or {})]
+        best = next((r for r in board if r["role"] == "reference" and "wer" in r), None)   # the board is sorted by WER
         wer = cand.get("wer")
-        if not ref_wers or wer is None:
+        if best is None or wer is None:
             out.append(_crit("WER margin vs best reference", None, ">=", c["min_wer_margin_vs_references"],
-                             "no reference model was evaluated" if not ref_wers else ""))
+                             "no reference model was evaluated" if best is None else ""))
         else:
-            best, best_wer = min(ref_wers, key=lambda x: x[1])
-            out.append(_crit("WER margin vs best reference", best_wer - wer, ">=", c["min_wer_margin_vs_references"],
-                             f"candidate WER {wer:.3f} vs {best} {best_wer:.3f}"))
+            out.append(_crit("WER margin vs best reference", best["wer"] - wer, ">=", c["min_wer_margin_vs_references"],
+                             f"candidate WER {wer:.3f} vs {best['model']} {best['wer']:.3f}"))
     passed = all(x["passed"] for x in out) and bool(out)
     return {"passed": passed, "decision": "promote" if passed else "reject", "criteria": out,
             "gate": {"version": gate["version"], "path": gate["path"], "sha256": gate["sha256"]},
             "in_domain_set": name, "baseline": baseline_name if baseline else None,
-            "leaderboard": leaderboard(candidate, baseline, references, name, baseline_name),
+            "leaderboard": board,
             "decided_at": datetime.now(timezone.utc).isoformat()}
 
 
