@@ -86,6 +86,14 @@ def service_command(name: str, argv: list[str], settings: Settings | None = None
     return [settings.ml_python, "-m", SERVICES[name], *argv], env
 
 
+def launched_processes() -> tuple[int, int, int]:
+    """(world size, processes per node, global rank) when a stage was started by torchrun (or a SageMaker/EC2
+    launcher that sets the same variables), else (1, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    return world, local, int(os.environ.get("RANK", "0") or 0)
+
+
 def run_stage_in_process(stage: str, args_json: Path, result_json: Path) -> int:
     """ML-runtime side of :func:`run_stage` (called by ``clinasr ml-stage``)."""
     args = json.loads(Path(args_json).read_text())
@@ -97,6 +105,6 @@ def run_stage_in_process(stage: str, args_json: Path, result_json: Path) -> int:
         traceback.print_exc()
         Path(result_json).write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 1
-    if int(os.environ.get("RANK", "0") or 0) == 0:   # a multi-process (torchrun) stage: rank 0's result stands
+    if launched_processes()[2] == 0:   # a multi-process (torchrun) stage: rank 0's result stands
         Path(result_json).write_text(json.dumps(result, default=str))
     return 0

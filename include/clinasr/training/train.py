@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from clinasr.mlenv import launched_processes
 from clinasr.settings import REPO_ROOT
 
 
@@ -196,14 +197,6 @@ def resolve_nemo(ref: str, work: Path) -> Path:
         return fetch_model(ref, work / "base")
     except (RegistryError, FileNotFoundError) as e:
         raise TrainingError(f"base model: {e}") from None
-
-
-def launched_processes() -> tuple[int, int, int]:
-    """(world size, processes per node, global rank) when started by torchrun (or a SageMaker/EC2 launcher that
-    sets the same variables), else (1, 1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
-    return world, local, int(os.environ.get("RANK", "0") or 0)
 
 
 def choose_strategy(tcfg: dict, log) -> tuple[object, str, int, int]:
