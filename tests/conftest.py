@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,6 +134,18 @@ def tiny_model(tiny_dataset, tmp_path_factory):
                "trainer_overrides": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 4,
                                      "batch_size": 4}}, log=lambda m: None)
     return r["nemo_path"]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """Debian's Chromium, headless, on a page (``--dump-dom``, ``--screenshot=...``): the page as a person sees it."""
+    assert Path(CHROMIUM).exists(), "chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)"
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", *args, url],
+                          capture_output=True, text=True, timeout=120)
 
 
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -3,19 +3,14 @@
 import http.server
 import json
 import re
-import shutil
-import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from clinasr import lineage
 from clinasr import provenance as V
+from tests.conftest import chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture
@@ -89,12 +84,6 @@ def test_openlineage_events_are_spec_shaped_and_reach_an_http_endpoint(records):
     assert [b["run"]["runId"] for _, b in got] == [x["run"]["runId"] for x in events]
 
 
-def _chromium(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    assert Path(CHROMIUM).exists(), "chromium is not installed: run scripts/setup.sh (it installs Debian's chromium)"
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", *args, url],
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("which", ["lineage", "gate"])
 def test_pages_render_in_a_real_headless_browser(records, tmp_path, which):
     if which == "lineage":
@@ -108,13 +97,13 @@ def test_pages_render_in_a_real_headless_browser(records, tmp_path, which):
         html_text = render_html(decide(cand, base, load_gate()), cand, base, "Gate report")
     page = tmp_path / f"{which}.html"
     page.write_text(html_text)
-    dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
+    dom = chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
     assert "</html>" in dom
     ids = set(re.findall(r'id="([^"]+)"', dom))
     assert set(re.findall(r'href="#([^"]+)"', dom)) <= ids           # links work in the rendered page
     if which == "gate":
         assert "Decision: REJECT" in dom and dom.count("<img") == 2
     shot = tmp_path / f"{which}.png"
-    r = _chromium(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
+    r = chromium(page.as_uri(), tmp_path, f"--screenshot={shot}", "--window-size=1200,1600")
     assert shot.exists() and shot.stat().st_size > 20_000, r.stderr[-1000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

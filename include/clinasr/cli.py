@@ -3,6 +3,7 @@
     clinasr platform up|down|status      the local platform (S3 server, MLflow, Airflow)
     clinasr data build ...               synthetic dataset -> object-store snapshot
     clinasr provenance verify|lineage|page|openlineage   check the chain, read lineage (CLI, HTML, OpenLineage)
+    clinasr pronounce TERM               what each TTS engine says for a term (phonemes, clips), with overrides
     clinasr evaluate --model M --manifest X   score a model on held-out sets (optionally gate vs a baseline)
     clinasr registry show|rollback       model registry aliases (candidate, production, previous); roll back
     clinasr serve --model M              the OpenAI-compatible transcription service (ML runtime)
@@ -167,6 +168,17 @@ def cmd_evaluate(a) -> int:
     return 0 if decision["passed"] else 3
 
 
+def cmd_pronounce(a) -> int:
+    from clinasr import mlenv
+
+    res = mlenv.run_stage("pronounce", {"term": a.term, "out_dir": a.out, "pronunciations": a.pronunciations})
+    print(f"{res['term']}: {'override in' if res['has_override'] else 'no override in'} {res['pronunciations']} "
+          f"(version {res['version']})")
+    for r in res["rows"]:
+        print(f"  {r['engine']:<7} {r['source']:<15} {r['phonemes']}\n  {'':<23} clip: {r['clip']}")
+    return 0
+
+
 def cmd_registry(a) -> int:
     import getpass
 
@@ -280,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrained:nvidia/parakeet-tdt-0.6b-v2 (repeatable; default: the gate config's reference_models)")
     e.add_argument("--no-references", action="store_true", help="score no reference models")
     e.set_defaults(fn=cmd_evaluate)
+
+    pr = sub.add_parser("pronounce", help="what each TTS engine says for a term, with and without its override",
+                        description="Speaks TERM in a carrier sentence with every engine (espeak-ng, Piper), prints "
+                                    "the phonemes each says by default and with the override from the pronunciation "
+                                    "file, and writes a clip of each (to listen before synthesising a dataset).")
+    pr.add_argument("term")
+    pr.add_argument("--out", default="pronounce", help="directory for the clips")
+    pr.add_argument("--pronunciations", default="configs/pronunciations.yaml", help="pronunciation override file")
+    pr.set_defaults(fn=cmd_pronounce)
 
     r = sub.add_parser("registry", help="show model aliases or roll production back",
                        description="show: the candidate/production/previous versions. rollback: production goes back "

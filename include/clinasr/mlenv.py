@@ -27,6 +27,8 @@ STAGES: dict[str, str] = {
     "synthesize": "clinasr.synth.pipeline:build_dataset_stage",
     "train": "clinasr.training.train:train_stage",
     "evaluate": "clinasr.evaluate:evaluate_stage",
+    "pronounce": "clinasr.synth.pronounce:pronounce_stage",
+    "qa": "clinasr.synth.qa:qa_stage",
 }
 
 

@@ -57,15 +57,17 @@ def _init_worker(babble_path: str | None) -> None:
 def render_row(utt: dict, voice: dict, cfg: dict, out_dir: str, augment_on: bool, seed: int) -> dict:
     """Render one utterance; returns a manifest row or a quarantine entry (``{"quarantine": reason}``)."""
     from clinasr.synth import augment as G
-    from clinasr.synth import tts
+    from clinasr.synth import pronounce, tts
 
     v = tts.Voice(**voice)
+    prons = pronounce.load(cfg.get("pronunciations") or pronounce.DEFAULT_PATH)
+    spoken, overridden = pronounce.apply(utt["text"], v.engine, prons)
     rng = random.Random(f"{seed}|{utt['utt_id']}|voice")
     lim = cfg["limits"]
     error = None
     for attempt in range(TTS_ATTEMPTS):  # engines fail transiently now and then: retry, then quarantine
         try:
-            x, params = tts.render(utt["text"], v, rng, cfg.get("voice_variation", {}))
+            x, params = tts.render(spoken, v, rng, cfg.get("voice_variation", {}))
             A.check(x, A.TARGET_SR, lim["min_duration_s"], lim["max_duration_s"], lim["min_rms"])
             break
         except (tts.TTSError, A.AudioError) as e:
@@ -94,6 +96,7 @@ def render_row(utt: dict, voice: dict, cfg: dict, out_dir: str, augment_on: bool
         "telephony": any(a["type"] == "telephony" for a in applied), "seed": seed,
         "lexicon_version": utt["lexicon_version"], "term": utt["term"], "terms": utt["terms"],
         "negated": utt["negated"], "negation_cue": utt["negation_cue"], "utt_id": utt["utt_id"],
+        **pronounce.provenance(overridden, prons),
     }
 
 

@@ -43,8 +43,14 @@ class EspeakEngine:
     def __init__(self):
         import pyttsx3
 
+        from pyttsx3.drivers import _espeak
+
         self._engine = pyttsx3.init("espeak")
         self._known = {v.id for v in self._engine.getProperty("voices")}
+        # pyttsx3 synthesises with ENDPAUSE | CHARS_UTF8; add PHONEMES so that [[...]] (pronunciation overrides,
+        # clinasr.synth.pronounce) is spoken as espeak phoneme mnemonics, as the espeak-ng command line does.
+        # Normalised text has no brackets, so nothing else changes.
+        _espeak.ENDPAUSE = 0x1000 | _espeak.PHONEMES
 
     def has_voice(self, voice: str) -> bool:
         return voice in self._known
@@ -98,20 +104,26 @@ class PiperEngine:
         except TTSError:
             return False
 
-    def synthesize(self, text: str, voice: str, length_scale: float = 1.0, noise_scale: float = 0.667) -> np.ndarray:
-        import io
-        import wave
+    def voice(self, voice: str):
+        """The loaded PiperVoice (cached per process)."""
+        from piper import PiperVoice
 
-        from piper import PiperVoice, SynthesisConfig
-
-        if not text.strip():
-            raise TTSError("empty text")
         if voice not in self._voices:
             path = self.model_path(voice)
             if not path.exists():
                 raise TTSError(f"piper voice model not found: {path}")
             self._voices[voice] = PiperVoice.load(str(path))
-        v = self._voices[voice]
+        return self._voices[voice]
+
+    def synthesize(self, text: str, voice: str, length_scale: float = 1.0, noise_scale: float = 0.667) -> np.ndarray:
+        import io
+        import wave
+
+        from piper import SynthesisConfig
+
+        if not text.strip():
+            raise TTSError("empty text")
+        v = self.voice(voice)
         buf = io.BytesIO()
         with wave.open(buf, "wb") as w:
             v.synthesize_wav(text, w, syn_config=SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale))
