@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, task
 
 DATASET_ASSET = Asset(name="clinasr_dataset", uri="s3://clinasr/datasets")
@@ -15,8 +17,13 @@ Builds a dataset for the priority terms and stages it as an immutable, content-a
 object store, then updates the **clinasr_dataset** Asset (the training DAG is scheduled on it).
 
 1. **transcripts** — grammar (offline) or LLM generator; PHI-looking text rejected; duplicates dropped
-2. **synthesize** — TTS across accent profiles + augmentation + NeMo manifests + dataset card (ML runtime)
-3. **stage_snapshot** — encrypted, content-addressed upload; a retry uploads nothing twice
+2. with **qa_review** on: **qa_sample** renders every priority term in every accent profile (pronunciation
+   overrides from `configs/pronunciations.yaml`, a few augmented copies) to a page with audio players —
+   optionally transcribed by `qa_check_model`, flagging terms it does not recognise — and **approve_qa**
+   waits for a person (*Required actions* in the UI). Approve: synthesis goes on, and the page is kept
+   with the dataset; Reject: nothing is synthesised. The decision, who and when go into provenance.
+3. **synthesize** — TTS across accent profiles + augmentation + NeMo manifests + dataset card (ML runtime)
+4. **stage_snapshot** — encrypted, content-addressed upload; a retry uploads nothing twice
 
 Leave *terms* empty to cover every drug in the lexicon. The dataset card (counts, hours, coverage plot,
 what was dropped and why) is stored with the snapshot.
@@ -50,6 +57,11 @@ what was dropped and why) is stored with the snapshot.
         "workers": Param(2, type="integer", minimum=1, maximum=64),
         "real_manifest": Param(None, type=["string", "null"], description="real de-identified manifest to mix in"),
         "real_ratio": Param(5.0, type="number", exclusiveMinimum=0),
+        "qa_review": Param(False, type="boolean",
+                           description="listen before synthesis: render a QA sample and wait for approval (approve_qa)"),
+        "qa_check_model": Param(None, type=["string", "null"],
+                                description="with qa_review: transcribe the sample with this model (e.g. "
+                                            "models:/clinasr-asr@production) and flag terms it does not recognise"),
     },
 )
 def clinasr_synthetic_data():
@@ -66,7 +78,26 @@ def clinasr_synthetic_data():
                         "lexicon_version": out["lexicon_version"], "terms": out["terms"]})
         return {k: v for k, v in out.items() if k != "terms"} | {"terms": out["terms"][:50]}
 
-    @task(execution_timeout=timedelta(hours=6))
+    @task.branch
+    def qa_choice(params=None) -> str:
+        return "qa_sample" if params["qa_review"] else "no_review"
+
+    @task(execution_timeout=timedelta(hours=1))
+    def qa_sample(t: dict, params=None, run_id=None) -> dict:
+        from clinasr.airflow_support import qa_review_sample
+
+        return qa_review_sample(params, t, run_id)
+
+    class QAApproval(ApprovalOperator):
+        """Approval of the QA sample; the decision, who and when also go into the provenance record."""
+
+        def execute_complete(self, context, event):
+            from clinasr.airflow_support import record_qa_decision
+
+            record_qa_decision(event, context["ti"].xcom_pull(task_ids="qa_sample"))
+            return super().execute_complete(context=context, event=event)
+
+    @task(execution_timeout=timedelta(hours=6), trigger_rule="none_failed_min_one_success")
     def synthesize(t: dict, params=None, run_id=None) -> dict:
         from clinasr.airflow_support import dataset_request, declare, log, work_dir
         from clinasr.datasets import synthesize as run
@@ -90,7 +121,21 @@ def clinasr_synthetic_data():
                 outputs=[{"uri": snap["uri"], "sha256": snap["digest"], "size": snap["bytes"], "kind": "dataset"}])
         return snap
 
-    stage_snapshot(synthesize(transcripts()))
+    t = transcripts()
+    choice, qa = qa_choice(), qa_sample(t)
+    approve = QAApproval(
+        task_id="approve_qa", subject="QA sample: do the priority terms sound right?",
+        body="Listen to the QA sample: {{ ti.xcom_pull(task_ids='qa_sample')['page'] }} (local copy: "
+             "{{ ti.xcom_pull(task_ids='qa_sample')['local_page'] }}). {{ ti.xcom_pull(task_ids='qa_sample')['clips'] }} "
+             "clips; terms the check model did not recognise: "
+             "{{ ti.xcom_pull(task_ids='qa_sample')['flagged_terms'] or 'none' }}. Approve to synthesise the dataset; "
+             "Reject to stop (then fix configs/pronunciations.yaml and run again).")
+    built = synthesize(t)      # after approve_qa, or straight on without a review; skipped on Reject
+    no_review = EmptyOperator(task_id="no_review")
+    t >> choice >> [qa, no_review]
+    no_review >> built
+    qa >> approve >> built
+    stage_snapshot(built)
 
 
 clinasr_synthetic_data()

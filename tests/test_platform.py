@@ -67,11 +67,44 @@ def test_trigger_dag_through_rest_api_with_params(platform_settings):
 
     recs = V.ProvenanceLog(s).records()
     mine = [r for r in recs if r["run_id"] == run_id]
-    assert [r["task_id"] for r in mine] == ["transcripts", "synthesize", "stage_snapshot"]
+    # (no_review, an EmptyOperator, is marked done by the scheduler without running: it leaves no record)
+    assert [r["task_id"] for r in mine] == ["transcripts", "qa_choice", "synthesize", "stage_snapshot"]
     assert V.verify(recs) == [] and V.verify_mirror(V.ProvenanceLog(s)) == []
     assert mine[0]["triggering_user"] == "admin" and mine[0]["params"]["seed"] == 11
     assert any(o["uri"] == snap["uri"] and o["sha256"] == snap["digest"] for o in mine[-1]["outputs"])
     assert snap["uri"] in V.downstream(V.lineage_graph(recs), mine[0]["outputs"][0]["uri"])
+
+
+def test_qa_review_waits_for_a_person_and_records_the_decision(platform_settings):
+    """qa_review on: the QA sample page is published, approve_qa waits for input; Reject stops the run before
+    synthesis, Approve lets it finish with the page kept in the snapshot; both decisions are in provenance."""
+    from clinasr import provenance as V
+    from clinasr.store import ObjectStore
+
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    conf = {"terms": "warfarin, levetiracetam", "utterances_per_term": 2, "seed": 11, "accent_profiles": ["native"],
+            "qa_review": True}
+    decisions = {}
+    for option in ("Reject", "Approve"):      # Approve last: the next test trains on the newest snapshot
+        run_id = client.trigger("clinasr_synthetic_data", conf)
+        client.respond("clinasr_synthetic_data", run_id, "approve_qa", option)
+        run = client.wait("clinasr_synthetic_data", run_id, timeout=600)
+        states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_synthetic_data", run_id)}
+        qa = client.xcom("clinasr_synthetic_data", run_id, "qa_sample")
+        page = ObjectStore(s).get_bytes(qa["page"]).decode()
+        assert "levetiracetam" in page and page.count("<audio") == qa["clips"] == 4   # 2 terms x 1 profile + 2 augmented
+        rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "approve_qa"][0]
+        decisions[option] = (run["state"], states, rec)
+    state, states, rec = decisions["Reject"]
+    assert states["synthesize"] == states["stage_snapshot"] == "skipped" and states["no_review"] == "skipped", states
+    assert rec["qa_review"]["decision"] == "Reject" and rec["qa_review"]["by"]
+    state, states, rec = decisions["Approve"]
+    assert state == "success" and states["stage_snapshot"] == "success", states
+    assert rec["qa_review"]["decision"] == "Approve" and rec["inputs"][0]["kind"] == "qa-sample"
+    snap = client.xcom("clinasr_synthetic_data", client.runs("clinasr_synthetic_data")[0]["dag_run_id"], "stage_snapshot")
+    assert any(k.endswith("qa/qa.html") for k in ObjectStore(s).list_keys(snap["uri"]))
+    assert V.verify(V.ProvenanceLog(s).records()) == []
 
 
 def test_training_dag_registers_a_candidate(platform_settings):

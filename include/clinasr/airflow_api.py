@@ -72,6 +72,23 @@ class AirflowClient:
             time.sleep(3)
         raise AirflowAPIError(f"no new run of {dag_id} appeared in {timeout:.0f}s")
 
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str, timeout: float = 600,
+                settle_s: float = 5) -> dict:
+        """Answer a human-in-the-loop task (e.g. approve_qa: "Approve" or "Reject") once it waits for input,
+        as a reviewer does under *Required actions* in the UI.
+
+        Airflow 3.3 races a reply that comes within a moment of the pause: the scheduler then sees the pausing
+        process's exit after the task was re-queued and retries it. A person is never that fast; this client
+        waits ``settle_s`` after the task reaches ``awaiting_input``."""
+        ti = f"/dags/{dag_id}/dagRuns/{requests.utils.quote(run_id, safe='')}/taskInstances/{task_id}"
+        deadline = time.time() + timeout
+        while self._req("GET", ti).get("state") != "awaiting_input":
+            if time.time() > deadline or self.run(dag_id, run_id)["state"] in ("success", "failed"):
+                raise AirflowAPIError(f"{dag_id} {run_id}: {task_id} never waited for input")
+            time.sleep(2)
+        time.sleep(settle_s)
+        return self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+
     def wait(self, dag_id: str, run_id: str, timeout: float = 1800, log=print) -> dict:
         deadline, last = time.time() + timeout, None
         while time.time() < deadline:

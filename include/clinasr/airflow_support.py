@@ -34,6 +34,32 @@ def declare(**fields) -> None:
     provenance.declare(**fields)
 
 
+def qa_review_sample(params: dict, transcripts: dict, run_id: str) -> dict:
+    """Render the QA sample and publish it (page, clips, JSON) to the object store for the reviewer."""
+    from clinasr.datasets import qa_sample
+
+    settings = Settings.from_env()
+    work = work_dir(settings, "clinasr_synthetic_data", run_id)
+    res = qa_sample(dataset_request(params), transcripts, work, params.get("qa_check_model") or None, settings, log.info)
+    qa = Path(res["dir"])
+    names = tuple(str(p.relative_to(qa)) for p in sorted(qa.rglob("*")) if p.is_file() and p.parent.name != "model")
+    prefix = f"s3://{settings.bucket}/qa/{work.name}"
+    outputs = publish_reports(settings, qa, names, prefix, "qa-sample")
+    declare(inputs=[{"uri": transcripts["transcripts"], "kind": "transcripts"}],
+            outputs=[o for o in outputs if o["uri"].endswith(("qa.html", "qa.json"))],
+            qa_sample={"clips": res["clips"], "terms": res["terms"], "flagged_terms": res["flagged_terms"],
+                       "check_model": res["check_model"], "pronunciations": res["pronunciations"]})
+    return {"page": f"{prefix}/qa.html", "local_page": res["page"], "clips": res["clips"],
+            "flagged_terms": res["flagged_terms"], "not_rendered": len(res["not_rendered"])}
+
+
+def record_qa_decision(event: dict, qa: dict | None) -> None:
+    """The reviewer's decision on the QA sample, who and when, into this task's provenance record."""
+    declare(inputs=[{"uri": qa["page"], "kind": "qa-sample"}] if qa else [],
+            qa_review={"decision": (event.get("chosen_options") or [None])[0], "by": event.get("responded_by_user"),
+                       "at": str(event.get("responded_at")), "error": event.get("error_type")})
+
+
 def resolve_dataset_uri(params: dict, triggering_asset_events, asset) -> str:
     """The dataset to train on: the Param if given, else the newest triggering asset event's snapshot."""
     if params.get("dataset_uri"):

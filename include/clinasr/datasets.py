@@ -65,8 +65,24 @@ def make_transcripts(req: DatasetRequest, work_dir: Path) -> dict:
             "terms": terms.terms}
 
 
+def qa_sample(req: DatasetRequest, transcripts: dict, work_dir: Path, check_model: str | None = None,
+              settings: Settings | None = None, log=print) -> dict:
+    """The listen-before-synthesis sample (ML runtime): every priority term x accent profile, rendered as the
+    full synthesis will render it, on a page with audio players (``clinasr.synth.qa``)."""
+    from clinasr import mlenv
+
+    overrides = {"accent_mix": req.accent_mix} if req.accent_mix else {}
+    return mlenv.run_stage("qa", {"transcripts": transcripts["transcripts"], "out_dir": str(work_dir / "qa"),
+                                  "seed": req.seed, "accent_profiles": req.accent_profiles,
+                                  "config_overrides": overrides, "check_model": check_model}, settings, log=log)
+
+
 def synthesize(req: DatasetRequest, transcripts: dict, work_dir: Path, settings: Settings | None = None,
                log=print) -> dict:
+    """Full synthesis (ML runtime). A reviewed QA sample of this run (``<work_dir>/qa``) is kept with the
+    dataset, in ``qa/``, so the snapshot holds what the reviewer heard."""
+    import shutil
+
     from clinasr import mlenv
 
     overrides = {"accent_mix": req.accent_mix} if req.accent_mix else {}
@@ -78,7 +94,10 @@ def synthesize(req: DatasetRequest, transcripts: dict, work_dir: Path, settings:
                      "lexicon_version": transcripts["lexicon_version"], "terms": transcripts["terms"],
                      "template_family": req.template_family,
                      "dropped": {"transcripts": transcripts["dropped"], "unknown_terms": transcripts["unknown_terms"]}}}
-    return mlenv.run_stage("synthesize", args, settings, log=log)
+    built = mlenv.run_stage("synthesize", args, settings, log=log)
+    if (work_dir / "qa" / "qa.json").exists():
+        shutil.copytree(work_dir / "qa", Path(built["dataset_dir"]) / "qa", dirs_exist_ok=True)
+    return built
 
 
 def stage_dataset_snapshot(dataset_dir: str | Path, settings: Settings | None = None) -> dict:
