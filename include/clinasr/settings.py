@@ -109,3 +109,9 @@ def load_versioned_yaml(path: str | Path, required: tuple[str, ...], what: str, 
         raise error(f"{p.name}: needs {', '.join(f'`{k}`' for k in missing)}")
     cfg["path"], cfg["sha256"] = str(p), hashlib.sha256(p.read_bytes()).hexdigest()
     return cfg
+
+
+# The local platform's Airflow runs on SQLite: wait up to a minute for a write lock instead of the driver's 5 s,
+# so a REST call (e.g. a trigger from the UI) that meets a busy scheduler waits rather than failing with 500
+# (AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS names this dict).
+AIRFLOW_SQLITE_CONNECT_ARGS = {"timeout": 60}
