@@ -25,6 +25,7 @@ from pathlib import Path
 CONFIGS = {
     # name: trainer overrides (on top of configs/trainer/gpu_finetune.yaml)
     "plain": {"strategy": "auto", "precision": "bf16-mixed"},
+    "plain_sorted": {"strategy": "auto", "precision": "bf16-mixed", "semi_sorted_batching": True},   # duration bucketing
     "zero2": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "precision": "32-true"},
     "zero2_offload": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2_offload.json",
                       "precision": "32-true"},

@@ -121,6 +121,10 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
             "shuffle": shuffle, "num_workers": int(tcfg.get("num_workers", 0)), "pin_memory": False,
             "max_duration": float(tcfg.get("max_duration", 20.0)), "min_duration": 0.1, "trim_silence": False,
             "use_start_end_token": False,
+            # duration bucketing: NeMo's semi-sorted batch sampler groups clips of similar length (less padding)
+            **({"use_semi_sorted_batching": True, "drop_last": False,
+                "randomization_factor": float(tcfg.get("randomization_factor", 0.1))}
+               if shuffle and tcfg.get("semi_sorted_batching") else {}),
             **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "fft",
                                         "min_speed_rate": 0.9, "max_speed_rate": 1.1}}}
                if shuffle and tcfg.get("speed_perturb") else {})}
@@ -339,7 +343,8 @@ def train(args: dict, log=print) -> dict:
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
-            default_root_dir=str(out), use_distributed_sampler=devices * nodes > 1,
+            # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
+            default_root_dir=str(out), use_distributed_sampler=devices * nodes > 1 and not tcfg.get("semi_sorted_batching"),
         )
         model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, work, trainer)
         from clinasr.training.tdt_loss import install_cpu_tdt_loss
