@@ -98,7 +98,9 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float) -> dict:
     return {"manifests": out, "report": report, "local_dir": str(local)}
 
 
-def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path) -> Path:
+def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path, include_lexicon: bool = True) -> Path:
+    """A BPE tokenizer from the training texts; ``include_lexicon`` adds every clinical term so each is
+    spellable in few tokens (a general-English base model leaves it out: no clinical term is a token)."""
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
     from clinasr.synth.lexicon import load_lexicon
@@ -106,8 +108,9 @@ def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = [r["text"] for r in _read_manifest(Path(manifest))]
-    lex = load_lexicon()
-    texts += [normalize(t) for t in lex.drugs + lex["frequencies"] + lex["routes"]]  # every term is spellable
+    if include_lexicon:
+        lex = load_lexicon()
+        texts += [normalize(t) for t in lex.drugs + lex["frequencies"] + lex["routes"]]  # every term is spellable
     data = out_dir / "text.txt"
     data.write_text("\n".join(texts) + "\n")
     n_chars = len(set("".join(texts)))
@@ -137,11 +140,13 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
 
     if "config" in base:
         cfg = copy.deepcopy(model_cfg)
-        tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer")
+        tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer",
+                                  include_lexicon=bool(cfg["tokenizer"].get("include_lexicon", True)))
         cfg["tokenizer"] = {"dir": str(tok_dir), "type": "bpe"}
         cfg["train_ds"] = _dataset_cfg(manifests["train"], tcfg, True)
         cfg["validation_ds"] = _dataset_cfg(manifests["val"], tcfg, False)
         model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg), trainer=trainer)
+        _spec_augment_switch(model, tcfg)
         return model, f"from config {base['config']}"
     if "nemo" in base:
         path = resolve_nemo(base["nemo"], work)
@@ -174,7 +179,14 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     model.setup_validation_data(OmegaConf.create(_dataset_cfg(manifests["val"], tcfg, False)))
     if model_cfg and "optim" in model_cfg:
         model.setup_optimization(OmegaConf.create(model_cfg["optim"]))
+    _spec_augment_switch(model, tcfg)
     return model, desc
+
+
+def _spec_augment_switch(model, tcfg: dict) -> None:
+    """Trainer option ``spec_augment: false`` trains without SpecAugment (an ablation); default: the model's."""
+    if tcfg.get("spec_augment", True) is False:
+        model.spec_augmentation = None
 
 
 def _restore_tdt_loss(model) -> None:
@@ -337,7 +349,10 @@ def train(args: dict, log=print) -> dict:
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
         progress = _progress_callback(int(tcfg["max_steps"]), log, every=int(tcfg.get("log_every_n_steps", 10)))
         trainer = pl.Trainer(
-            max_steps=int(tcfg["max_steps"]), accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy,
+            max_steps=int(tcfg["max_steps"]),
+            # a wall-clock budget (minutes): training stops there and saves, as at max_steps
+            max_time={"minutes": float(tcfg["max_minutes"])} if tcfg.get("max_minutes") else None,
+            accelerator=accelerator, devices=devices, num_nodes=nodes, strategy=strategy,
             precision=tcfg.get("precision", "32-true"), accumulate_grad_batches=int(tcfg.get("accumulate_grad_batches", 1)),
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),

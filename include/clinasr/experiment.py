@@ -1,0 +1,390 @@
+"""The flywheel experiment (ML runtime): does fine-tuning on synthetic clinical speech make a general model
+better at clinical terms?
+
+Two phases, each one GPU run (``bench/flywheel_experiment.py``; configs/experiment/flywheel.yaml):
+
+``base``      general (non-clinical) English sentences (:mod:`clinasr.synth.general`) rendered by the
+              synthesis stage in the training voices, with augmentation; a small FastConformer-TDT trained
+              from scratch against a wall-clock budget; scored on the text-disjoint general held-out
+              split; exported as a half-precision ``.nemo`` with a model card.
+``finetune``  clinical training sets (training templates, training voices) for the full recipe and each
+              ablation; a clinical held-out set (other templates, voices neither model heard); the base
+              and every fine-tune scored on that same set: WER, KER per term category, negation
+              accuracy, per-slice WER, bootstrap CIs, and paired CIs of the relative reductions.
+
+Everything a phase writes goes to its output directory (results JSON, a Markdown table, a plot, logs).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tarfile
+import time
+from pathlib import Path
+
+import yaml
+
+from clinasr.settings import REPO_ROOT
+
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "flywheel.yaml"
+BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-small"
+BASE_MODEL = BASE_MODEL_DIR / "model.nemo"
+
+
+class Clock:
+    """Seconds since the phase started, and what is left of its deadline."""
+
+    def __init__(self, deadline_min: float | None):
+        self.t0, self.deadline = time.time(), (deadline_min * 60 if deadline_min else None)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - self.elapsed()
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    return yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
+
+
+def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmentation: dict | None = None) -> dict:
+    """The synthesis stage's config with the experiment's voices (and augmentation changes)."""
+    from clinasr.synth import pipeline
+
+    cfg = pipeline.load_config()
+    cfg["accent_profiles"] = {p: [{"engine": "espeak", "voice": v} for v in vs] for p, vs in voices.items()}
+    cfg["accent_mix"] = {p: mix.get(p, 1.0) for p in voices}
+    for k, v in (augmentation or {}).items():
+        cfg["augmentation"][k] = {**cfg["augmentation"].get(k, {}), **v}
+    return cfg
+
+
+def workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def build_general(cfg: dict, out: Path, clock: Clock, log=print) -> dict:
+    """General-English speech in shards until ``utterances`` or the data time budget; returns the dataset
+    and the measured synthesis rate (audio-hours per hour on this machine's cores)."""
+    from clinasr.synth import general, pipeline
+
+    b = cfg["base"]
+    utts = general.utterances(int(b["utterances"]), seed=int(cfg["seed"]))
+    scfg = synthesis_config(cfg["voices"]["train"], cfg["accent_mix"])
+    t0, n, res = time.time(), 0, None
+    while n < len(utts):
+        n = min(len(utts), n + int(b.get("shard", 2000)))
+        res = pipeline.build_dataset(out, utts[:n], config=scfg, seed=int(cfg["seed"]), workers=workers(),
+                                     val_fraction=0.15, meta={"name": "general-en", "generator": general.GENERATOR,
+                                                              "lexicon_version": general.source_version()},
+                                     progress=False)
+        took = time.time() - t0
+        hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
+        log(f"[experiment] general speech: {n} utterances, {hours:.2f} h of audio in {took:.0f}s "
+            f"({hours * 3600 / took:.0f} audio-s/s on {workers()} workers)")
+        if took > float(b.get("data_minutes", 1e9)) * 60:
+            break
+    took = time.time() - t0
+    hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
+    res["synthesis"] = {"utterances": n, "audio_hours": round(hours, 3), "seconds": round(took, 1),
+                        "workers": workers(), "audio_hours_per_hour": round(hours * 3600 / took, 1),
+                        "quarantined": res["card"]["counts"]["quarantined"]}
+    return res
+
+
+def build_clinical(cfg: dict, out: Path, split: str, voices: dict, augmentation: dict | None = None) -> dict:
+    """A clinical set: grammar transcripts of the priority terms (``clinical.terms``; none: every lexicon drug)
+    with ``split``'s template family and seed."""
+    from clinasr.synth import pipeline
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.transcripts import generate_transcripts
+
+    c = cfg["clinical"][split]
+    lex = load_lexicon()
+    gen = generate_transcripts(lex, load_terms(cfg["clinical"].get("terms"), lex), int(c["per_term"]), seed=int(c["seed"]),
+                               template_family=c["template_family"])
+    utts = [u.to_dict() for u in gen["utterances"]]
+    scfg = synthesis_config(voices, cfg["accent_mix"], augmentation)
+    return pipeline.build_dataset(out, utts, config=scfg, seed=int(c["seed"]), workers=workers(), val_fraction=0.15,
+                                  meta={"name": f"clinical-{out.name}", "generator": "grammar",
+                                        "lexicon_version": lex.version}, progress=False)
+
+
+def whole_set(ds: dict, path: Path) -> Path:
+    """One manifest of every row of a dataset (a held-out set is scored whole, not split)."""
+    d = Path(ds["dataset_dir"])
+    rows = []
+    for m in (ds["train_manifest"], ds["val_manifest"]):
+        for line in Path(m).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.append({**r, "audio_filepath": str(d / r["audio_filepath"])})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- models ---------------------------------------------------------------------------------------
+def export_half(src: Path, dst: Path) -> dict:
+    """A copy of a ``.nemo`` whose weights are stored in float16 (half the bytes; loading casts them back to
+    the model's float32). Small tensors (norms, biases) and the feature extractor's buffers stay float32."""
+    import torch
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    n_half = 0
+    with tarfile.open(src, "r:*") as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if m.isfile() and m.name.endswith("model_weights.ckpt"):
+                sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                for k, v in sd.items():
+                    if torch.is_floating_point(v) and v.numel() >= 4096 and not k.startswith("preprocessor."):
+                        sd[k] = v.half()
+                        n_half += v.numel()
+                buf = io.BytesIO()
+                torch.save(sd, buf)
+                data = buf.getvalue()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    return {"path": str(dst), "bytes": dst.stat().st_size, "float16_parameters": n_half}
+
+
+def score(model: str | Path, manifest: Path, out: Path, name: str, max_rows: int | None = None) -> dict:
+    """Transcribe and score a set; the result keeps the scored rows (for paired comparisons)."""
+    from clinasr import evaluate, metrics
+    from clinasr.inference import Transcriber
+
+    t = Transcriber(model)
+    t.warm_up()
+    res = evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False)
+    hyps = {json.loads(x)["utt_id"]: json.loads(x)["hypothesis"] for x in Path(res["hypotheses"]).read_text().splitlines()}
+    rows, _ = evaluate.load_rows(manifest, max_rows)
+    scored = [{**{k: v for k, v in r.items() if k != "_audio"}, "hypothesis": hyps[r["utt_id"]]} for r in rows
+              if r["utt_id"] in hyps]
+    res["per_row"] = metrics.score_rows(scored)["per_row"]
+    return res
+
+
+# ---- phases ---------------------------------------------------------------------------------------
+def _train(args: dict, log) -> dict:
+    from clinasr.training.train import train
+
+    return train({**args, "mlflow": {"enabled": False}, "resume": False}, log=log)
+
+
+def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
+               log=print) -> dict:
+    clock = Clock(deadline_min)
+    b = cfg["base"]
+    data = build_general(cfg, work / "general", clock, log)
+    from clinasr.training.train import load_yaml
+
+    tover = dict(trainer_overrides or {})
+    if deadline_min:   # leave 3 minutes for NeMo's import and set-up, then saving, scoring and export
+        budget = max(0.5, (clock.left() - 180) / 60)
+        tover["max_minutes"] = min(float(tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes") or 1e9)), budget)
+        log(f"[experiment] training budget {tover['max_minutes']:.1f} min")
+    tr = _train({"dataset": data["dataset_dir"], "base": {"config": b["model"]}, "trainer": b["trainer"],
+                 "trainer_overrides": tover, "output_dir": str(work / "base_train"), "seed": int(cfg["seed"])}, log)
+    ev = score(tr["nemo_path"], Path(data["val_manifest"]), work / "base_eval", "general_heldout", int(b.get("eval_rows", 600)))
+    ev.pop("per_row")
+    exp = export_half(Path(tr["nemo_path"]), out / "model.nemo")
+    card = {"name": "clinasr-base-en-small", "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
+            "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
+            "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
+            "throughput_audio_s_per_s": tr["metrics"].get("median_audio_s_per_s"),
+            "peak_gpu_mem_gib": tr["metrics"].get("peak_gpu_mem_gib"),
+            "data": {"source": "CPython documentation sentences (clinasr/data/general_en.txt.gz)",
+                     "source_version": data["card"].get("lexicon_version"),
+                     "train_hours": data["card"]["hours"]["train"], "heldout_hours": data["card"]["hours"]["val"],
+                     "rows": data["card"]["counts"], "voices": cfg["voices"]["train"],
+                     "per_accent_profile": data["card"]["per_accent_profile"], "per_noise_band": data["card"]["per_noise_band"],
+                     "augmentation": "synthesis config defaults (noise 10-25 dB SNR, reverb, telephony, far-field, speed, gain)",
+                     "synthesis": data["synthesis"]},
+            "general_heldout": {k: ev[k] for k in ("wer", "ci", "rows", "slices", "latency")},
+            "export": {k: v for k, v in exp.items() if k != "path"},
+            "provenance": _provenance(cfg)}
+    (out / "model_card.json").write_text(json.dumps(card, indent=1))
+    (out / "MODEL_CARD.md").write_text(model_card_md(card))
+    log(f"[experiment] base model: {tr['n_params'] / 1e6:.1f} M parameters, {tr['global_step']} steps, general held-out "
+        f"WER {ev['wer']:.3f} {ev['ci'].get('wer')}; exported {exp['bytes'] / 2**20:.1f} MiB")
+    return card
+
+
+def _provenance(cfg: dict) -> dict:
+    import subprocess
+
+    import torch
+
+    rev = os.environ.get("CLINASR_CODE_VERSION", "")   # a copy without .git (the GPU machine) is told
+    if not rev:
+        try:
+            rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            rev = ""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"code_version": rev or "unknown", "python": platform.python_version(), "torch": torch.__version__,
+            "device": dev, "config": cfg, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def model_card_md(card: dict) -> str:
+    d, g = card["data"], card["general_heldout"]
+    s = d["synthesis"]
+    lines = [
+        f"# {card['name']}", "",
+        "A small general-English speech recogniser: the default base model of the embedded demo and tests.",
+        "It has never heard a clinical term; fine-tuning it on the project's synthetic clinical data is what",
+        "the flywheel experiment measures (bench/results/README.md). Production fine-tunes start from",
+        "Parakeet TDT 0.6B v2 instead (configs/model/parakeet_tdt_0.6b.yaml).", "",
+        "| | |", "|---|---|",
+        f"| architecture | {card['architecture']}, {card['n_params'] / 1e6:.1f} M parameters ({card['model_config']}) |",
+        f"| training | from scratch, {card['global_step']} steps in {card['train_seconds'] / 60:.1f} min on "
+        f"{card['provenance']['device']} ({card['trainer_config']}) |",
+        f"| data | {d['train_hours']:.1f} h synthetic general English ({d['rows']['train']} utterances), "
+        f"espeak-ng voices in {len(d['voices'])} accent profiles, augmented |",
+        f"| text | {d['source']}, {d['source_version']} |",
+        f"| general held-out WER | {g['wer']:.3f} (95% CI {g['ci'].get('wer')}), {g['rows']['scored']} utterances, "
+        "text-disjoint, same voices |",
+        f"| stored | {card['export']['bytes'] / 2**20:.1f} MiB; weights in float16 (loading casts to float32) |",
+        f"| synthesis rate | {s['audio_hours_per_hour']:.0f} audio-hours per hour on {s['workers']} CPU workers |",
+        f"| code | {card['provenance']['code_version']}, Python {card['provenance']['python']}, torch "
+        f"{card['provenance']['torch']} |", "",
+        "Voices (espeak-ng): " + "; ".join(f"{p}: {', '.join(v)}" for p, v in d["voices"].items()) + ".", "",
+        "Limits: synthetic speech only (robotic espeak-ng voices); no real speakers, so its WER on human",
+        "speech is far worse than on its own held-out set. Not for clinical use on its own.", "",
+    ]
+    return "\n".join(lines)
+
+
+def phase_finetune(cfg: dict, base_nemo: Path, work: Path, out: Path, only: list[str] | None = None,
+                   trainer_overrides: dict | None = None, log=print) -> dict:
+    """The base and each fine-tune (full recipe + ablations) on the same clinical held-out set.
+    ``trainer_overrides`` apply to every run, under each ablation's own trainer changes."""
+    from clinasr import metrics
+
+    out.mkdir(parents=True, exist_ok=True)
+    c = cfg["clinical"]
+    held = build_clinical(cfg, work / "clinical_heldout", "heldout", cfg["voices"]["heldout"])
+    held_manifest = whole_set(held, work / "clinical_heldout.jsonl")
+    log(f"[experiment] held-out clinical set: {held['card']['counts']}")
+    results: dict = {"config": cfg, "heldout": {"rows": held["card"]["counts"], "hours": held["card"]["hours"],
+                                                 "voices": cfg["voices"]["heldout"], "templates": c["heldout"]},
+                     "runs": {}, "provenance": _provenance(cfg)}
+    per_row = {}
+
+    def record(name: str, res: dict, extra: dict) -> None:
+        per_row[name] = res.pop("per_row")
+        results["runs"][name] = {**extra, **{k: res[k] for k in ("wer", "ker", "ker_by_category", "negation_accuracy",
+                                                                  "negated_utterances", "critical_negation_errors",
+                                                                  "slices", "ci", "rows", "latency", "confusions")}}
+        if name != "base":
+            results["runs"][name]["vs_base"] = metrics.paired_reduction_ci(per_row["base"], per_row[name])
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "results.md").write_text(results_md(results))
+        log(f"[experiment] {name}: WER {res['wer']:.3f} KER {res['ker']:.3f} negation {res['negation_accuracy']}")
+
+    record("base", score(base_nemo, held_manifest, work / "eval", "base"), {"model": str(base_nemo)})
+    variants = {"full": {}, **cfg.get("ablations", {})}
+    datasets: dict[str, dict] = {}
+    for name, change in variants.items():
+        if only and name not in only:
+            continue
+        voices = change.get("voices", cfg["voices"]["train"])
+        key = json.dumps([voices, change.get("augmentation")], sort_keys=True)
+        if key not in datasets:   # runs that differ only in training options share one dataset
+            datasets[key] = build_clinical(cfg, work / f"clinical_train_{name}", "train", voices, change.get("augmentation"))
+        ds = datasets[key]
+        t0 = time.time()
+        tr = _train({"dataset": ds["dataset_dir"], "base": {"nemo": str(base_nemo)}, "trainer": c["finetune"]["trainer"],
+                     "trainer_overrides": {**(trainer_overrides or {}), **(change.get("trainer") or {})},
+                     "model_overrides": c["finetune"]["model_overrides"],
+                     "output_dir": str(work / f"ft_{name}"), "seed": int(cfg["seed"])}, log)
+        record(name, score(tr["nemo_path"], held_manifest, work / "eval", name),
+               {"change": change, "train_hours": ds["card"]["hours"]["train"], "global_step": tr["global_step"],
+                "train_seconds": tr["train_seconds"], "wall_seconds": round(time.time() - t0, 1)})
+    _plot(results, out / "results.png")
+    return results
+
+
+def results_md(results: dict) -> str:
+    runs = results["runs"]
+    cats = sorted({c for r in runs.values() for c in r["ker_by_category"]})
+
+    def ci(r, k):
+        v = r["ci"].get(k)
+        return f" [{v[0]:.3f}, {v[1]:.3f}]" if v else ""
+
+    def red(r, k):
+        v = r.get("vs_base", {}).get(k)
+        return "" if not v else f"{v['estimate'] * 100:+.0f}% [{v['ci'][0] * 100:+.0f}, {v['ci'][1] * 100:+.0f}]"
+
+    h = results["heldout"]
+    lines = [f"Held-out clinical set: {h['rows']['train'] + h['rows']['val']} utterances "
+             f"({(h['hours']['train'] + h['hours']['val']) * 60:.0f} min), templates family {h['templates']['template_family']}, "
+             f"voices {', '.join(v for vs in h['voices'].values() for v in vs)} (neither model heard them).", "",
+             "| run | WER [95% CI] | rel. WER reduction [CI] | KER [95% CI] | rel. KER reduction [CI] | "
+             + " | ".join(f"KER {c}" for c in cats) + " | negation acc. | critical neg. errors |",
+             "|---|---|---|---|---|" + "---|" * len(cats) + "---|---|"]
+    for name, r in runs.items():
+        lines.append(f"| {name} | {r['wer']:.3f}{ci(r, 'wer')} | {red(r, 'wer_reduction')} | {r['ker']:.3f}{ci(r, 'ker')} | "
+                     f"{red(r, 'ker_reduction')} | " + " | ".join(f"{r['ker_by_category'].get(c, float('nan')):.3f}" for c in cats)
+                     + f" | {r['negation_accuracy'] if r['negation_accuracy'] is None else round(r['negation_accuracy'], 3)} | "
+                     f"{r['critical_negation_errors']} |")
+    slices = sorted({(k, v) for r in runs.values() for k, d in r["slices"].items() for v in d if k in ("accent_profile", "noise_band")})
+    if slices:
+        lines += ["", "Per-slice WER:", "", "| slice | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+        for k, v in slices:
+            lines.append(f"| {k}={v} | " + " | ".join(
+                f"{r['slices'].get(k, {}).get(v, {}).get('wer', float('nan')):.3f}" for r in runs.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    cats = sorted({c for r in runs.values() for c in r["ker_by_category"]})
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
+    w = 0.8 / max(len(runs), 1)
+    for i, (name, r) in enumerate(runs.items()):
+        ax[0].bar([j + i * w for j in range(len(cats) + 1)], [r["wer"]] + [r["ker_by_category"].get(c, 0) for c in cats],
+                  w, label=name)
+        acc = sorted(r["slices"].get("accent_profile", {}).items())
+        ax[1].bar([j + i * w for j in range(len(acc))], [v["wer"] for _, v in acc], w, label=name)
+        ax[1].set_xticks([j + 0.4 - w / 2 for j in range(len(acc))], [k for k, _ in acc])
+    ax[0].set_xticks([j + 0.4 - w / 2 for j in range(len(cats) + 1)], ["WER"] + [f"KER {c}" for c in cats])
+    ax[0].set_title("held-out clinical set: WER and KER per term category")
+    ax[1].set_title("WER per accent profile (held-out voices)")
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def split_file(path: Path, part_bytes: int = 15 * 2**20) -> list[Path]:
+    """``path`` in parts of at most ``part_bytes`` (results leave the GPU machine in files of bounded size);
+    :func:`join_parts` puts them back together."""
+    parts = []
+    with open(path, "rb") as f:
+        i = 0
+        while chunk := f.read(part_bytes):
+            p = path.with_name(f"{path.name}.part{i:02d}")
+            p.write_bytes(chunk)
+            parts.append(p)
+            i += 1
+    return parts
+
+
+def join_parts(first_part: Path, dst: Path) -> Path:
+    stem = first_part.name.rsplit(".part", 1)[0]
+    parts = sorted(first_part.parent.glob(f"{stem}.part*"))
+    with open(dst, "wb") as f:
+        for p in parts:
+            f.write(p.read_bytes())
+    return dst
