@@ -139,7 +139,8 @@ def export_half(src: Path, dst: Path) -> dict:
         for m in tin.getmembers():
             data = tin.extractfile(m).read() if m.isfile() else None
             if m.isfile() and m.name.endswith("model_weights.ckpt"):
-                sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                # our own training run's output; torch 2.11 refuses NeMo's bf16-trained checkpoints as weights-only
+                sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
                 for k, v in sd.items():
                     if torch.is_floating_point(v) and v.numel() >= 4096 and not k.startswith("preprocessor."):
                         sd[k] = v.half()

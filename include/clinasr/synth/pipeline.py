@@ -31,6 +31,7 @@ from clinasr.settings import REPO_ROOT
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "synthesis.yaml"
 TTS_ATTEMPTS = 2
+POOL_RESTARTS = 3
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -280,23 +281,7 @@ def build_dataset(out_dir: Path, utterances: list[dict], *, config: dict, seed: 
             todo.append((u, v))
     bar = _progress(len(utterances), len(utterances) - len(todo), progress)
     if todo:
-        # spawn, not fork: the TTS engines hold native state (espeak callbacks, onnxruntime threads)
-        # that does not survive a fork of a parent that has used them.
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(str(babble_path) if augment_on else None,)) as pool:
-            futs = {pool.submit(render_row, u, v, config, str(out_dir), augment_on, seed): u for u, v in todo}
-            for f in as_completed(futs):
-                u = futs[f]
-                try:
-                    r = f.result()
-                except Exception as e:  # a dead worker quarantines its row, the run goes on
-                    r = {"utt_id": u["utt_id"], "quarantine": f"worker failed: {type(e).__name__}: {e}", "stage": "tts"}
-                else:  # cache only what the row itself decided: a retry re-renders rows a dead worker lost
-                    (cache / f"{u['utt_id']}.json").write_text(json.dumps(r))
-                (quarantine if "quarantine" in r else rows).append(r)
-                bar.update(1)
+        _render_all(todo, config, out_dir, cache, augment_on, seed, workers, babble_path, rows, quarantine, bar)
     bar.close()
     if real_manifest:
         rows += mix_real(real_manifest, len(rows), real_ratio, out_dir, quarantine)
@@ -317,6 +302,46 @@ def build_dataset(out_dir: Path, utterances: list[dict], *, config: dict, seed: 
             p.unlink()
     return {"dataset_dir": str(out_dir), "train_manifest": str(out_dir / "train_manifest.jsonl"),
             "val_manifest": str(out_dir / "val_manifest.jsonl"), "card": card}
+
+
+def _render_all(todo, config, out_dir, cache, augment_on, seed, workers, babble_path, rows, quarantine, bar,
+                render=None) -> None:
+    """Render rows in worker processes. A worker that dies (a native crash in a TTS engine) breaks the
+    whole pool and fails every queued row with it; those rows go to a fresh pool, up to POOL_RESTARTS times,
+    and only then are quarantined ("worker failed"). Nothing a dead worker lost is cached: a retry
+    re-renders it."""
+    # spawn, not fork: the TTS engines hold native state (espeak callbacks, onnxruntime threads)
+    # that does not survive a fork of a parent that has used them.
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending, why = list(todo), ""
+    for _ in range(POOL_RESTARTS + 1):
+        lost = []
+        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(str(babble_path) if augment_on else None,)) as pool:
+            futs = {pool.submit(render or render_row, u, v, config, str(out_dir), augment_on, seed): (u, v) for u, v in pending}
+            for f in as_completed(futs):
+                u, v = futs[f]
+                try:
+                    r = f.result()
+                except BrokenProcessPool as e:
+                    lost.append((u, v))
+                    why = str(e) or "a worker process died"
+                    continue
+                except Exception as e:  # the row's task failed in a way render_row did not catch
+                    r = {"utt_id": u["utt_id"], "quarantine": f"worker failed: {type(e).__name__}: {e}", "stage": "tts"}
+                else:  # cache only what the row itself decided: a retry re-renders rows a dead worker lost
+                    (cache / f"{u['utt_id']}.json").write_text(json.dumps(r))
+                (quarantine if "quarantine" in r else rows).append(r)
+                bar.update(1)
+        if not lost:
+            return
+        pending = lost
+    for u, _ in pending:
+        quarantine.append({"utt_id": u["utt_id"], "quarantine": f"worker failed: {why} ({POOL_RESTARTS} pool restarts)",
+                           "stage": "tts"})
+        bar.update(1)
 
 
 def _progress(total: int, done: int, enabled: bool):

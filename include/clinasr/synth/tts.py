@@ -10,16 +10,14 @@ Every engine returns float32 16 kHz mono audio.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import ctypes
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clinasr.audio import TARGET_SR, load
+from clinasr.audio import TARGET_SR, resample
 
 
 class TTSError(RuntimeError):
@@ -38,43 +36,59 @@ class Voice:
 
 
 class EspeakEngine:
+    """espeak-ng through pyttsx3's ctypes binding of the library (``pyttsx3.drivers._espeak``), synthesising
+    one utterance at a time into memory.
+
+    pyttsx3's own driver loop hands samples to an asynchronous callback that writes a temporary WAV file when
+    the message ends; under load (16 synthesis workers on the GPU machine) a late callback wrote into an
+    already-deleted directory and worker processes died, taking every queued row with them. Here the library
+    runs in AUDIO_OUTPUT_SYNCHRONOUS mode: ``espeak_Synth`` returns when the utterance is done, and the
+    callback only appends samples.
+    """
+
     name = "espeak"
 
     def __init__(self):
-        import pyttsx3
-
         from pyttsx3.drivers import _espeak
 
-        self._engine = pyttsx3.init("espeak")
-        self._known = {v.id for v in self._engine.getProperty("voices")}
-        # pyttsx3 synthesises with ENDPAUSE | CHARS_UTF8; add PHONEMES so that [[...]] (pronunciation overrides,
-        # clinasr.synth.pronounce) is spoken as espeak phoneme mnemonics, as the espeak-ng command line does.
-        # Normalised text has no brackets, so nothing else changes.
-        _espeak.ENDPAUSE = 0x1000 | _espeak.PHONEMES
+        self._e = _espeak
+        self.sample_rate = _espeak.Initialize(_espeak.AUDIO_OUTPUT_SYNCHRONOUS, 500)
+        if self.sample_rate <= 0:
+            raise TTSError("espeak-ng failed to initialise (is espeak-ng-data installed? ESPEAK_DATA_PATH)")
+        self._chunks: list[bytes] = []
+
+        def on_samples(wav, n, events):
+            if n > 0 and wav:
+                self._chunks.append(ctypes.string_at(wav, n * 2))
+            return 0   # go on
+
+        _espeak.SetSynthCallback(on_samples)
+        self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
 
     def has_voice(self, voice: str) -> bool:
-        return voice in self._known
+        return voice.lower() in self._known
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        e = self._e
         if not self.has_voice(voice):
             raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
         if not text.strip():
             raise TTSError("empty text")
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "u.wav"
-            e = self._engine
-            e.setProperty("voice", voice)
-            e.setProperty("rate", int(rate))
-            try:
-                e.setProperty("pitch", int(pitch))
-            except Exception:  # older drivers have no pitch property
-                pass
-            e.save_to_file(text, str(out))
-            with contextlib.redirect_stdout(io.StringIO()):  # pyttsx3 prints a line per saved file
-                e.runAndWait()
-            if not out.exists() or out.stat().st_size <= 44:
-                raise TTSError(f"espeak-ng produced no audio for voice {voice}")
-            return load(out, TARGET_SR)
+        if e.SetVoiceByName(voice.encode()) != e.EE_OK:
+            raise TTSError(f"espeak-ng could not select voice {voice}")
+        e.SetParameter(e.RATE, int(rate), 0)
+        e.SetParameter(e.PITCH, int(pitch), 0)
+        self._chunks = []
+        # PHONEMES: [[...]] (pronunciation overrides, clinasr.synth.pronounce) is read as espeak phoneme
+        # mnemonics, as the espeak-ng command line does; normalised text has no brackets.
+        rc = e.Synth(text.encode("utf-8"), flags=e.CHARS_UTF8 | e.PHONEMES | e.ENDPAUSE)
+        if rc != e.EE_OK:
+            raise TTSError(f"espeak-ng synthesis failed (code {rc}) for voice {voice}")
+        pcm = b"".join(self._chunks)
+        if not pcm:
+            raise TTSError(f"espeak-ng produced no audio for voice {voice}")
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        return resample(x, self.sample_rate, TARGET_SR)
 
 
 class PiperEngine:
