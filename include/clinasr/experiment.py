@@ -139,7 +139,7 @@ def export_half(src: Path, dst: Path) -> dict:
         for m in tin.getmembers():
             data = tin.extractfile(m).read() if m.isfile() else None
             if m.isfile() and m.name.endswith("model_weights.ckpt"):
-                # our own training run's output; torch 2.11 refuses NeMo's bf16-trained checkpoints as weights-only
+                # our own training run's output (torch 2.11 on the GPU machine refused it as weights-only)
                 sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
                 for k, v in sd.items():
                     if torch.is_floating_point(v) and v.numel() >= 4096 and not k.startswith("preprocessor."):
@@ -170,10 +170,21 @@ def score(model: str | Path, manifest: Path, out: Path, name: str, max_rows: int
 
 
 # ---- phases ---------------------------------------------------------------------------------------
-def _train(args: dict, log) -> dict:
+def _train_child(args: dict) -> dict:
     from clinasr.training.train import train
 
-    return train({**args, "mlflow": {"enabled": False}, "resume": False}, log=log)
+    return train({**args, "mlflow": {"enabled": False}, "resume": False})
+
+
+def _train(args: dict, log) -> dict:
+    """Train in a fresh process. On the GPU machine (torch 2.11) restoring a .nemo in the process that had
+    just trained failed inside NeMo's loader ('tuple' object is not callable, or a weights-only refusal)
+    while a fresh process loaded the same file; training apart keeps scoring in a clean process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(_train_child, args).result()
 
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
