@@ -170,21 +170,23 @@ def score(model: str | Path, manifest: Path, out: Path, name: str, max_rows: int
 
 
 # ---- phases ---------------------------------------------------------------------------------------
-def _train_child(args: dict) -> dict:
-    from clinasr.training.train import train
-
-    return train({**args, "mlflow": {"enabled": False}, "resume": False})
-
-
 def _train(args: dict, log) -> dict:
-    """Train in a fresh process. On the GPU machine (torch 2.11) restoring a .nemo in the process that had
-    just trained failed inside NeMo's loader ('tuple' object is not callable, or a weights-only refusal)
-    while a fresh process loaded the same file; training apart keeps scoring in a clean process."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``). On the GPU machine
+    (torch 2.11) restoring a .nemo in the process that had just trained failed inside NeMo's loader, and
+    processes spawned through multiprocessing after NeMo's import died before running; a plain subprocess
+    keeps training and scoring apart."""
+    import subprocess
+    import sys
+    import tempfile
 
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(_train_child, args).result()
+    with tempfile.TemporaryDirectory() as tmp:
+        a, r = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        a.write_text(json.dumps({**args, "mlflow": {"enabled": False}, "resume": False}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "train", str(a), str(r)], env=env)
+        if proc.returncode or not r.exists():
+            raise RuntimeError(f"training {args.get('output_dir')} failed (exit {proc.returncode}); its log is above")
+        return json.loads(r.read_text())
 
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
@@ -298,17 +300,21 @@ def phase_finetune(cfg: dict, base_nemo: Path, work: Path, out: Path, only: list
         (out / "results.md").write_text(results_md(results))
         log(f"[experiment] {name}: WER {res['wer']:.3f} KER {res['ker']:.3f} negation {res['negation_accuracy']}")
 
-    record("base", score(base_nemo, held_manifest, work / "eval", "base"), {"model": str(base_nemo)})
-    variants = {"full": {}, **cfg.get("ablations", {})}
+    # every dataset first: synthesis workers are spawned processes, and after NeMo is imported (scoring,
+    # training) spawned workers died on the GPU machine ("source code cannot contain null bytes")
+    variants = {n: ch for n, ch in {"full": {}, **cfg.get("ablations", {})}.items() if not only or n in only}
     datasets: dict[str, dict] = {}
+    keys: dict[str, str] = {}
     for name, change in variants.items():
-        if only and name not in only:
-            continue
         voices = change.get("voices", cfg["voices"]["train"])
         key = json.dumps([voices, change.get("augmentation")], sort_keys=True)
         if key not in datasets:   # runs that differ only in training options share one dataset
             datasets[key] = build_clinical(cfg, work / f"clinical_train_{name}", "train", voices, change.get("augmentation"))
-        ds = datasets[key]
+            log(f"[experiment] training set for {name}: {datasets[key]['card']['counts']}")
+        keys[name] = key
+    record("base", score(base_nemo, held_manifest, work / "eval", "base"), {"model": str(base_nemo)})
+    for name, change in variants.items():
+        ds = datasets[keys[name]]
         t0 = time.time()
         tr = _train({"dataset": ds["dataset_dir"], "base": {"nemo": str(base_nemo)}, "trainer": c["finetune"]["trainer"],
                      "trainer_overrides": {**(trainer_overrides or {}), **(change.get("trainer") or {})},
@@ -400,3 +406,12 @@ def join_parts(first_part: Path, dst: Path) -> Path:
         for p in parts:
             f.write(p.read_bytes())
     return dst
+
+
+if __name__ == "__main__":   # the training subprocess of _train
+    import sys
+
+    from clinasr.training.train import train
+
+    _args, _result = sys.argv[2], sys.argv[3]
+    Path(_result).write_text(json.dumps(train(json.loads(Path(_args).read_text())), default=str))
