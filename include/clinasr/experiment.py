@@ -153,12 +153,13 @@ def export_half(src: Path, dst: Path) -> dict:
     return {"path": str(dst), "bytes": dst.stat().st_size, "float16_parameters": n_half}
 
 
-def score(model: str | Path, manifest: Path, out: Path, name: str, max_rows: int | None = None) -> dict:
-    """Transcribe and score a set; the result keeps the scored rows (for paired comparisons)."""
+def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = None) -> dict:
+    """Transcribe and score a set with a .nemo path or a loaded model; the result keeps the scored rows (for
+    paired comparisons)."""
     from clinasr import evaluate, metrics
     from clinasr.inference import Transcriber
 
-    t = Transcriber(model)
+    t = Transcriber(model) if isinstance(model, (str, Path)) else Transcriber.from_model(model)
     t.warm_up()
     res = evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False)
     hyps = {json.loads(x)["utt_id"]: json.loads(x)["hypothesis"] for x in Path(res["hypotheses"]).read_text().splitlines()}
@@ -170,18 +171,19 @@ def score(model: str | Path, manifest: Path, out: Path, name: str, max_rows: int
 
 
 # ---- phases ---------------------------------------------------------------------------------------
-def _train(args: dict, log) -> dict:
-    """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``). On the GPU machine
-    (torch 2.11) restoring a .nemo in the process that had just trained failed inside NeMo's loader, and
-    processes spawned through multiprocessing after NeMo's import died before running; a plain subprocess
-    keeps training and scoring apart."""
+def _train(args: dict, log, score_on: dict | None = None) -> dict:
+    """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``) and, with
+    ``score_on`` ({manifest, out, name}), score the trained model there, in memory (result["score"]).
+    On the GPU machine (torch 2.11) a second NeMo restore in one process failed inside NeMo's loader
+    ('tuple' object is not callable), and processes spawned through multiprocessing after NeMo's import
+    died before running; a plain subprocess per run, which never restores what it trained, avoids both."""
     import subprocess
     import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         a, r = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        a.write_text(json.dumps({**args, "mlflow": {"enabled": False}, "resume": False}))
+        a.write_text(json.dumps({**args, "mlflow": {"enabled": False}, "resume": False, "_score_on": score_on}))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "train", str(a), str(r)], env=env)
         if proc.returncode or not r.exists():
@@ -319,8 +321,9 @@ def phase_finetune(cfg: dict, base_nemo: Path, work: Path, out: Path, only: list
         tr = _train({"dataset": ds["dataset_dir"], "base": {"nemo": str(base_nemo)}, "trainer": c["finetune"]["trainer"],
                      "trainer_overrides": {**(trainer_overrides or {}), **(change.get("trainer") or {})},
                      "model_overrides": c["finetune"]["model_overrides"],
-                     "output_dir": str(work / f"ft_{name}"), "seed": int(cfg["seed"])}, log)
-        record(name, score(tr["nemo_path"], held_manifest, work / "eval", name),
+                     "output_dir": str(work / f"ft_{name}"), "seed": int(cfg["seed"])}, log,
+                    score_on={"manifest": str(held_manifest), "out": str(work / "eval"), "name": name})
+        record(name, tr["score"],
                {"change": change, "train_hours": ds["card"]["hours"]["train"], "global_step": tr["global_step"],
                 "train_seconds": tr["train_seconds"], "wall_seconds": round(time.time() - t0, 1)})
     _plot(results, out / "results.png")
@@ -408,10 +411,22 @@ def join_parts(first_part: Path, dst: Path) -> Path:
     return dst
 
 
+def _train_main(args_path: str, result_path: str) -> None:
+    from clinasr.training.train import train
+
+    args = json.loads(Path(args_path).read_text())
+    spec = args.pop("_score_on", None)
+    scored = {}
+
+    def on_trained(model):
+        if spec:
+            scored.update(score(model.eval(), Path(spec["manifest"]), Path(spec["out"]), spec["name"]))
+
+    res = train(args, on_trained=on_trained)
+    Path(result_path).write_text(json.dumps({**res, "score": scored or None}, default=str))
+
+
 if __name__ == "__main__":   # the training subprocess of _train
     import sys
 
-    from clinasr.training.train import train
-
-    _args, _result = sys.argv[2], sys.argv[3]
-    Path(_result).write_text(json.dumps(train(json.loads(Path(_args).read_text())), default=str))
+    _train_main(sys.argv[2], sys.argv[3])

@@ -290,7 +290,7 @@ def _progress_callback(total_steps: int, log, every: int = 10):
     return Progress()
 
 
-def train(args: dict, log=print) -> dict:
+def train(args: dict, log=print, on_trained=None) -> dict:
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -401,6 +401,8 @@ def train(args: dict, log=print) -> dict:
             return {"rank": rank, "global_step": trainer.global_step, "train_seconds": round(elapsed, 1)}
         nemo_path = out / "model.nemo"
         model.save_to(str(nemo_path))
+        if on_trained:   # e.g. score the trained model in memory (clinasr.experiment)
+            on_trained(model)
         mlflow.log_artifact(str(nemo_path), "model")
         if (out / "tensorboard").exists():
             mlflow.log_artifacts(str(out / "tensorboard"), "tensorboard")
