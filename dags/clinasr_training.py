@@ -43,10 +43,13 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
     params={
         "dataset_uri": Param(None, type=["string", "null"],
                              description="s3:// snapshot (default: the one in the triggering asset event)"),
-        "base": Param("config:configs/model/fastconformer_tdt_tiny.yaml", type="string",
-                      pattern=r"^(config|nemo|pretrained):.+$"),
-        "trainer_config": Param("configs/trainer/cpu_demo.yaml", type="string"),
-        "max_steps": Param(300, type="integer", minimum=1),
+        # the embedded default: the shipped general-English base model (models/clinasr-base-en-small), fine-tuned on
+        # CPU; production: pretrained:nvidia/parakeet-tdt-0.6b-v2 (or its .nemo) with configs/trainer/gpu_finetune.yaml
+        "base": Param("nemo:models/clinasr-base-en-small/model.nemo", type="string",
+                      pattern=r"^(config|nemo|pretrained):.+$",
+                      description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
+        "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string"),
+        "max_steps": Param(200, type="integer", minimum=1),
         "batch_size": Param(8, type="integer", minimum=1, maximum=512),
         "backend": Param("local", enum=["local", "sagemaker", "ec2"]),
         "instance_count": Param(1, type="integer", minimum=1, maximum=8),

@@ -126,11 +126,14 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dataset, tmp_path_factory):
-    """(ML runtime) a .nemo of the tiny FastConformer-TDT config after a few CPU steps (no tracking)."""
+    """(ML runtime) a .nemo fine-tuned for a few CPU steps from the shipped base model (the embedded default,
+    models/clinasr-base-en-small), no tracking."""
+    from clinasr.experiment import BASE_MODEL
     from clinasr.training.train import train
 
     out = tmp_path_factory.mktemp("tiny-model")
     r = train({"dataset": str(tiny_dataset), "output_dir": str(out), "mlflow": {"enabled": False},
+               "base": {"nemo": str(BASE_MODEL)}, "model_overrides": "configs/model/finetune_small.yaml",
                "trainer_overrides": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 4,
                                      "batch_size": 4}}, log=lambda m: None)
     return r["nemo_path"]

@@ -65,3 +65,23 @@ def test_bootstrap_interval_contains_the_point_estimate():
 def test_no_rows_is_an_error_not_a_pass():
     with pytest.raises(ValueError, match="nothing to score"):
         score_rows([])
+
+
+def test_paired_reduction_is_relative_to_the_base_with_a_paired_interval():
+    from clinasr.metrics import paired_reduction_ci
+
+    base = [{"utt_id": f"u{i}", "errors": 4, "words": 10, "term_misses": 2, "terms": 2} for i in range(40)]
+    half = [{**r, "errors": 2, "term_misses": 1 if i % 2 else 0} for i, r in enumerate(base)]
+    res = paired_reduction_ci(base, half + [{"utt_id": "extra", "errors": 99, "words": 1, "term_misses": 9, "terms": 9}])
+    assert res["utterances"] == 40   # matched by utt_id; the extra row is not paired
+    assert res["wer_reduction"]["estimate"] == pytest.approx(0.5) and res["wer_reduction"]["ci"] == [0.5, 0.5]
+    assert res["ker_reduction"]["estimate"] == pytest.approx(0.75)
+    lo, hi = res["ker_reduction"]["ci"]
+    assert lo < 0.75 < hi                       # term misses vary by utterance: a real interval around the estimate
+    same = paired_reduction_ci(base, base)
+    assert same["wer_reduction"]["estimate"] == 0 and same["ker_reduction"]["ci"] == [0, 0]
+    worse = paired_reduction_ci(base, [{**r, "errors": 8} for r in base])
+    assert worse["wer_reduction"]["estimate"] == pytest.approx(-1.0)
+    assert paired_reduction_ci(base, []) == {}
+    no_terms = paired_reduction_ci([{**r, "term_misses": 0} for r in base], half)
+    assert no_terms["ker_reduction"] is None    # nothing to reduce: undefined, not 0 or 100%

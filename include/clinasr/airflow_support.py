@@ -107,7 +107,9 @@ def training_plan(dataset_uri: str, params: dict, run_id: str) -> dict:
         "mlflow": {"experiment": "clinasr-training", "register_as": params["register_as"],
                    "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_uri),
                    "run_name": f"airflow-{run_id}"[:120],
-                   "tags": {"airflow_run_id": run_id, "dataset_uri": dataset_uri}},
+                   "tags": {"airflow_run_id": run_id, "dataset_uri": dataset_uri,
+                            # what it was fine-tuned from: the evaluation's baseline while there is no production
+                            **({"base_model": params["base"].split(":", 1)[1]} if params["base"].startswith("nemo:") else {})}},
     }
     if ckpt_uri:
         train_args["checkpoint_uri"] = ckpt_uri
@@ -237,7 +239,8 @@ def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> d
     prod = registry.alias_version(name, "production")
     if prod == version:
         raise ValueError(f"{ref} is already production: nothing to evaluate")
-    baseline = f"models:/{name}/{prod}" if prod else (params.get("baseline_model") or None)
+    # no production yet: the baseline_model Param, else the base model the candidate was fine-tuned from (its tag)
+    baseline = f"models:/{name}/{prod}" if prod else (params.get("baseline_model") or (mv.tags or {}).get("base_model") or None)
     sets = [{"name": "validation", "manifest": dataset}]
     for i, spec in enumerate(params.get("extra_manifests") or []):
         set_name, sep, path = spec.partition("=")

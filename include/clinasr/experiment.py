@@ -246,6 +246,10 @@ def _provenance(cfg: dict) -> dict:
             "device": dev, "config": cfg, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+
+
 def model_card_md(card: dict) -> str:
     d, g = card["data"], card["general_heldout"]
     s = d["synthesis"]
@@ -262,7 +266,7 @@ def model_card_md(card: dict) -> str:
         f"| data | {d['train_hours']:.1f} h synthetic general English ({d['rows']['train']} utterances), "
         f"espeak-ng voices in {len(d['voices'])} accent profiles, augmented |",
         f"| text | {d['source']}, {d['source_version']} |",
-        f"| general held-out WER | {g['wer']:.3f} (95% CI {g['ci'].get('wer')}), {g['rows']['scored']} utterances, "
+        f"| general held-out WER | {g['wer']:.3f} (95% CI {_fmt_ci(g['ci'].get('wer'))}), {g['rows']['scored']} utterances, "
         "text-disjoint, same voices |",
         f"| stored | {card['export']['bytes'] / 2**20:.1f} MiB; weights in float16 (loading casts to float32) |",
         f"| synthesis rate | {s['audio_hours_per_hour']:.0f} audio-hours per hour on {s['workers']} CPU workers |",

@@ -86,6 +86,10 @@ def fetch_model(ref: str, dest: Path) -> Path:
     if ref.startswith("models:/"):
         return download_model(ref, dest)
     p = Path(ref)
+    if not p.exists() and not p.is_absolute():   # repository paths (the shipped base model) work from anywhere
+        from clinasr.settings import REPO_ROOT
+
+        p = REPO_ROOT / ref
     if not p.exists():
         raise FileNotFoundError(f"model file not found: {ref}")
     return p

@@ -4,7 +4,8 @@
 the ML container on SageMaker/EC2). Arguments (JSON):
 
     dataset          local dataset dir or s3:// snapshot URI (train_manifest.jsonl, val_manifest.jsonl)
-    base             {"config": "configs/model/fastconformer_tdt_tiny.yaml"}   build from config (new tokenizer)
+    base             {"config": "configs/model/fastconformer_tdt_tiny.yaml"}   build from config (new tokenizer;
+                                                                 the default when no base is given)
                      {"nemo": "<path or s3:// or models:/name@alias>"}           fine-tune a .nemo (its tokenizer is kept;
                                                                  "change_vocabulary": true trains a new one)
                      {"pretrained": "nvidia/parakeet-tdt-0.6b-v2"}               NeMo's from_pretrained (needs a hub)
@@ -301,7 +302,9 @@ def train(args: dict, log=print, on_trained=None) -> dict:
     tcfg = load_yaml(args.get("trainer", "configs/trainer/cpu_demo.yaml"))
     tcfg.update(args.get("trainer_overrides") or {})
     base = args.get("base") or {"config": "configs/model/fastconformer_tdt_tiny.yaml"}
-    model_cfg = load_yaml(base["config"]) if "config" in base else (load_yaml(args["model_overrides"]) if args.get("model_overrides") else None)
+    # fine-tuning optimiser etc.: the run's model_overrides, else the trainer config's (cpu_finetune.yaml names one)
+    overrides = args.get("model_overrides") or tcfg.get("model_overrides")
+    model_cfg = load_yaml(base["config"]) if "config" in base else (load_yaml(overrides) if overrides else None)
     seed = int(args.get("seed", 0))
     pl.seed_everything(seed, workers=True)
     strategy, accelerator, devices, nodes = choose_strategy(tcfg, log)

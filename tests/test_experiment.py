@@ -1,0 +1,85 @@
+"""The embedded base model and the flywheel experiment (ML runtime): the shipped model is real, its card
+matches it, the fp16 export loads, and the experiment runs end to end at smoke size on CPU."""
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from clinasr import experiment as E
+
+pytestmark = pytest.mark.ml
+REPO = E.REPO_ROOT
+
+
+def test_shipped_base_model_recognises_general_english_and_matches_its_card():
+    from clinasr.inference import Transcriber
+    from clinasr.metrics import edit_counts
+    from clinasr.synth import general, tts
+
+    card = json.loads((E.BASE_MODEL_DIR / "model_card.json").read_text())
+    assert card["export"]["sha256"] == hashlib.sha256(E.BASE_MODEL.read_bytes()).hexdigest()
+    assert E.BASE_MODEL.stat().st_size < 50 * 2**20
+    t = Transcriber(E.BASE_MODEL)
+    assert 10e6 < t.n_params < 40e6 and t.n_params == card["n_params"]
+    rng = random.Random(1)
+    errs = words = 0
+    for i, s in enumerate(rng.sample(general.load(), 8)):
+        x = tts.engine("espeak").synthesize(s, ["gmw/en-us", "gmw/en-gb-x-rp", "gmw/en"][i % 3])
+        e, w = edit_counts(s, t.transcribe([x])[0]["text"])
+        errs, words = errs + e, words + w
+    assert errs / words < 0.4   # it recognises English (a random network scores ~1.0)
+    heard = t.transcribe([tts.engine("espeak").synthesize("take levetiracetam twice daily", "gmw/en-us")])[0]["text"]
+    assert "levetiracetam" not in heard   # and has never learnt a clinical drug name
+
+
+def test_half_precision_export_loads_and_transcribes_alike(tiny_model, tiny_dataset, tmp_path):
+    from clinasr import audio
+    from clinasr.inference import Transcriber
+
+    res = E.export_half(tiny_model, tmp_path / "half.nemo")
+    assert res["float16_parameters"] > 0
+    assert res["bytes"] < 0.6 * os.path.getsize(tiny_model)
+    row = json.loads((tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[0])
+    x = audio.load(tiny_dataset / row["audio_filepath"])
+    a, b = Transcriber(tiny_model), Transcriber(tmp_path / "half.nemo")
+    pa = dict(a.model.named_parameters())
+    for k, v in b.model.named_parameters():
+        assert v.dtype == pa[k].dtype   # loading casts back to float32
+        assert (v - pa[k]).abs().max().item() <= 1e-3 * max(1.0, pa[k].abs().max().item())
+    assert a.transcribe([x])[0]["text"] == b.transcribe([x])[0]["text"]
+
+
+def test_split_and_join_round_trip(tmp_path):
+    p = tmp_path / "m.bin"
+    data = bytes(range(256)) * 1000
+    p.write_bytes(data)
+    parts = E.split_file(p, part_bytes=100_000)
+    assert len(parts) == 3 and all(q.stat().st_size <= 100_000 for q in parts)
+    assert E.join_parts(parts[0], tmp_path / "back.bin").read_bytes() == data
+
+
+def test_flywheel_experiment_runs_end_to_end_at_smoke_size(tmp_path):
+    """The documented GPU command, at smoke size on CPU: base model scored, one fine-tune trained in its own
+    process and scored on the held-out set (other voices, other templates), paired CIs, table and plot."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "bench/flywheel_experiment.py", "finetune", "--smoke", "--only", "full",
+                        "--out", str(out), "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["runs"]) == ["base", "full"]
+    held = {v for vs in res["heldout"]["voices"].values() for v in vs}
+    train_voices = {v for vs in res["config"]["voices"]["train"].values() for v in vs}
+    assert held and not held & train_voices and res["heldout"]["templates"]["template_family"] == "b"
+    full = res["runs"]["full"]
+    assert full["global_step"] == 3 and full["rows"]["scored"] == res["runs"]["base"]["rows"]["scored"]
+    assert set(full["vs_base"]) >= {"wer_reduction", "ker_reduction", "utterances"}
+    assert full["vs_base"]["utterances"] == full["rows"]["scored"]
+    md = (out / "results.md").read_text()
+    assert "| base |" in md and "| full |" in md and "Per-slice WER" in md
+    assert (out / "results.png").stat().st_size > 5000
