@@ -10,6 +10,8 @@ from clinasr.synth import general
 from clinasr.synth.lexicon import load_lexicon
 from clinasr.textnorm import normalize
 
+pytestmark = pytest.mark.ml
+
 
 def test_shipped_sentences_are_normalised_prose_without_clinical_drugs():
     sents = general.load()
