@@ -26,9 +26,14 @@ CONFIGS = {
     # name: trainer overrides (on top of configs/trainer/gpu_finetune.yaml)
     "plain": {"strategy": "auto", "precision": "bf16-mixed"},
     "plain_sorted": {"strategy": "auto", "precision": "bf16-mixed", "semi_sorted_batching": True},   # duration bucketing
+    # fixed-duration batches (lhotse dynamic bucketing): up to 600 s of audio per batch, --batch caps the clip count
+    "plain_duration": {"strategy": "auto", "precision": "bf16-mixed", "batch_duration": 600, "num_buckets": 10},
     "zero2": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "precision": "32-true"},
     "zero2_offload": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2_offload.json",
                       "precision": "32-true"},
+    # the same with DeepSpeed's vectorised CPU Adam (its op JIT-builds on first use) instead of torch AdamW
+    "zero2_offload_cpuadam": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2_offload.json",
+                              "precision": "32-true", "optimizer": "cpu_adam"},
 }
 
 

@@ -126,3 +126,51 @@ def test_semi_sorted_batching_groups_clips_of_similar_length(dataset, tmp_path):
 
     assert "use_semi_sorted_batching" not in _dataset_cfg(manifest, {"batch_size": 4}, True)
     assert mean_spread({"semi_sorted_batching": True, "randomization_factor": 0.0}) < 0.7 * mean_spread({})
+
+
+def test_fixed_duration_batches_pack_audio_seconds_not_clip_counts(dataset, tmp_path):
+    """Trainer option batch_duration: lhotse dynamic bucketing, so every training batch holds at most that many
+    seconds of audio (short clips make bigger batches), and training runs with it."""
+    from itertools import islice
+
+    from nemo.collections.asr.models import ASRModel
+    from omegaconf import OmegaConf
+
+    from clinasr.training.train import _dataset_cfg
+
+    opts = {"batch_duration": 6.0, "num_buckets": 2, "batch_size": 64}
+    r = train({"dataset": str(dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
+               "trainer_overrides": {**STEPS, "max_steps": 4, **opts}}, log=lambda m: None)
+    assert r["global_step"] == 4
+    manifest = str(tmp_path / "run" / "data" / "train_manifest.jsonl")
+    m = ASRModel.restore_from(r["nemo_path"], map_location="cpu")
+
+    def batches(seconds: float) -> list[list[float]]:
+        m.setup_training_data(OmegaConf.create(_dataset_cfg(manifest, {**opts, "batch_duration": seconds}, True)))
+        return [[float(x) / 16000 for x in b[1]] for b in islice(iter(m._train_dl), 12)]
+
+    small, large = batches(6.0), batches(20.0)
+    # the audio a batch holds follows batch_duration (lhotse's bucket bins, estimated from 8 clips here, let it
+    # run over by some); a clip longer than batch_duration alone makes a batch of one
+    for b in small:
+        assert len(b) == 1 or sum(b) <= 1.25 * 6.0, small
+    assert max(len(b) for b in large) > max(len(b) for b in small)
+    assert sum(map(len, large)) / len(large) > 1.5 * sum(map(len, small)) / len(small)   # more clips per batch
+    assert "use_lhotse" not in _dataset_cfg(manifest, {"batch_size": 4}, True)
+    assert "use_lhotse" not in _dataset_cfg(manifest, opts, False)   # validation keeps plain batches
+
+
+def test_cpu_adam_option_swaps_in_deepspeeds_cpu_optimizer():
+    """Trainer option optimizer: cpu_adam (the ZeRO-Offload fast path) names DeepSpeedCPUAdam in the model's
+    optim config and registers it with NeMo. Its step works on the flat fp32 partitions ZeRO-Offload hands it
+    (GPU runs: bench_gpu_training.py zero2_offload_cpuadam); on plain module parameters it is not meant to run."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    from nemo.core.optim.optimizers import AVAILABLE_OPTIMIZERS
+
+    from clinasr.training.train import _with_optimizer, load_yaml
+
+    cfg = load_yaml("configs/model/fastconformer_tdt_tiny.yaml")
+    assert _with_optimizer(cfg, {}) is cfg
+    out = _with_optimizer(cfg, {"optimizer": "cpu_adam"})
+    assert out["optim"]["name"] == "cpu_adam" and cfg["optim"]["name"] == "adamw"   # a copy; betas, lr kept
+    assert out["optim"]["lr"] == cfg["optim"]["lr"] and AVAILABLE_OPTIMIZERS["cpu_adam"] is DeepSpeedCPUAdam

@@ -129,6 +129,13 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
             **({"use_semi_sorted_batching": True, "drop_last": False,
                 "randomization_factor": float(tcfg.get("randomization_factor", 0.1))}
                if shuffle and tcfg.get("semi_sorted_batching") else {}),
+            # fixed-*duration* batches: lhotse dynamic bucketing packs up to batch_duration seconds of audio per
+            # batch (batch_size stays a cap on the clip count), so short clips make bigger batches
+            **({"use_lhotse": True, "batch_duration": float(tcfg["batch_duration"]), "use_bucketing": True,
+                "num_buckets": int(tcfg.get("num_buckets", 10)), "quadratic_duration": tcfg.get("quadratic_duration"),
+                "shuffle_buffer_size": int(tcfg.get("shuffle_buffer_size", 2000)),
+                "bucket_buffer_size": int(tcfg.get("bucket_buffer_size", 2000)), "shard_seed": "randomized"}
+               if shuffle and tcfg.get("batch_duration") else {}),
             **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "fft",
                                         "min_speed_rate": 0.9, "max_speed_rate": 1.1}}}
                if shuffle and tcfg.get("speed_perturb") else {})}
@@ -140,7 +147,7 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     from omegaconf import OmegaConf, open_dict
 
     if "config" in base:
-        cfg = copy.deepcopy(model_cfg)
+        cfg = copy.deepcopy(_with_optimizer(model_cfg, tcfg))
         tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer",
                                   include_lexicon=bool(cfg["tokenizer"].get("include_lexicon", True)))
         cfg["tokenizer"] = {"dir": str(tok_dir), "type": "bpe"}
@@ -172,6 +179,7 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         model.change_vocabulary(new_tokenizer_dir=str(tok_dir), new_tokenizer_type="bpe")
         _restore_tdt_loss(model)
         desc += f" with a new {model.tokenizer.vocab_size}-token vocabulary"
+    model_cfg = _with_optimizer(model_cfg, tcfg)
     with open_dict(model.cfg):
         for key in ("optim", "spec_augment"):
             if model_cfg and key in model_cfg:
@@ -182,6 +190,23 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         model.setup_optimization(OmegaConf.create(model_cfg["optim"]))
     _spec_augment_switch(model, tcfg)
     return model, desc
+
+
+def _with_optimizer(model_cfg: dict | None, tcfg: dict) -> dict | None:
+    """Trainer option ``optimizer: cpu_adam`` swaps the model's Adam/AdamW for DeepSpeed's vectorised CPU Adam
+    (for ZeRO-Offload: the optimizer step runs on the CPU; its C++ op JIT-builds on first use)."""
+    if tcfg.get("optimizer") != "cpu_adam" or not model_cfg or "optim" not in model_cfg:
+        return model_cfg
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    from nemo.core.optim.optimizers import AVAILABLE_OPTIMIZERS, register_optimizer
+
+    if "cpu_adam" not in AVAILABLE_OPTIMIZERS:
+        from nemo.core.config.optimizers import AdamParams
+
+        register_optimizer("cpu_adam", DeepSpeedCPUAdam, AdamParams())
+    cfg = copy.deepcopy(model_cfg)
+    cfg["optim"]["name"] = "cpu_adam"
+    return cfg
 
 
 def _spec_augment_switch(model, tcfg: dict) -> None:
@@ -362,7 +387,9 @@ def train(args: dict, log=print, on_trained=None) -> dict:
             check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
             # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
-            default_root_dir=str(out), use_distributed_sampler=devices * nodes > 1 and not tcfg.get("semi_sorted_batching"),
+            # (so does lhotse's, for batch_duration)
+            default_root_dir=str(out),
+            use_distributed_sampler=devices * nodes > 1 and not (tcfg.get("semi_sorted_batching") or tcfg.get("batch_duration")),
         )
         model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, work, trainer)
         from clinasr.training.tdt_loss import install_cpu_tdt_loss
