@@ -77,7 +77,10 @@ def load_rows(manifest: Path, max_rows: int | None = None, max_s: float = 600.0)
     return rows, skipped
 
 
-def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | None = None, progress: bool = True) -> dict:
+def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | None = None, progress: bool = True,
+                 keep_per_row: bool = False) -> dict:
+    """Transcribe and score one set; ``keep_per_row`` returns each utterance's error counts too (for paired
+    comparisons of two models on the same set; not written to metrics.json)."""
     rows, skipped = load_rows(manifest, max_rows)
     if not rows:
         raise EvaluationError(f"set {name!r} ({manifest}) has no usable rows: {dict(skipped) or 'empty manifest'}")
@@ -93,7 +96,8 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
         lat.append(r["latency_s"])
         audio_s += len(x) / audio.TARGET_SR
     scores = metrics.score_rows(rows)
-    ci = metrics.bootstrap_ci(scores.pop("per_row"))
+    per_row = scores.pop("per_row")
+    ci = metrics.bootstrap_ci(per_row)
     lat_sorted = sorted(lat)
     latency = {"p50_s": statistics.median(lat), "p95_s": lat_sorted[min(len(lat) - 1, int(0.95 * len(lat)))],
                "rtfx": audio_s / max(sum(lat), 1e-9), "audio_seconds": audio_s, "device": t.device}
@@ -109,7 +113,7 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
               "rows": {"scored": len(rows), "skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped)},
               "hypotheses": str(d / "hypotheses.jsonl")}
     (d / "metrics.json").write_text(json.dumps(result, indent=1))
-    return result
+    return {**result, "per_row": per_row} if keep_per_row else result
 
 
 def evaluate(args: dict, log=print) -> dict:

@@ -67,7 +67,7 @@ def workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def build_general(cfg: dict, out: Path, clock: Clock, log=print) -> dict:
+def build_general(cfg: dict, out: Path, log=print) -> dict:
     """General-English speech in shards until ``utterances`` or the data time budget; returns the dataset
     and the measured synthesis rate (audio-hours per hour on this machine's cores)."""
     from clinasr.synth import general, pipeline
@@ -156,18 +156,12 @@ def export_half(src: Path, dst: Path) -> dict:
 def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = None) -> dict:
     """Transcribe and score a set with a .nemo path or a loaded model; the result keeps the scored rows (for
     paired comparisons)."""
-    from clinasr import evaluate, metrics
+    from clinasr import evaluate
     from clinasr.inference import Transcriber
 
     t = Transcriber(model) if isinstance(model, (str, Path)) else Transcriber.from_model(model)
     t.warm_up()
-    res = evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False)
-    hyps = {json.loads(x)["utt_id"]: json.loads(x)["hypothesis"] for x in Path(res["hypotheses"]).read_text().splitlines()}
-    rows, _ = evaluate.load_rows(manifest, max_rows)
-    scored = [{**{k: v for k, v in r.items() if k != "_audio"}, "hypothesis": hyps[r["utt_id"]]} for r in rows
-              if r["utt_id"] in hyps]
-    res["per_row"] = metrics.score_rows(scored)["per_row"]
-    return res
+    return evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False, keep_per_row=True)
 
 
 # ---- phases ---------------------------------------------------------------------------------------
@@ -195,7 +189,7 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
                log=print) -> dict:
     clock = Clock(deadline_min)
     b = cfg["base"]
-    data = build_general(cfg, work / "general", clock, log)
+    data = build_general(cfg, work / "general", log)
     from clinasr.training.train import load_yaml
 
     tover = dict(trainer_overrides or {})
