@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 from clinasr import experiment  # noqa: E402
@@ -38,6 +40,17 @@ def smoke(cfg: dict) -> tuple[dict, dict]:
     return cfg, cpu
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE strings -> {KEY: VALUE read as YAML} (``max_minutes=null`` -> None, ``max_steps=100`` -> 100)."""
+    out = {}
+    for kv in items:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--trainer-override takes KEY=VALUE (got {kv!r})")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["base", "finetune"])
@@ -49,6 +62,9 @@ def main(argv=None) -> int:
                     help="base: the whole phase must end by then; training gets what data synthesis leaves")
     ap.add_argument("--only", nargs="*", help="finetune: run only these variants (full and/or ablation names)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU")
+    ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="trainer options for every run, e.g. precision=32-true num_workers=1 max_minutes=null "
+                         "(the same recipe on a CPU); values are read as YAML")
     a = ap.parse_args(argv)
     cfg = experiment.load_config(a.config)
     out, work = Path(a.out), Path(a.work)
@@ -56,6 +72,10 @@ def main(argv=None) -> int:
     tover: dict = {}
     if a.smoke:
         cfg, tover = smoke(cfg)
+    try:
+        tover.update(parse_overrides(a.trainer_override))
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.time()
     log_file = open(out / f"{a.phase}.log", "a")
 

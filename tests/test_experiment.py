@@ -83,3 +83,13 @@ def test_flywheel_experiment_runs_end_to_end_at_smoke_size(tmp_path):
     md = (out / "results.md").read_text()
     assert "| base |" in md and "| full |" in md and "Per-slice WER" in md
     assert (out / "results.png").stat().st_size > 5000
+
+
+def test_trainer_overrides_on_the_command_line_are_read_as_yaml():
+    sys.path.insert(0, str(REPO / "bench"))
+    from flywheel_experiment import parse_overrides
+
+    assert parse_overrides(["precision=32-true", "max_minutes=null", "max_steps=100", "speed_perturb=false"]) == {
+        "precision": "32-true", "max_minutes": None, "max_steps": 100, "speed_perturb": False}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["max_steps"])
