@@ -83,3 +83,17 @@ def test_cli_verify_fails_loudly_on_a_broken_chain(plog, capsys):
     plog.chain.write_text("\n".join(lines) + "\n")
     assert main(["provenance", "verify"]) == 1
     assert "BROKEN" in capsys.readouterr().out
+
+
+def test_a_copy_without_git_can_be_told_its_code_version(monkeypatch):
+    from clinasr.provenance import code_version
+
+    code_version.cache_clear()
+    try:
+        monkeypatch.setenv("CLINASR_CODE_VERSION", "abc123 (device copy)")
+        assert code_version() == "abc123 (device copy)"
+        monkeypatch.delenv("CLINASR_CODE_VERSION")
+        code_version.cache_clear()
+        assert code_version() != "abc123 (device copy)" and code_version()
+    finally:
+        code_version.cache_clear()

@@ -34,19 +34,6 @@ BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-small"
 BASE_MODEL = BASE_MODEL_DIR / "model.nemo"
 
 
-class Clock:
-    """Seconds since the phase started, and what is left of its deadline."""
-
-    def __init__(self, deadline_min: float | None):
-        self.t0, self.deadline = time.time(), (deadline_min * 60 if deadline_min else None)
-
-    def elapsed(self) -> float:
-        return time.time() - self.t0
-
-    def left(self) -> float:
-        return float("inf") if self.deadline is None else self.deadline - self.elapsed()
-
-
 def load_config(path: str | Path | None = None) -> dict:
     return yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
 
@@ -187,14 +174,14 @@ def _train(args: dict, log, score_on: dict | None = None) -> dict:
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
                log=print) -> dict:
-    clock = Clock(deadline_min)
+    t0 = time.time()
     b = cfg["base"]
     data = build_general(cfg, work / "general", log)
     from clinasr.training.train import load_yaml
 
     tover = dict(trainer_overrides or {})
     if deadline_min:   # leave 3 minutes for NeMo's import and set-up, then saving, scoring and export
-        budget = max(0.5, (clock.left() - 180) / 60)
+        budget = max(0.5, (deadline_min * 60 - (time.time() - t0) - 180) / 60)
         tover["max_minutes"] = min(float(tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes") or 1e9)), budget)
         log(f"[experiment] training budget {tover['max_minutes']:.1f} min")
     tr = _train({"dataset": data["dataset_dir"], "base": {"config": b["model"]}, "trainer": b["trainer"],
@@ -225,18 +212,12 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
 
 
 def _provenance(cfg: dict) -> dict:
-    import subprocess
-
     import torch
 
-    rev = os.environ.get("CLINASR_CODE_VERSION", "")   # a copy without .git (the GPU machine) is told
-    if not rev:
-        try:
-            rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            rev = ""
+    from clinasr.provenance import code_version
+
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"code_version": rev or "unknown", "python": platform.python_version(), "torch": torch.__version__,
+    return {"code_version": code_version(), "python": platform.python_version(), "torch": torch.__version__,
             "device": dev, "config": cfg, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -333,8 +314,7 @@ def results_md(results: dict) -> str:
     cats = sorted({c for r in runs.values() for c in r["ker_by_category"]})
 
     def ci(r, k):
-        v = r["ci"].get(k)
-        return f" [{v[0]:.3f}, {v[1]:.3f}]" if v else ""
+        return f" {_fmt_ci(r['ci'][k])}" if r["ci"].get(k) else ""
 
     def red(r, k):
         v = r.get("vs_base", {}).get(k)

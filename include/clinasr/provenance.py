@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import socket
 import subprocess
 from contextlib import contextmanager
@@ -42,7 +43,10 @@ def record_hash(record: dict) -> str:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """git sha of the checkout (with ``-dirty`` when it has local edits), else the package version."""
+    """git sha of the checkout (with ``-dirty`` when it has local edits), else the package version.
+    ``CLINASR_CODE_VERSION`` names it for a copy without ``.git`` (a container, the GPU machine)."""
+    if told := os.environ.get("CLINASR_CODE_VERSION"):
+        return told
     try:
         r = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
                            text=True, timeout=5)
