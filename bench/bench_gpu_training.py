@@ -28,6 +28,10 @@ CONFIGS = {
     "plain_sorted": {"strategy": "auto", "precision": "bf16-mixed", "semi_sorted_batching": True},   # duration bucketing
     # fixed-duration batches (lhotse dynamic bucketing): up to 600 s of audio per batch, --batch caps the clip count
     "plain_duration": {"strategy": "auto", "precision": "bf16-mixed", "batch_duration": 600, "num_buckets": 10},
+    # activation checkpointing (each encoder layer recomputes its activations in backward): bigger batches fit
+    "plain_ckpt": {"strategy": "auto", "precision": "bf16-mixed", "activation_checkpointing": True},
+    "plain_duration_ckpt": {"strategy": "auto", "precision": "bf16-mixed", "batch_duration": 1200, "num_buckets": 10,
+                            "activation_checkpointing": True},
     "zero2": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "precision": "32-true"},
     "zero2_offload": {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2_offload.json",
                       "precision": "32-true"},

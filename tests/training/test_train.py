@@ -174,3 +174,54 @@ def test_cpu_adam_option_swaps_in_deepspeeds_cpu_optimizer():
     out = _with_optimizer(cfg, {"optimizer": "cpu_adam"})
     assert out["optim"]["name"] == "cpu_adam" and cfg["optim"]["name"] == "adamw"   # a copy; betas, lr kept
     assert out["optim"]["lr"] == cfg["optim"]["lr"] and AVAILABLE_OPTIMIZERS["cpu_adam"] is DeepSpeedCPUAdam
+
+
+def test_activation_checkpointing_recomputes_encoder_layers_with_the_same_gradients():
+    """Trainer option activation_checkpointing: the encoder keeps far fewer activations for backward, each layer
+    runs its forward again in backward, and loss and gradients are those of the plain model, dropout included
+    (the RNG state is replayed). Dither and SpecAugment are off: with them on, two plain steps from the same
+    torch seed already differ, and both act before the encoder, whichever way it keeps its activations."""
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    from clinasr.experiment import BASE_MODEL
+    from clinasr.training.train import activation_checkpointing
+
+    model = ASRModel.restore_from(str(BASE_MODEL), map_location="cpu")
+    model.train()
+    model.spec_augmentation = None
+    model.preprocessor.eval()
+    g = torch.Generator().manual_seed(1)
+    signal, lens = torch.randn(2, 32000, generator=g) * 0.05, torch.tensor([32000, 24000])
+    calls = []
+    model.encoder.layers[0].feed_forward1.register_forward_hook(lambda *a: calls.append(1))
+
+    def step():
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        torch.manual_seed(0)
+        model.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            encoded, _ = model.forward(input_signal=signal, input_signal_length=lens)
+        loss = encoded.pow(2).mean()
+        del calls[:]
+        loss.backward()
+        grads = [p.grad.clone() for p in model.encoder.parameters() if p.grad is not None]
+        return loss.detach(), grads, sum(saved), len(calls)
+
+    loss0, grads0, saved0, recomputed0 = step()
+    assert activation_checkpointing(model, {}) == 0
+    assert activation_checkpointing(model, {"activation_checkpointing": True}) == len(model.encoder.layers)
+    assert activation_checkpointing(model, {"activation_checkpointing": True}) == len(model.encoder.layers)  # idempotent
+    loss1, grads1, saved1, recomputed1 = step()
+    assert (recomputed0, recomputed1) == (0, 1)        # layer 0 ran again in backward, once
+    assert saved1 < 0.5 * saved0, (saved0, saved1)
+    assert torch.allclose(loss0, loss1) and len(grads0) == len(grads1)
+    for a, b in zip(grads0, grads1):
+        assert torch.allclose(a, b)
+    with torch.no_grad():                               # inference does not checkpoint
+        model.forward(input_signal=signal, input_signal_length=lens)
