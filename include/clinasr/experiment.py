@@ -192,7 +192,7 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     card = {"name": "clinasr-base-en-small", "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
             "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
             "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
-            "throughput_audio_s_per_s": tr["metrics"].get("median_audio_s_per_s"),
+            "throughput_audio_s_per_s": tr["metrics"].get("steady_audio_s_per_s"),
             "peak_gpu_mem_gib": tr["metrics"].get("peak_gpu_mem_gib"),
             "data": {"source": "CPython documentation sentences (clinasr/data/general_en.txt.gz)",
                      "source_version": data["card"].get("lexicon_version"),

@@ -31,6 +31,8 @@ def test_train_registers_a_candidate_and_resumes(dataset, tracking, tmp_path):
     r = train(args, log=logs.append)
     assert r["global_step"] == 12 and r["n_params"] > 100_000
     assert any("CUDA-only" in m for m in logs) and any("step 12/12" in m for m in logs)
+    # steady throughput: steps 5-12 after 3 warm-up intervals, less step 7's (checkpoint and validation after step 6)
+    assert r["metrics"]["steady_steps"] == 7 and r["metrics"]["steady_audio_s_per_s"] > 0
     c = MlflowClient(tracking)
     mv = c.get_model_version_by_alias("clinasr-test", "candidate")
     assert mv.version == r["model_version"] and mv.run_id == r["mlflow_run_id"]

@@ -304,27 +304,37 @@ def _progress_callback(total_steps: int, log, every: int = 10):
     import torch
 
     class Progress(pl.Callback):
-        """step/total, loss, learning rate, audio-seconds/s and ETA in the (Airflow task) log and MLflow."""
+        """step/total, loss, learning rate, audio-seconds/s and ETA in the (Airflow task) log and MLflow; and the
+        steady-state throughput of the run (:meth:`steady`)."""
 
         def __init__(self):
             self.t0 = None
             self.audio_s = 0.0
             self.window = (time.time(), 0.0, 0)
-            self.rates: list[tuple[float, float]] = []   # (audio-s/s, s/step) per window
+            self.last = None
+            self.steps: list[tuple[int, float, float]] = []   # (step, seconds since the previous step, audio-s)
+            self.interrupted: set[int] = set()   # steps whose interval also holds a checkpoint write or validation
+
+        def on_save_checkpoint(self, trainer, module, checkpoint):
+            self.interrupted.add(trainer.global_step + 1)   # written after this step's callbacks: lands in the next
+
+        def on_validation_start(self, trainer, module):
+            self.interrupted.add(trainer.global_step + 1)
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            now = time.time()
             if self.t0 is None:
-                self.t0 = time.time()
+                self.t0 = now
             lens = batch[1] if isinstance(batch, (list, tuple)) else None
-            if lens is not None:
-                self.audio_s += float(lens.sum()) / 16000
+            audio = float(lens.sum()) / 16000 if lens is not None else 0.0
+            self.audio_s += audio
             step = trainer.global_step
+            if self.last is not None:
+                self.steps.append((step, now - self.last, audio))
+            self.last = now
             if step % every == 0 or step == total_steps:
                 t, a, s0 = self.window
-                now = time.time()
                 rate = (self.audio_s - a) / max(now - t, 1e-6)
-                if step > s0:
-                    self.rates.append((rate, (now - t) / (step - s0)))
                 self.window = (now, self.audio_s, step)
                 done = max(step, 1)
                 eta = (now - self.t0) / done * (total_steps - step)
@@ -337,6 +347,19 @@ def _progress_callback(total_steps: int, log, every: int = 10):
                     stats["gpu_mem_gib"] = torch.cuda.memory_allocated() / 2**30
                     stats["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 module.log_dict(stats, on_step=True, logger=True)
+
+        def steady(self) -> dict:
+            """Throughput once warmed up: the steps after the first 10% (at least 3: CUDA kernel selection, the
+            TDT loss's JIT), leaving out the intervals that also wrote a checkpoint or validated. Each step's
+            interval includes waiting for data, logging and the periodic training-WER decode."""
+            import statistics
+
+            warm = max(3, len(self.steps) // 10)
+            kept = [(dt, a) for s, dt, a in self.steps[warm:] if s not in self.interrupted]
+            if not kept:
+                return {}
+            return {"steady_audio_s_per_s": sum(a for _, a in kept) / sum(dt for dt, _ in kept),
+                    "median_s_per_step": statistics.median(dt for dt, _ in kept), "steady_steps": len(kept)}
 
     return Progress()
 
@@ -400,7 +423,9 @@ def train(args: dict, log=print, on_trained=None) -> dict:
         ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
                                save_top_k=int(tcfg.get("keep_last_k", 2)), monitor="step", mode="max",
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
-        progress = _progress_callback(int(tcfg["max_steps"]), log, every=int(tcfg.get("log_every_n_steps", 10)))
+        # one cadence for the progress line, Lightning's logging and NeMo's training-batch WER (a greedy decode)
+        log_every = int(tcfg.get("log_every_n_steps", 10))
+        progress = _progress_callback(int(tcfg["max_steps"]), log, every=log_every)
         trainer = pl.Trainer(
             max_steps=int(tcfg["max_steps"]),
             # a wall-clock budget (minutes): training stops there and saves, as at max_steps
@@ -409,7 +434,7 @@ def train(args: dict, log=print, on_trained=None) -> dict:
             precision=tcfg.get("precision", "32-true"), accumulate_grad_batches=int(tcfg.get("accumulate_grad_batches", 1)),
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
-            check_val_every_n_epoch=None, log_every_n_steps=5, num_sanity_val_steps=0, enable_progress_bar=False,
+            check_val_every_n_epoch=None, log_every_n_steps=log_every, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
             # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
             # (so does lhotse's, for batch_duration)
@@ -444,12 +469,7 @@ def train(args: dict, log=print, on_trained=None) -> dict:
                                 "configs/deepspeed/zero2_offload.json; nothing registered") from None
         elapsed = time.time() - t0
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-        steady = progress.rates[1:] or progress.rates   # the first window holds warm-up
-        if steady:
-            import statistics
-
-            metrics["median_audio_s_per_s"] = statistics.median(r for r, _ in steady)
-            metrics["median_s_per_step"] = statistics.median(t for _, t in steady)
+        metrics.update(progress.steady())
         loss = metrics.get("train_loss", metrics.get("loss", float("nan")))
         if math.isnan(loss) or math.isinf(loss):
             raise TrainingError(f"training loss is {loss}: lower the learning rate or check the data; nothing registered")
