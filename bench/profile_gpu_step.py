@@ -15,6 +15,7 @@ step), for variants applied in order (activation checkpointing, once on, stays o
     dur600         fixed-duration batches as lhotse bucketing makes them: 600 s of clips of similar length
     b64_ckpt       b64_sorted + activation checkpointing (trainer option activation_checkpointing)
     b128_ckpt      batch 128 with it; dur1200_ckpt: 1,200 s of similar-length clips with it
+    dur1200 ... dur4800_ckpt   larger duration budgets, without and with checkpointing: the largest that fits
 
 Then the training data loader alone (WAV reading, speed perturbation, collation) at 4 and 12 workers,
 with and without speed perturbation, in audio-seconds per second. The gap between the model's ceiling and
@@ -45,9 +46,15 @@ VARIANTS = [
     ("b64_sorted", 64, {"sorted": True}),
     ("b64_fusedadam", 64, {"sorted": True, "fused_adam": True}),
     ("dur600", 600, {"duration": True, "fused_adam": True}),
+    ("dur1200", 1200, {"duration": True, "fused_adam": True}),      # the largest batch that fits, without ...
+    ("dur1800", 1800, {"duration": True, "fused_adam": True}),
+    ("dur2400", 2400, {"duration": True, "fused_adam": True}),
     ("b64_ckpt", 64, {"sorted": True, "fused_adam": True, "ckpt": True}),
     ("b128_ckpt", 128, {"sorted": True, "fused_adam": True, "ckpt": True}),
     ("dur1200_ckpt", 1200, {"duration": True, "fused_adam": True, "ckpt": True}),
+    ("dur2400_ckpt", 2400, {"duration": True, "fused_adam": True, "ckpt": True}),   # ... and with checkpointing
+    ("dur3600_ckpt", 3600, {"duration": True, "fused_adam": True, "ckpt": True}),
+    ("dur4800_ckpt", 4800, {"duration": True, "fused_adam": True, "ckpt": True}),
 ]
 PARTS = ["pre", "encoder", "decoder", "joint_loss", "backward", "optimizer"]
 
@@ -203,6 +210,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6, help="measured steps per variant (after 3 warm-up steps)")
     ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--no-loader", action="store_true", help="skip the data loader measurement")
     ap.add_argument("--utterances", type=int, default=800, help="clips in the loader's dataset")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--config", default="configs/model/parakeet_tdt_0.6b.yaml")
@@ -257,7 +265,7 @@ def main() -> None:
     for r in rows:
         if r.get("audio_s_per_s"):
             r["mfu_encoder_lower_bound"] = round(flops * r["audio_s_per_s"] / peak, 4)
-    loaders = loader_rates(model, data["manifests"]["train"], 15)
+    loaders = [] if a.no_loader else loader_rates(model, data["manifests"]["train"], 15)
     (out / "gpu_step_profile.json").write_text(json.dumps(
         {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "config": a.config, "torch": torch.__version__, "n_params": n_params, "vocab": vocab,
          "train_flops_per_audio_s_encoder": flops, "steps": a.steps, "variants": rows, "loader": loaders}, indent=1))

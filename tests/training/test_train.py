@@ -227,3 +227,21 @@ def test_activation_checkpointing_recomputes_encoder_layers_with_the_same_gradie
         assert torch.allclose(a, b)
     with torch.no_grad():                               # inference does not checkpoint
         model.forward(input_signal=signal, input_signal_length=lens)
+
+
+def test_deepspeed_strategy_names_its_micro_batch(monkeypatch):
+    """On a GPU machine ZeRO-2 gets its config with train_micro_batch_size_per_gpu set: Lightning would otherwise
+    read it off the loader's batch sampler, which fixed-duration (lhotse) loaders lack (found on the H100)."""
+    import torch
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from clinasr.training.train import choose_strategy
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    strategy, accel, devices, nodes = choose_strategy(
+        {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "batch_size": 512,
+         "batch_duration": 600}, print)
+    assert isinstance(strategy, DeepSpeedStrategy) and (accel, devices, nodes) == ("gpu", 1, 1)
+    assert strategy.config["train_micro_batch_size_per_gpu"] == 512
+    assert strategy.config["zero_optimization"]["stage"] == 2

@@ -291,6 +291,9 @@ def choose_strategy(tcfg: dict, log) -> tuple[object, str, int, int]:
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
+        # DeepSpeed's throughput logging wants a clip count; Lightning reads it off the loader's batch sampler, which
+        # fixed-duration (lhotse) loaders do not have ('NoneType' object has no attribute 'batch_size')
+        ds_cfg.setdefault("train_micro_batch_size_per_gpu", int(tcfg.get("batch_size", 1)))
         return DeepSpeedStrategy(config=ds_cfg), "gpu", n, nodes
     if (want == "ddp" and n > 1) or world > 1:
         from lightning.pytorch.strategies import DDPStrategy
