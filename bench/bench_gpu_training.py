@@ -105,29 +105,36 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    rows = [run_one(c, ds, out, a.steps, a.batch) for c in a.configs.split(",") if c]
+    rows = []
+
+    def report() -> None:
+        """Ratios against the baseline; rewritten after every config, so a run cut short keeps what it measured."""
+        base = next((r for r in rows if r["config"] == a.baseline and "metrics" in r), None)
+        summary = []
+        for r in rows:
+            m = r.get("metrics", {})
+            row = {"config": r["config"], "global_step": r.get("global_step"), "error": r.get("error"),
+                   "s_per_step": m.get("median_s_per_step"), "audio_s_per_s": m.get("steady_audio_s_per_s"),
+                   "steady_steps": m.get("steady_steps"),
+                   "peak_gpu_gib": m.get("peak_gpu_mem_gib"), "n_params": r.get("n_params"), "wall_s": r["wall_s"],
+                   "final_loss": m.get("train_loss"), "resumed_from_step": r.get("resumed_from_step")}
+            if base and row["audio_s_per_s"]:
+                row["throughput_vs_baseline"] = round(row["audio_s_per_s"] / base["metrics"]["steady_audio_s_per_s"], 3)
+                row["memory_vs_baseline"] = round(row["peak_gpu_gib"] / base["metrics"]["peak_gpu_mem_gib"], 3)
+            summary.append(row)
+        (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+                                                           "steps": a.steps, "batch": a.batch,
+                                                           "baseline": a.baseline, "rows": summary}, indent=1))
+        print(json.dumps(summary[-1]), flush=True)
+
+    for c in filter(None, a.configs.split(",")):
+        rows.append(run_one(c, ds, out, a.steps, a.batch))
+        report()
     if a.resume:
         first = next((r for r in rows if r["config"] == "plain"), None) or run_one("plain", ds, out, a.steps, a.batch)
         rows.append(run_one("plain_resume", ds, out, 2 * a.steps, a.batch, resume_from=out / "plain"))
         rows[-1]["resumed_from_step"] = first.get("global_step")
-    summary = []
-    base = next((r for r in rows if r["config"] == a.baseline and "metrics" in r), None)
-    for r in rows:
-        m = r.get("metrics", {})
-        row = {"config": r["config"], "global_step": r.get("global_step"), "error": r.get("error"),
-               "s_per_step": m.get("median_s_per_step"), "audio_s_per_s": m.get("steady_audio_s_per_s"),
-               "steady_steps": m.get("steady_steps"),
-               "peak_gpu_gib": m.get("peak_gpu_mem_gib"), "n_params": r.get("n_params"), "wall_s": r["wall_s"],
-               "final_loss": m.get("train_loss")}
-        if base and row["audio_s_per_s"]:
-            row["throughput_vs_baseline"] = round(row["audio_s_per_s"] / base["metrics"]["steady_audio_s_per_s"], 3)
-            row["memory_vs_baseline"] = round(row["peak_gpu_gib"] / base["metrics"]["peak_gpu_mem_gib"], 3)
-        summary.append(row)
-        print(json.dumps(row), flush=True)
-    (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
-                                                       "steps": a.steps, "batch": a.batch,
-                                                       "baseline": a.baseline, "rows": summary}, indent=1))
-
+        report()
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
