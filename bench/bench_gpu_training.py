@@ -43,6 +43,9 @@ CONFIGS = {
     "zero2_offload_cpuadam": {**OFFLOAD, "optimizer": "cpu_adam"},
     # the ZeRO-2 variants on fixed-duration batches (compare with plain_duration: --baseline plain_duration)
     "zero2_duration": {**ZERO2, **DURATION},
+    # on one GPU there is nothing to overlap: no side stream for the (no-op) reduction, larger buckets
+    "zero2_duration_tuned": {**ZERO2, **DURATION, "deepspeed_overrides": {"zero_optimization": {
+        "overlap_comm": False, "reduce_bucket_size": 200_000_000, "allgather_bucket_size": 200_000_000}}},
     "zero2_offload_cpuadam_duration": {**OFFLOAD, "optimizer": "cpu_adam", **DURATION},
 }
 

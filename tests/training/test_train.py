@@ -231,7 +231,8 @@ def test_activation_checkpointing_recomputes_encoder_layers_with_the_same_gradie
 
 def test_deepspeed_strategy_names_its_micro_batch(monkeypatch):
     """On a GPU machine ZeRO-2 gets its config with train_micro_batch_size_per_gpu set: Lightning would otherwise
-    read it off the loader's batch sampler, which fixed-duration (lhotse) loaders lack (found on the H100)."""
+    read it off the loader's batch sampler, which fixed-duration (lhotse) loaders lack (found on the H100).
+    Trainer option deepspeed_overrides is deep-merged over the checked-in JSON."""
     import torch
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -241,7 +242,8 @@ def test_deepspeed_strategy_names_its_micro_batch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     strategy, accel, devices, nodes = choose_strategy(
         {"strategy": "deepspeed_stage_2", "deepspeed_config": "configs/deepspeed/zero2.json", "batch_size": 512,
-         "batch_duration": 600}, print)
+         "batch_duration": 600, "deepspeed_overrides": {"zero_optimization": {"overlap_comm": False}}}, print)
     assert isinstance(strategy, DeepSpeedStrategy) and (accel, devices, nodes) == ("gpu", 1, 1)
     assert strategy.config["train_micro_batch_size_per_gpu"] == 512
-    assert strategy.config["zero_optimization"]["stage"] == 2
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == 2 and zero["overlap_comm"] is False and zero["contiguous_gradients"] is True  # merged

@@ -291,6 +291,8 @@ def choose_strategy(tcfg: dict, log) -> tuple[object, str, int, int]:
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
+        # trainer option deepspeed_overrides: deep-merged over the checked-in JSON (bucket sizes, overlap, ...)
+        ds_cfg = _merge(ds_cfg, tcfg.get("deepspeed_overrides") or {})
         # DeepSpeed's throughput logging wants a clip count; Lightning reads it off the loader's batch sampler, which
         # fixed-duration (lhotse) loaders do not have ('NoneType' object has no attribute 'batch_size')
         ds_cfg.setdefault("train_micro_batch_size_per_gpu", int(tcfg.get("batch_size", 1)))
