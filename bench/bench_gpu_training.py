@@ -34,6 +34,7 @@ CONFIGS = {
     "plain_sorted": {"strategy": "auto", "precision": "bf16-mixed", "semi_sorted_batching": True},   # duration bucketing
     # fixed-duration batches (lhotse dynamic bucketing): up to 600 s of audio per batch, at most 512 clips
     "plain_duration": {"strategy": "auto", "precision": "bf16-mixed", **DURATION},
+    "plain_duration_1200": {"strategy": "auto", "precision": "bf16-mixed", **DURATION, "batch_duration": 1200},
     # activation checkpointing (each encoder layer recomputes its activations in backward): bigger batches fit
     "plain_ckpt": {"strategy": "auto", "precision": "bf16-mixed", "activation_checkpointing": True},
     "plain_duration_ckpt": {"strategy": "auto", "precision": "bf16-mixed", **DURATION, "batch_duration": 1200,
