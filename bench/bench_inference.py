@@ -7,6 +7,7 @@ bare model, all in the same run.
 
     python bench/bench_inference.py --build-config configs/model/parakeet_tdt_0.6b.yaml --out $OUT   # GPU machine
     python bench/bench_inference.py --nemo model.nemo --batches 1,8 --out /tmp/bench                 # any .nemo
+    python bench/bench_inference.py --build-config ... --batches 1,128 --levers-only --out $OUT       # CUDA graphs, compile
 
 ``--build-config`` makes a random-init model of that config (one training step on random audio, then
 ``.nemo``): the encoder cost is the real one for that size, but a random decoder emits a different number
@@ -101,6 +102,48 @@ def bench_model(t, batches: list[int], repeats: int, clip_s: float, bf16: bool =
     return res
 
 
+def bench_levers(t, clip_s: float, repeats: int, big: int = 128) -> dict:
+    """The obvious speed levers on top of the Transcriber's default policy, each against the default in the same
+    run: NeMo's CUDA graphs for the greedy TDT decoder (on by default where NeMo supports them; here turned off
+    to see what they buy), then torch.compile of the encoder (compile time reported). RTFx at batch ``big`` and
+    the batch-1 time for one clip."""
+    import torch
+
+    dec = t.model.decoding.decoding
+    comp = getattr(dec, "decoding_computer", None) or getattr(dec, "_decoding_computer", None)
+
+    def measure(tag: str) -> dict:
+        r = {}
+        for b in (1, big):
+            xs = clips(clip_s, b, seed=b)
+            t.transcribe(xs, batch_size=b)           # warm-up (and compilation) at this shape
+            med = statistics.median(timed(lambda: t.transcribe(xs, batch_size=b), repeats * (4 if b == 1 else 1)))
+            r[f"batch{b}_ms"] = round(1000 * med, 1)
+            r[f"batch{b}_rtfx"] = round(b * clip_s / med, 1)
+        r["decoder_cuda_graphs_mode"] = str(getattr(comp, "cuda_graphs_mode", None))
+        print(f"  {tag}: {r}", flush=True)
+        return r
+
+    res = {"clip_s": clip_s, "default": measure("default")}
+    if hasattr(dec, "disable_cuda_graphs"):
+        dec.disable_cuda_graphs()
+        res["decoder_cuda_graphs_off"] = measure("decoder CUDA graphs off")
+        dec.maybe_enable_cuda_graphs()
+    try:
+        t0 = time.perf_counter()
+        t.model.encoder = torch.compile(t.model.encoder)
+        res["encoder_compiled"] = measure("torch.compile(encoder)")
+        res["encoder_compiled"]["first_calls_s"] = round(time.perf_counter() - t0, 1)   # compiles + the timed runs
+    except Exception as e:   # noqa: BLE001 — a lever that does not work here is a result too
+        res["encoder_compiled"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(f"  torch.compile(encoder): {res['encoder_compiled']['error']}", flush=True)
+    for k in ("decoder_cuda_graphs_off", "encoder_compiled"):
+        if "batch1_ms" in res.get(k, {}):
+            res[k]["vs_default"] = {f"batch{b}_rtfx": round(res[k][f"batch{b}_rtfx"] / res["default"][f"batch{b}_rtfx"], 2)
+                                    for b in (1, big)}
+    return res
+
+
 def _encoder_only(t, xs):
     import torch
 
@@ -164,6 +207,8 @@ def main() -> int:
     p.add_argument("--clip-s", type=float, default=10.0, help="clip length for the batched RTFx runs")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-http", action="store_true")
+    p.add_argument("--levers-only", action="store_true",
+                   help="only the speed levers (decoder CUDA graphs off, torch.compile of the encoder) vs the default")
     p.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -194,6 +239,12 @@ def main() -> int:
               "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "torch": torch.__version__, "clip_s": a.clip_s, "repeats": a.repeats}
     print(f"{result['device_name']}: {t.n_params / 1e6:.1f} M parameters", flush=True)
+    if a.levers_only:
+        t.bf16_min_batch = policy
+        result["levers"] = bench_levers(t, a.clip_s, a.repeats, big=max(batches))
+        (out / "inference_levers.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["levers"]))
+        return 0
     print("fp32:", flush=True)
     result["fp32"] = bench_model(t, batches, a.repeats, a.clip_s)
     if t.device == "cuda":
