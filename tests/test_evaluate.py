@@ -89,3 +89,22 @@ def test_transcriber_chunks_long_audio_and_gives_word_times(tiny_model, tiny_dat
     shutil.copy(tiny_dataset / row["audio_filepath"], bad)
     with pytest.raises(InferenceError, match="cannot load bad.nemo"):
         Transcriber(bad)
+
+
+def test_compiled_encoder_transcribes_as_the_plain_one(tiny_model, tiny_dataset, monkeypatch):
+    """CLINASR_COMPILE_ENCODER: the encoder runs through torch.compile, warm-up builds it at two shapes, and
+    transcripts equal the uncompiled model's. The aot_eager backend captures the same graph as inductor (the
+    default, =1) without its code generation, which takes minutes on this CPU; inductor's speed-up is measured
+    on the GPU (bench_inference.py --levers-only)."""
+    from clinasr import audio
+    from clinasr.inference import Transcriber
+
+    rows = [json.loads(x) for x in (tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[:3]]
+    xs = [audio.load(tiny_dataset / r["audio_filepath"]) for r in rows]
+    plain = Transcriber(tiny_model)
+    assert not plain.compiled
+    monkeypatch.setenv("CLINASR_COMPILE_ENCODER", "aot_eager")
+    fast = Transcriber(tiny_model)
+    assert fast.compiled and hasattr(fast.model.encoder, "_orig_mod")
+    fast.warm_up()
+    assert [r["text"] for r in fast.transcribe(xs, batch_size=3)] == [r["text"] for r in plain.transcribe(xs, batch_size=3)]

@@ -29,6 +29,8 @@ class WarmUp:
         t0 = time.perf_counter()
         rng = np.random.default_rng(0)
         self.transcribe([(0.01 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32)])
+        if getattr(self, "compiled", False):   # a second shape: torch.compile then builds its dynamic-shape graph
+            self.transcribe([(0.01 * rng.standard_normal(int(2 * seconds * SAMPLE_RATE))).astype(np.float32)] * 2)
         return time.perf_counter() - t0
 
 
@@ -75,6 +77,17 @@ class Transcriber(WarmUp):
         self.max_chunk = int(max_chunk_s * SAMPLE_RATE)
         self.stride_s = float(model.cfg.preprocessor.get("window_stride", 0.01)) * int(getattr(model.encoder, "subsampling_factor", 1))
         self.n_params = sum(p.numel() for p in model.parameters())
+        # torch.compile of the encoder (CLINASR_COMPILE_ENCODER=1, off by default): 1.39x RTFx at batch 128 and
+        # 1.55x at batch 1 on an H100 at 617 M parameters, for minutes of compilation at the first two input
+        # shapes (bench/results/README.md) — worth it for a long-running server that warms up before it is ready,
+        # not for evaluation jobs and tests. A value other than 1/true names a torch.compile backend (the tests use
+        # aot_eager: the same graph capture, minutes less code generation on a CPU)
+        flag = os.environ.get("CLINASR_COMPILE_ENCODER", "").strip().lower()
+        self.compiled = flag not in ("", "0", "false", "no")
+        if self.compiled and not hasattr(model.encoder, "_orig_mod"):
+            import torch
+
+            model.encoder = torch.compile(model.encoder, backend="inductor" if flag in ("1", "true", "yes") else flag)
         self._lock = threading.Lock()    # one forward pass at a time per model (callers batch instead)
 
     def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
