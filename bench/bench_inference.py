@@ -37,7 +37,7 @@ def build_model(config: str, out: Path) -> Path:
     ds = make_dataset(out / "ds", 64)
     r = train({"dataset": str(ds), "output_dir": str(out / "model"), "base": {"config": config},
                "trainer": "configs/trainer/gpu_finetune.yaml", "mlflow": {"enabled": False},
-               "trainer_overrides": {"max_steps": 1, "batch_size": 4, "val_check_interval": 10**6,
+               "trainer_overrides": {"max_steps": 1, "batch_size": 4, "batch_duration": None, "val_check_interval": 10**6,
                                      "checkpoint_every_n_steps": 10**6, "precision": "bf16-mixed", "strategy": "auto"}},
               log=lambda m: None)
     return Path(r["nemo_path"])

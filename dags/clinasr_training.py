@@ -50,7 +50,9 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
                       description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
         "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string"),
         "max_steps": Param(200, type="integer", minimum=1),
-        "batch_size": Param(8, type="integer", minimum=1, maximum=512),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=4096,
+                            description="clips per batch; empty: the trainer config's (8 on CPU). With fixed-duration "
+                                        "batches (gpu_finetune.yaml: 600 s of audio) it caps the clip count"),
         "backend": Param("local", enum=["local", "sagemaker", "ec2"]),
         "instance_count": Param(1, type="integer", minimum=1, maximum=8),
         "register_as": Param("clinasr-asr", type="string", pattern=r"^[A-Za-z0-9_.-]+$"),

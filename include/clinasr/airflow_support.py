@@ -102,7 +102,8 @@ def training_plan(dataset_uri: str, params: dict, run_id: str) -> dict:
     train_args = {
         "base": base_spec(params["base"]), "trainer": params["trainer_config"],
         "output_dir": str(work_dir(settings, "clinasr_training", run_id) / "train"),
-        "trainer_overrides": {"max_steps": int(params["max_steps"]), "batch_size": int(params["batch_size"])},
+        "trainer_overrides": {"max_steps": int(params["max_steps"]),
+                              **({"batch_size": int(params["batch_size"])} if params.get("batch_size") else {})},
         "seed": int(params["seed"]), "resume": True,
         "mlflow": {"experiment": "clinasr-training", "register_as": params["register_as"],
                    "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_uri),

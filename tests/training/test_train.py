@@ -142,16 +142,20 @@ def test_fixed_duration_batches_pack_audio_seconds_not_clip_counts(dataset, tmp_
 
     opts = {"batch_duration": 6.0, "num_buckets": 2, "batch_size": 64}
     r = train({"dataset": str(dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
-               "trainer_overrides": {**STEPS, "max_steps": 4, **opts}}, log=lambda m: None)
+               "trainer_overrides": {**STEPS, "max_steps": 4, **opts, "speed_perturb": True}}, log=lambda m: None)
     assert r["global_step"] == 4
     manifest = str(tmp_path / "run" / "data" / "train_manifest.jsonl")
     m = ASRModel.restore_from(r["nemo_path"], map_location="cpu")
 
-    def batches(seconds: float) -> list[list[float]]:
-        m.setup_training_data(OmegaConf.create(_dataset_cfg(manifest, {**opts, "batch_duration": seconds}, True)))
+    def batches(seconds: float, **more) -> list[list[float]]:
+        m.setup_training_data(OmegaConf.create(_dataset_cfg(manifest, {**opts, "batch_duration": seconds, **more}, True)))
         return [[float(x) / 16000 for x in b[1]] for b in islice(iter(m._train_dl), 12)]
 
     small, large = batches(6.0), batches(20.0)
+    # speed perturbation reaches the lhotse loader: clips of lengths no manifest row has (0.9x / 1.1x copies)
+    originals = {round(x, 2) for b in large for x in b}
+    perturbed = {round(x, 2) for b in batches(20.0, speed_perturb=True) for x in b}
+    assert perturbed - originals, "no perturbed clip lengths"
     # the audio a batch holds follows batch_duration (lhotse's bucket bins, estimated from 8 clips here, let it
     # run over by some); a clip longer than batch_duration alone makes a batch of one
     for b in small:
@@ -160,6 +164,20 @@ def test_fixed_duration_batches_pack_audio_seconds_not_clip_counts(dataset, tmp_
     assert sum(map(len, large)) / len(large) > 1.5 * sum(map(len, small)) / len(small)   # more clips per batch
     assert "use_lhotse" not in _dataset_cfg(manifest, {"batch_size": 4}, True)
     assert "use_lhotse" not in _dataset_cfg(manifest, opts, False)   # validation keeps plain batches
+
+
+def test_speed_perturbation_reaches_either_loader():
+    """speed_perturb: NeMo's augmentor on the classic loader, lhotse's perturb_speed on fixed-duration batches (the
+    lhotse path ignores the augmentor key: the first H100 duration runs trained without speed perturbation)."""
+    from clinasr.training.train import _dataset_cfg
+
+    classic = _dataset_cfg("m.jsonl", {"batch_size": 4, "speed_perturb": True}, True)
+    lhotse = _dataset_cfg("m.jsonl", {"batch_size": 64, "batch_duration": 600, "speed_perturb": True}, True)
+    assert classic["augmentor"]["speed"]["prob"] > 0 and "perturb_speed" not in classic
+    assert lhotse["use_lhotse"] and lhotse["perturb_speed"] is True and "augmentor" not in lhotse
+    for cfg in (_dataset_cfg("m.jsonl", {"batch_size": 4, "speed_perturb": True}, False),
+                _dataset_cfg("m.jsonl", {"batch_size": 4, "batch_duration": 600}, True)):
+        assert "augmentor" not in cfg and "perturb_speed" not in cfg   # validation / not asked for
 
 
 def test_cpu_adam_option_swaps_in_deepspeeds_cpu_optimizer():

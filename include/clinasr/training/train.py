@@ -136,9 +136,12 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
                 "shuffle_buffer_size": int(tcfg.get("shuffle_buffer_size", 2000)),
                 "bucket_buffer_size": int(tcfg.get("bucket_buffer_size", 2000)), "shard_seed": "randomized"}
                if shuffle and tcfg.get("batch_duration") else {}),
+            # speed perturbation: NeMo's augmentor on the classic loader; lhotse ignores that key and mixes in
+            # 0.9x and 1.1x copies of the cuts itself (perturb_speed)
             **({"augmentor": {"speed": {"prob": 0.5, "sr": 16000, "resample_type": "fft",
                                         "min_speed_rate": 0.9, "max_speed_rate": 1.1}}}
-               if shuffle and tcfg.get("speed_perturb") else {})}
+               if shuffle and tcfg.get("speed_perturb") and not tcfg.get("batch_duration") else {}),
+            **({"perturb_speed": True} if shuffle and tcfg.get("speed_perturb") and tcfg.get("batch_duration") else {})}
 
 
 def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: dict, work: Path, trainer):
