@@ -19,22 +19,13 @@ from pathlib import Path
 GOAL = 1000   # audio-s/s per H100 (issue 11)
 
 
-def rows(files: list[str]) -> list[dict]:
+def rows(files: list[str], table: str = "rows", key: str = "config") -> list[dict]:
+    """The measured rows of result files (``rows`` of bench_gpu_training.py, ``variants`` of profile_gpu_step.py)."""
     seen, out = set(), []
     for f in files:
-        for r in json.loads(Path(f).read_text())["rows"]:
-            if r.get("audio_s_per_s") and r["config"] not in seen:
-                seen.add(r["config"])
-                out.append(r)
-    return out
-
-
-def ceilings(files: list[str]) -> list[dict]:
-    seen, out = set(), []
-    for f in files:
-        for r in json.loads(Path(f).read_text())["variants"]:
-            if r.get("audio_s_per_s") and r["variant"] not in seen:
-                seen.add(r["variant"])
+        for r in json.loads(Path(f).read_text())[table]:
+            if r.get("audio_s_per_s") and r[key] not in seen:
+                seen.add(r[key])
                 out.append(r)
     return out
 
@@ -52,7 +43,7 @@ def main() -> None:
 
     groups = [("training loop (bench_gpu_training.py)", rows(a.files), "config", "tab:blue")]
     if a.ceiling:
-        groups.append(("model alone (profile_gpu_step.py)", ceilings(a.ceiling), "variant", "tab:gray"))
+        groups.append(("model alone (profile_gpu_step.py)", rows(a.ceiling, "variants", "variant"), "variant", "tab:gray"))
     n = sum(len(g[1]) for g in groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.38 * n + 1.8), sharey=True)
     labels, y = [], 0
