@@ -75,9 +75,9 @@ def make_dataset(d: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_from: Path | None = None) -> dict:
-    # a checkpoint at the end only (a 617 M model's is 7 GB; the throughput figures leave out its interval anyway);
-    # a config's own batch_size (the clip cap of fixed-duration batches) wins over --batch
-    # fixed clip counts unless the config names a duration (gpu_finetune.yaml itself batches by duration)
+    # a checkpoint at the end only (a 617 M model's is 7 GB; the throughput figures leave out its interval anyway).
+    # Fixed clip counts (--batch) unless the config names a duration, though gpu_finetune.yaml batches by duration;
+    # a duration config's own batch_size, the clip cap, wins over --batch
     overrides = {"batch_size": batch, "batch_duration": None, **CONFIGS[name.replace("_resume", "")], "max_steps": steps,
                  "val_check_interval": 10**6, "checkpoint_every_n_steps": steps}
     args = {"dataset": str(dataset), "output_dir": str(resume_from or out / name), "trainer": "configs/trainer/gpu_finetune.yaml",

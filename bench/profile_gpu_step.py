@@ -149,7 +149,7 @@ def run_variant(model, name: str, size: int, opts: dict, vocab: int, steps: int,
     if dev == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    rows, audio = [], []
+    rows, audio, clips = [], [], []
     try:
         for i in range(steps + 3):
             durs = durations(size, opts, rng)
@@ -159,13 +159,14 @@ def run_variant(model, name: str, size: int, opts: dict, vocab: int, steps: int,
             if i >= 3:                       # 3 warm-up steps (kernel selection, numba JIT of the TDT loss)
                 rows.append(r)
                 audio.append(sum(durs))
+                clips.append(len(durs))
     except torch.OutOfMemoryError:
         del opt
         torch.cuda.empty_cache()
         return {"variant": name, "error": "out of GPU memory"}
     med = {p: round(statistics.median(r[p] for r in rows), 4) for p in PARTS + ["wall"]}
     wall = statistics.median(r["wall"] for r in rows)
-    out = {"variant": name, "clips_per_batch": round(statistics.mean(len(durations(size, opts, rng)) for _ in range(20)), 1),
+    out = {"variant": name, "clips_per_batch": round(statistics.mean(clips), 1),
            "audio_s_per_batch": round(statistics.mean(audio), 1), "s_per_step": round(wall, 4),
            "audio_s_per_s": round(statistics.mean(audio) / wall, 1), "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None,
            "parts_s": med, "loss": round(rows[-1]["loss"], 3)}
