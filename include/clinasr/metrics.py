@@ -5,7 +5,10 @@
   in order in the hypothesis ("cefa zolin" is a miss for "cefazolin"); per term category.
 - Negation accuracy: a negated reference whose hypothesis lost the negation cue is an error; when the
   term itself survived, the statement now reads as un-negated — a *critical* error, counted apart.
-- Per-slice WER (accent profile, noise band, telephony, origin), term confusions (what a missed term
+- Phantom terms: a lexicon term (drug, dose, route, frequency) in the hypothesis that the reference does
+  not have — an invented medication or dose. Strict KER only counts misses; a transcript that adds a drug
+  to "the train leaves at seven" is worse than one that drops one. Counted per 100 utterances on every set.
+- Per-slice WER (accent profile, noise band, telephony, origin, domain), term confusions (what a missed term
   was heard as), and bootstrap confidence intervals.
 """
 
@@ -16,7 +19,74 @@ from collections import Counter, defaultdict
 
 from clinasr.textnorm import normalize
 
-SLICE_KEYS = ("accent_profile", "noise_band", "telephony", "origin")
+SLICE_KEYS = ("accent_profile", "noise_band", "telephony", "origin", "domain", "tts_engine", "condition")
+PHANTOM_CATEGORIES = ("drug", "dosage", "route", "frequency")
+_NUMBER_WORDS = frozenset(("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                           "fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty "
+                           "ninety hundred thousand point half a and").split())
+
+
+def phantom_inventory(lexicon_path: str | None = None) -> tuple[dict[str, dict[tuple[str, ...], str]], frozenset]:
+    """The lexicon's terms that a transcript must never invent, as {first word: {phrase words: category}},
+    and the unit words (a unit after a number word is a dose). Longest phrases are matched first."""
+    from clinasr.synth.lexicon import load_lexicon
+
+    lex = load_lexicon(lexicon_path)
+    if lex.version not in _INVENTORIES:
+        _INVENTORIES[lex.version] = _inventory(lex)
+    return _INVENTORIES[lex.version]
+
+
+_INVENTORIES: dict[str, tuple] = {}
+
+
+def _inventory(lex) -> tuple[dict[str, dict[tuple[str, ...], str]], frozenset]:
+    phrases: dict[tuple[str, ...], str] = {}
+    for t in [normalize(d) for d in lex.drugs] + list(lex.brands):
+        phrases[tuple(t.split())] = "drug"
+    for t in lex["routes"]:
+        phrases[tuple(normalize(t).split())] = "route"
+    for t in lex["frequencies"]:
+        phrases[tuple(normalize(t).split())] = "frequency"
+    by_first: dict[str, dict[tuple[str, ...], str]] = defaultdict(dict)
+    for words, cat in phrases.items():
+        if words:
+            by_first[words[0]][words] = cat
+    units = frozenset(normalize(u) for u in lex["units"])
+    return dict(by_first), units
+
+
+def lexicon_terms(text: str, inventory=None) -> Counter:
+    """Occurrences of lexicon terms in normalised ``text``: Counter{(phrase, category)}. A dose is a unit word
+    after number words ("twenty five milligrams"); drugs, routes and frequencies are their lexicon phrases,
+    longest match first ("as needed for pain" is one frequency, not "as needed" plus words)."""
+    by_first, units = inventory or phantom_inventory()
+    words = text.split()
+    found: Counter = Counter()
+    i = 0
+    while i < len(words):
+        best = None
+        for phrase, cat in (by_first.get(words[i]) or {}).items():
+            if tuple(words[i:i + len(phrase)]) == phrase and (best is None or len(phrase) > len(best[0])):
+                best = (phrase, cat)
+        if best:
+            found[(" ".join(best[0]), best[1])] += 1
+            i += len(best[0])
+            continue
+        if words[i] in units and i > 0 and words[i - 1] in _NUMBER_WORDS - {"a", "and"}:
+            j = i - 1
+            while j > 0 and words[j - 1] in _NUMBER_WORDS:
+                j -= 1
+            found[(" ".join(words[j:i + 1]), "dosage")] += 1
+        i += 1
+    return found
+
+
+def phantom_terms(ref: str, hyp: str, inventory=None) -> list[tuple[str, str]]:
+    """Lexicon terms the hypothesis has more often than the reference (both normalised): what the model
+    wrote that nobody said. A wrong dose ("fifty milligrams" for "five milligrams") is a phantom too."""
+    extra = lexicon_terms(hyp, inventory) - lexicon_terms(ref, inventory)
+    return [t for t, n in sorted(extra.items()) for _ in range(n)]
 
 
 def align(ref: list[str], hyp: list[str]) -> list[tuple[str, str | None, str | None]]:
@@ -95,10 +165,14 @@ def score_rows(rows: list[dict]) -> dict:
     per_term_total, per_term_miss = Counter(), Counter()
     confusions: Counter = Counter()
     neg_total = neg_ok = neg_critical = 0
-    slices: dict[str, dict[str, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in SLICE_KEYS}
+    slices: dict[str, dict[str, list[int]]] = {k: defaultdict(lambda: [0, 0, 0, 0, 0]) for k in SLICE_KEYS}
     per_row = []
+    inventory = phantom_inventory()
+    phantoms: Counter = Counter()
     for r in rows:
         hyp_n = normalize(r.get("hypothesis", ""))
+        invented = phantom_terms(normalize(r["text"]), hyp_n, inventory)
+        phantoms.update(invented)
         e, w = edit_counts(r["text"], hyp_n)
         errs, words = errs + e, words + w
         misses = 0
@@ -117,14 +191,20 @@ def score_rows(rows: list[dict]) -> dict:
             neg_ok += not neg_error
             if neg_error and r.get("term") and contains(hyp_n, r["term"]):
                 neg_critical += 1
+        if r.get("voice") and "tts_engine" not in r:   # "espeak:gmw/en-us" -> engine slice "espeak"
+            r = {**r, "tts_engine": str(r["voice"]).split(":", 1)[0]}
         for k in SLICE_KEYS:
             if k in r:
                 s = slices[k][str(r[k])]
                 s[0] += e
                 s[1] += w
+                s[2] += len(r.get("terms") or [])
+                s[3] += misses
+                s[4] += len(invented)
         per_row.append({"utt_id": r.get("utt_id"), "errors": e, "words": w, "term_misses": misses,
-                        "terms": len(r.get("terms") or []), "negation_error": neg_error})
+                        "terms": len(r.get("terms") or []), "negation_error": neg_error, "phantoms": len(invented)})
     n_terms = sum(term_total.values())
+    n_phantoms = sum(phantoms.values())
     return {
         "utterances": len(rows),
         "wer": errs / max(words, 1),
@@ -135,9 +215,16 @@ def score_rows(rows: list[dict]) -> dict:
         "negation_accuracy": neg_ok / neg_total if neg_total else None,
         "negated_utterances": neg_total,
         "critical_negation_errors": neg_critical,
-        "slices": {k: {v: {"wer": ew[0] / max(ew[1], 1), "words": ew[1]} for v, ew in sorted(d.items())}
+        # per slice: WER, and where the slice has terms, KER; phantom terms of the slice's utterances
+        "slices": {k: {v: {"wer": ew[0] / max(ew[1], 1), "words": ew[1], "terms": ew[2],
+                           "ker": ew[3] / ew[2] if ew[2] else None, "phantoms": ew[4]} for v, ew in sorted(d.items())}
                    for k, d in slices.items() if d},
         "confusions": [{"term": t, "heard_as": h, "count": c} for (t, h), c in confusions.most_common(50)],
+        "phantom_terms": {
+            "count": n_phantoms, "per_100_utterances": 100.0 * n_phantoms / len(rows),
+            "utterances_with_phantoms": sum(1 for p in per_row if p["phantoms"]),
+            "by_category": {c: sum(n for (_, cat), n in phantoms.items() if cat == c) for c in PHANTOM_CATEGORIES},
+            "top": [{"term": t, "category": c, "count": n} for (t, c), n in phantoms.most_common(20)]},
         "per_row": per_row,
     }
 
@@ -147,12 +234,13 @@ def bootstrap_ci(per_row: list[dict], n: int = 1000, seed: int = 0, level: float
     if not per_row:
         return {}
     rng = random.Random(seed)
-    wers, kers = [], []
+    wers, kers, phantoms = [], [], []
     k = len(per_row)
     for _ in range(n):
         sample = [per_row[rng.randrange(k)] for _ in range(k)]
         w = sum(r["words"] for r in sample)
         wers.append(sum(r["errors"] for r in sample) / max(w, 1))
+        phantoms.append(100.0 * sum(r.get("phantoms", 0) for r in sample) / k)
         t = sum(r["terms"] for r in sample)
         if t:
             kers.append(sum(r["term_misses"] for r in sample) / t)
@@ -164,13 +252,15 @@ def bootstrap_ci(per_row: list[dict], n: int = 1000, seed: int = 0, level: float
         xs = sorted(xs)
         return [xs[int(lo * (len(xs) - 1))], xs[int(hi * (len(xs) - 1))]]
 
-    return {"wer": pct(wers), "ker": pct(kers), "level": level, "resamples": n}
+    return {"wer": pct(wers), "ker": pct(kers), "phantoms_per_100": pct(phantoms), "level": level, "resamples": n}
 
 
 def paired_reduction_ci(base: list[dict], cand: list[dict], n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Relative WER and KER reduction of ``cand`` against ``base`` on the same utterances (``score_rows``'s
     per_row lists, matched by utt_id), with a paired percentile bootstrap: each resample draws utterances
-    and scores both models on the same draw. 0.30 means 30% fewer errors than the base."""
+    and scores both models on the same draw. 0.30 means 30% fewer errors than the base. Also the absolute
+    changes: ``wer_change`` (+0.02: two more errors per 100 words), ``term_accuracy_change`` and
+    ``phantoms_per_100_change``."""
     by_id = {r["utt_id"]: r for r in cand}
     pairs = [(b, by_id[b["utt_id"]]) for b in base if b["utt_id"] in by_id]
     if not pairs:
@@ -182,6 +272,11 @@ def paired_reduction_ci(base: list[dict], cand: list[dict], n: int = 1000, seed:
         out["wer_reduction"] = 1 - cw / bw if bw else None
         bk, ck = sum(b["term_misses"] for b, _ in sample), sum(c["term_misses"] for _, c in sample)
         out["ker_reduction"] = 1 - ck / bk if bk else None
+        words = sum(b["words"] for b, _ in sample)
+        out["wer_change"] = (cw - bw) / words if words else None   # absolute: +0.02 = two more errors per 100 words
+        terms = sum(b["terms"] for b, _ in sample)
+        out["term_accuracy_change"] = (bk - ck) / terms if terms else None
+        out["phantoms_per_100_change"] = 100.0 * sum(c.get("phantoms", 0) - b.get("phantoms", 0) for b, c in sample) / len(sample)
         return out
 
     rng = random.Random(seed)
