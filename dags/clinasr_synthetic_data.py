@@ -40,13 +40,14 @@ what was dropped and why) is stored with the snapshot.
     doc_md=DOC,
     default_args={"owner": "clinasr-data", "retries": 2, "retry_delay": timedelta(seconds=30)},
     params={
-        "terms": Param("warfarin, levetiracetam, metoprolol, insulin glargine, apixaban", type=["string", "null"],
+        "terms": Param("warfarin, levetiracetam, metoprolol tartrate, insulin glargine, apixaban", type=["string", "null"],
                        description="Priority terms, comma-separated (empty: every drug in the lexicon)"),
         "utterances_per_term": Param(20, type="integer", minimum=1, maximum=5000),
         "generator": Param("grammar", enum=["grammar", "llm"]),
         "llm_base_url": Param(None, type=["string", "null"], description="OpenAI-compatible endpoint (generator=llm)"),
         "llm_model": Param(None, type=["string", "null"]),
-        "template_family": Param("a", enum=["a", "b", "all"], description="a: training shapes, b: held-out shapes"),
+        "template_family": Param("a", enum=["a"], description="training sentence shapes; family b is reserved for the "
+                                                              "clinical held-out evaluation set (configs/evalsets.yaml)"),
         "seed": Param(0, type="integer", minimum=0),
         "reason": Param(None, type=["string", "null"],
                         description="why this dataset is built (set by drift-triggered retraining; recorded in provenance)"),

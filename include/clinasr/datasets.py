@@ -22,7 +22,7 @@ class DatasetRequest:
     terms: list[str] | str | None = None      # priority terms (list, comma string or file); empty: all drugs
     utterances_per_term: int = 100
     generator: str = "grammar"                 # grammar | llm
-    template_family: str = "a"                 # a: training shapes, b: held-out shapes
+    template_family: str = "a"                 # a: training shapes (b is the clinical held-out set's, never trained on)
     seed: int = 0
     val_fraction: float = 0.15
     augment: bool = True
@@ -40,6 +40,10 @@ class DatasetRequest:
             raise ValueError("val_fraction must be within 0.10..0.20")
         if self.generator not in ("grammar", "llm"):
             raise ValueError("generator must be 'grammar' or 'llm'")
+        if self.template_family != "a":
+            raise ValueError(f"template_family {self.template_family!r}: training data uses family 'a' only; family 'b' "
+                             "is reserved for the clinical held-out evaluation set (configs/evalsets.yaml), which "
+                             "`clinasr evalsets build` renders")
 
     def build_id(self) -> str:
         """Deterministic id of this request: a retry of the same request reuses its work directory."""

@@ -10,23 +10,34 @@ from clinasr import platform as P
 from clinasr.airflow_api import AirflowClient
 from clinasr.settings import Settings
 
-DEMO_TERMS = "warfarin, levetiracetam, metoprolol, apixaban, insulin glargine, furosemide, amoxicillin, lisinopril"
+DEMO_TERMS = "warfarin, levetiracetam, metoprolol tartrate, apixaban, insulin glargine, furosemide, amoxicillin, lisinopril"
 
 
 def run_demo(quick: bool = False, log=print) -> int:
     s = Settings.from_env()
     os.environ.setdefault("MLFLOW_TRACKING_URI", s.mlflow_uri)
     t0 = time.time()
-    log("== 1/5 local platform")
+    log("== 1/6 local platform")
     P.up(s, log=log)
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
-    log("== 2/5 synthetic clinical speech data (DAG clinasr_synthetic_data)")
+    log("== 2/6 held-out evaluation sets and the replay set (DAG clinasr_evaluation_sets; built once, rebuilt "
+        "only when configs/evalsets.yaml changes)")
+    client.wait_for_dag("clinasr_evaluation_sets")
+    sets_run = client.trigger("clinasr_evaluation_sets", {}, note="clinasr demo")
+    if client.wait("clinasr_evaluation_sets", sets_run, timeout=1800, log=log)["state"] != "success":
+        log(f"clinasr_evaluation_sets failed: see {s.airflow_url}/dags/clinasr_evaluation_sets/runs")
+        return 1
+    from clinasr import evalsets
+
+    for st in evalsets.status(settings=s):
+        log(f"  {st['name']:<17} {st['state']}  {st.get('uri', '')}")
+    log("== 3/6 synthetic clinical speech data (DAG clinasr_synthetic_data)")
     client.wait_for_dag("clinasr_synthetic_data")
     client.wait_for_dag("clinasr_training")
     client.wait_for_dag("clinasr_evaluate_promote")
     earlier_training = {r["dag_run_id"] for r in client.runs("clinasr_training")}
     earlier_eval = {r["dag_run_id"] for r in client.runs("clinasr_evaluate_promote")}
-    conf = {"terms": "warfarin, levetiracetam, metoprolol" if quick else DEMO_TERMS,
+    conf = {"terms": "warfarin, levetiracetam, metoprolol tartrate" if quick else DEMO_TERMS,
             "utterances_per_term": 3 if quick else 12, "seed": 7}
 
     def succeeded(dag_id: str, run_id: str, timeout: float = 1800) -> bool:
@@ -39,12 +50,12 @@ def run_demo(quick: bool = False, log=print) -> int:
     if not succeeded("clinasr_synthetic_data", run_id):
         return 1
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
-    log("== 3/5 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
+    log("== 4/6 fine-tuning (DAG clinasr_training, started by the dataset Asset event)")
     train_run = client.wait_for_new_run("clinasr_training", earlier_training)
     if not succeeded("clinasr_training", train_run, timeout=3600):
         return 1
     trained = client.xcom("clinasr_training", train_run, "candidate")
-    log("== 4/5 evaluation and gate (DAG clinasr_evaluate_promote, started by the candidate Asset event)")
+    log("== 5/6 evaluation and gate (DAG clinasr_evaluate_promote, started by the candidate Asset event)")
     eval_run = client.wait_for_new_run("clinasr_evaluate_promote", earlier_eval)
     run = client.wait("clinasr_evaluate_promote", eval_run, timeout=1800, log=log)
     gate = _gate_outcome(client, eval_run)
@@ -56,13 +67,13 @@ def run_demo(quick: bool = False, log=print) -> int:
         # a model trained for minutes on a 2-core CPU cannot meet the production gate; the demo shows the
         # override path (an explicit Param with a reason, recorded in provenance and on the model version)
         reason = "demo: toy CPU model promoted to exercise serving and rollback"
-        log(f"== 4b/5 promoting over the gate with override_reason={reason!r}")
+        log(f"== 5b/6 promoting over the gate with override_reason={reason!r}")
         eval_run = client.trigger("clinasr_evaluate_promote", {"candidate": trained["model_uri"], "override_reason": reason},
                                   note="clinasr demo override")
         if not succeeded("clinasr_evaluate_promote", eval_run):
             return 1
     promoted = client.xcom("clinasr_evaluate_promote", eval_run, "promote")
-    log("== 5/5 summary")
+    log("== 6/6 summary")
     heard = _transcribe_one(s, snap["uri"])
     log(f"dataset snapshot   {snap['uri']}  ({snap['counts']['train']} train / {snap['counts']['val']} val rows, "
         f"{(snap['hours']['train'] + snap['hours']['val']) * 60:.1f} min of audio)")
@@ -72,10 +83,10 @@ def run_demo(quick: bool = False, log=print) -> int:
     log(f"production model   models:/{promoted['name']}/{promoted['production']}  (previous: {promoted['previous']})")
     gate_res = client.xcom("clinasr_evaluate_promote", eval_run, "gate")
     log(f"gate report        {gate_res['report']}")
-    from clinasr.gate import leaderboard_text
+    from clinasr.gate import leaderboards_text
 
-    log("leaderboard (validation set; reference models are off-the-shelf, for comparison only)\n"
-        + leaderboard_text(gate_res.get("leaderboard") or []))
+    log("leaderboards (held-out sets decide; the validation split shares the training voices and is shown only; "
+        "reference models are off-the-shelf, for comparison)\n" + leaderboards_text(gate_res.get("leaderboards") or {}))
     log(f"served             {s.serve_url}/v1/audio/transcriptions (OpenAI client), model {heard['version']}")
     log(f"  said:  {heard['reference']}")
     log(f"  heard: {heard['text']}")

@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "evaluate": "clinasr.evaluate:evaluate_stage",
     "pronounce": "clinasr.synth.pronounce:pronounce_stage",
     "qa": "clinasr.synth.qa:qa_stage",
+    "evalset": "clinasr.evalsets:build_set_stage",
 }
 
 

@@ -91,7 +91,8 @@ def render_row(utt: dict, voice: dict, cfg: dict, out_dir: str, augment_on: bool
     A.write_wav(Path(out_dir) / rel, x)
     return {
         "audio_filepath": rel, "duration": round(len(x) / A.TARGET_SR, 3), "text": utt["text"],
-        "origin": "synthetic", "generator": utt["generator"], "template_id": utt["template_id"],
+        "origin": "synthetic", "domain": utt.get("domain", "clinical"), "generator": utt["generator"],
+        "template_id": utt["template_id"],
         "voice": v.voice_id, "accent_profile": v.accent_profile, "voice_params": params,
         "augmentations": applied, "noise_band": G.noise_band(applied),
         "telephony": any(a["type"] == "telephony" for a in applied), "seed": seed,
@@ -182,6 +183,7 @@ def mix_real(real_manifest: str, n_synthetic: int, ratio: float, out_dir: Path, 
         rows.append({"audio_filepath": rel, "duration": round(len(x) / A.TARGET_SR, 3), "text": normalize(text),
                      "origin": "real", "generator": "human", "voice": r.get("speaker", "unknown"),
                      "accent_profile": r.get("accent_profile", "real"), "augmentations": [], "noise_band": "real",
+                     "domain": r.get("domain", "clinical"),
                      "telephony": False, "deidentified": True, "source_manifest": str(real_manifest), "utt_id": uid,
                      "terms": [], "term": None, "negated": None, "negation_cue": None})
     return rows
@@ -351,9 +353,13 @@ def _progress(total: int, done: int, enabled: bool):
 
 
 def build_dataset_stage(args: dict) -> dict:
-    """ML-runtime entry point (``clinasr ml-stage synthesize``)."""
+    """ML-runtime entry point (``clinasr ml-stage synthesize``): training data, so the held-out voices and
+    engine of the evaluation sets are refused (clinasr.evalsets)."""
+    from clinasr.evalsets import check_training_voices
+
     transcripts = [json.loads(line) for line in Path(args["transcripts"]).read_text().splitlines() if line.strip()]
     cfg = load_config(args.get("config"), args.get("config_overrides"))
+    check_training_voices(cfg, args.get("accent_profiles"))
     out = build_dataset(Path(args["out_dir"]), transcripts, config=cfg, seed=int(args.get("seed", 0)),
                         workers=int(args.get("workers", 2)), val_fraction=float(args.get("val_fraction", 0.15)),
                         augment_on=bool(args.get("augment", True)), accent_profiles=args.get("accent_profiles"),
