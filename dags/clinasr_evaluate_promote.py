@@ -15,15 +15,21 @@ DOC = """
 Runs when training registers a candidate (the **clinasr_candidate_model** Asset) and from the UI.
 
 1. **plan** — the candidate (asset event, the `candidate` Param, or `models:/<name>@candidate`), the
-   baseline (the `production` alias; with no production yet the `baseline_model` Param, else a system
-   that transcribes nothing) and the sets: the candidate's dataset validation split plus `extra_manifests`
-   (`name=path` each, e.g. de-identified clinician recordings).
+   baseline (the `production` alias; with no production yet the `baseline_model` Param, else the base model
+   the candidate was fine-tuned from) and the sets: the held-out evaluation sets of `configs/evalsets.yaml`
+   (**clinical_heldout** on the candidate's own priority terms, **general_heldout**: unseen voices, engine and
+   sentence shapes, everyday English; built by **clinasr_evaluation_sets** — a missing or stale one is
+   recorded and fails the gate, named), the candidate's dataset validation split (shown, never decided on)
+   and `extra_manifests` (`name=path` each, e.g. de-identified clinician recordings).
 2. **evaluate_candidate**, **evaluate_baseline** — the same sets, in the ML runtime: WER, strict
    clinical-term accuracy by category, negation accuracy and critical negation errors, per-slice WER,
    latency p50/p95 and RTFx, bootstrap CIs; hypotheses saved per utterance. **evaluate_references** scores
    off-the-shelf models (`reference_models`, e.g. Whisper tiny.en) the same way for the report's
    leaderboard; they do not enter the decision unless the gate config says so.
-3. **gate** — the criteria in `gate_config` (versioned YAML). The report (JSON + HTML with plots) goes to
+3. **gate** — the criteria in `gate_config` (versioned YAML, version 3): clinical accuracy, negation and WER
+   reduction on the clinical held-out set; on everyday English no WER rise beyond 0.02 over the baseline and
+   at most one phantom term (an invented drug, dose, route) per 100 utterances. The report (JSON + HTML with
+   every set side by side and plots) goes to
    S3, to the candidate's MLflow run and to provenance. A failed gate rejects the candidate and fails
    here, naming each failing criterion; `override_reason` promotes anyway and is recorded.
 4. **promote** — MLflow aliases: `production` → candidate, `previous` → the old production; updates the

@@ -16,13 +16,28 @@ POS = {"text": "start apixaban five milligrams twice daily", "term": "apixaban",
        "accent_profile": "second_language", "noise_band": "snr_10_15", "telephony": True, "origin": "synthetic"}
 
 
-def report(hyp_neg: str, hyp_pos: str, n: int = 10, p95: float = 0.2, model: str = "m") -> dict:
-    rows = [{**NEG, "hypothesis": hyp_neg}, {**POS, "hypothesis": hyp_pos}] * n
+GENERAL = ["the train to the city leaves at half past seven", "could you pass me the salt and pepper please",
+           "we watched the sunset from the top of the hill", "my phone battery is almost empty"]
+
+
+def _scored(rows: list[dict], p95: float) -> dict:
     m = score_rows(rows)
     m.pop("per_row")
     m.update(rows={"scored": len(rows), "skipped": 0, "skipped_by_reason": {}},
              latency={"p50_s": p95 / 2, "p95_s": p95, "rtfx": 20.0, "device": "cpu"}, ci={"wer": [0, 1]})
-    return {"model": model, "sets": {"validation": m}}
+    return m
+
+
+def report(hyp_neg: str, hyp_pos: str, n: int = 10, p95: float = 0.2, model: str = "m",
+           general: list[str] | None = None) -> dict:
+    """An evaluation report on the gate's sets: the clinical rows on clinical_heldout (and, identical, on the
+    validation split), everyday sentences on general_heldout (heard as ``general``; default: perfectly)."""
+    rows = [{**NEG, "hypothesis": hyp_neg}, {**POS, "hypothesis": hyp_pos}] * n
+    heard = general or GENERAL
+    grows = [{"text": t, "hypothesis": h, "utt_id": f"g{i}-{k}", "voice": "espeak:roa/it"}
+             for k in range(5) for i, (t, h) in enumerate(zip(GENERAL, heard))]
+    return {"model": model, "sets": {"clinical_heldout": _scored(rows, p95), "validation": _scored(rows, p95),
+                                     "general_heldout": _scored(grows, p95)}}
 
 
 PERFECT = (NEG["text"], POS["text"])
@@ -43,7 +58,8 @@ def test_a_better_candidate_passes_every_criterion(gate):
     assert d["passed"] and d["decision"] == "promote" and failing(d) == set()
     rel = next(c for c in d["criteria"] if c["criterion"] == "relative WER reduction")
     assert rel["value"] == pytest.approx(1.0) and rel["threshold"] == 0.30
-    assert d["gate"]["version"] == 2 and len(d["gate"]["sha256"]) == 64
+    assert d["gate"]["version"] == 3 and len(d["gate"]["sha256"]) == 64
+    assert {c["set"] for c in d["criteria"]} == {"clinical_heldout", "general_heldout"}
     assert summary(d).startswith("gate passed")
 
 
@@ -78,7 +94,7 @@ def test_slice_regression_and_latency(gate):
     cand = report(*PERFECT, p95=2.5)
     base = report(*PERFECT)
     # a slice that regresses: make the candidate worse on one accent only
-    cand["sets"]["validation"]["slices"]["accent_profile"]["native"]["wer"] = 0.2
+    cand["sets"]["clinical_heldout"]["slices"]["accent_profile"]["native"]["wer"] = 0.2
     d = decide(cand, base, gate)
     assert {"worst slice WER regression", "latency p95 (s)"} <= failing(d)
     detail = next(c for c in d["criteria"] if c["criterion"] == "worst slice WER regression")["detail"]
@@ -94,11 +110,62 @@ def test_missing_data_never_passes(gate):
     assert "baseline evaluated" in failing(d)
 
 
-def test_without_a_baseline_the_reference_is_transcribing_nothing(gate):
+def test_without_a_baseline_the_reference_is_transcribing_nothing_and_forgetting_cannot_be_judged(gate):
     d = decide(report(*PERFECT), None, gate)
-    assert d["passed"] and d["baseline"] is None
+    assert d["baseline"] is None
     rel = next(c for c in d["criteria"] if c["criterion"] == "relative WER reduction")
-    assert "transcribing nothing" in rel["detail"]
+    assert "transcribing nothing" in rel["detail"] and rel["passed"]
+    # the general-English bound needs a model to compare with: without one the gate fails closed
+    assert failing(d) == {"general-English WER increase"}
+    assert "no baseline" in next(c for c in d["criteria"] if not c["passed"])["detail"]
+
+
+def test_the_validation_split_is_shown_but_never_decides(gate):
+    """Perfect on the training voices' validation split, poor on the held-out set: rejected."""
+    cand, base = report(*BAD), report(*BAD, n=10)
+    cand["sets"]["validation"] = report(*PERFECT)["sets"]["validation"]
+    base["sets"]["clinical_heldout"]["wer"] = cand["sets"]["clinical_heldout"]["wer"]
+    d = decide(cand, base, gate)
+    assert not d["passed"] and "term accuracy (1 - KER)" in failing(d)
+    assert all(c["set"] != "validation" for c in d["criteria"])
+    assert set(d["leaderboards"]) == {"clinical_heldout", "general_heldout", "validation"}
+    assert list(d["leaderboards"])[-1] == "validation"
+
+
+def test_forgetting_everyday_english_rejects_naming_the_set_and_criterion(gate):
+    worse = ["the train to the city leaves at half seven", "could you pass the salt and pepper please",
+             "we watched the sunset from the top of the hill", "my phone battery is almost empty"]
+    d = decide(report(*PERFECT, general=worse), report(*BAD), gate)
+    assert failing(d) == {"general-English WER increase"}
+    crit = next(c for c in d["criteria"] if c["criterion"] == "general-English WER increase")
+    assert crit["set"] == "general_heldout" and crit["value"] == pytest.approx(2 / 35) and crit["threshold"] == 0.02
+    assert "general-English WER increase on general_heldout 0.057 (needs <= 0.02)" in summary(d)
+    assert decide(report(*PERFECT), report(*BAD), gate)["passed"]   # as good as the baseline on everyday English
+
+
+def test_an_invented_drug_in_everyday_english_rejects(gate):
+    """One phantom drug in 20 everyday utterances is 5 per 100: over the bound of 1, though WER barely moved."""
+    g = copy.deepcopy(gate)
+    g["criteria"]["max_general_wer_increase"] = 0.05
+    heard = list(GENERAL)
+    heard[1] = "could you pass me the salt and pepper heparin"     # 1 sub: 'please' -> 'heparin', x5 copies
+    d = decide(report(*PERFECT, general=heard), report(*BAD), g)
+    assert failing(d) == {"phantom terms per 100 utterances"}
+    crit = next(c for c in d["criteria"] if c["criterion"] == "phantom terms per 100 utterances")
+    assert crit["value"] == pytest.approx(25.0) and "heparin (drug) x5" in crit["detail"]
+    page = render_html(d, report(*PERFECT, general=heard), report(*BAD), "Gate report")
+    assert "id=phantoms" in page and "heparin" in page
+
+
+def test_a_missing_or_stale_evaluation_set_fails_closed_with_its_reason(gate):
+    cand, base = report(*PERFECT), report(*BAD)
+    del cand["sets"]["general_heldout"]
+    why = "evaluation set 'general_heldout' is stale: it was built from another config (abc), the current one is def"
+    d = decide(cand, base, gate, missing_sets={"general_heldout": why})
+    assert not d["passed"] and "evaluation set general_heldout scored" in failing(d)
+    first = d["criteria"][0]
+    assert first["set"] == "general_heldout" and first["detail"] == why
+    assert "phantom terms per 100 utterances" in failing(d)    # and nothing on that set can pass
 
 
 def test_gate_config_is_validated(tmp_path):

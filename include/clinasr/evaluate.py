@@ -36,18 +36,25 @@ def manifest_path(spec: str, work: Path) -> Path:
                                   "object: audio paths are relative to the snapshot")
         from clinasr.store import ObjectStore
 
-        spec = str(ObjectStore().fetch_snapshot(spec, work / "dataset"))
+        try:
+            spec = str(ObjectStore().fetch_snapshot(spec, work / "dataset"))
+        except FileNotFoundError:
+            raise EvaluationError(f"snapshot {spec} is not in the object store (no completion marker): rebuild the "
+                                  "dataset or evaluation set it names") from None
     p = Path(spec)
-    if p.is_dir():
-        p = p / "val_manifest.jsonl"
+    if p.is_dir():   # an evaluation set is scored whole; a dataset by its validation split
+        p = p / "test_manifest.jsonl" if (p / "test_manifest.jsonl").exists() else p / "val_manifest.jsonl"
     if not p.exists():
         raise EvaluationError(f"manifest not found: {p}")
     return p
 
 
-def load_rows(manifest: Path, max_rows: int | None = None, max_s: float = 600.0) -> tuple[list[dict], Counter]:
-    """Usable rows (with decoded audio) and a count of skipped rows by reason."""
+def load_rows(manifest: Path, max_rows: int | None = None, max_s: float = 600.0,
+              terms: list[str] | None = None) -> tuple[list[dict], Counter]:
+    """Usable rows (with decoded audio) and a count of skipped rows by reason. ``terms``: score only the rows
+    whose priority term is one of these (a candidate is judged on the terms it was trained for)."""
     rows, skipped = [], Counter()
+    wanted = set(terms) if terms else None
     for n, line in enumerate(manifest.read_text().splitlines()):
         if not line.strip():
             continue
@@ -64,6 +71,9 @@ def load_rows(manifest: Path, max_rows: int | None = None, max_s: float = 600.0)
         if not r.get("audio_filepath"):
             skipped["no audio_filepath"] += 1
             continue
+        if wanted is not None and r.get("term") not in wanted:
+            skipped["another priority term"] += 1
+            continue
         p = Path(r["audio_filepath"])
         p = p if p.is_absolute() else manifest.parent / p
         try:
@@ -78,10 +88,10 @@ def load_rows(manifest: Path, max_rows: int | None = None, max_s: float = 600.0)
 
 
 def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | None = None, progress: bool = True,
-                 keep_per_row: bool = False) -> dict:
+                 keep_per_row: bool = False, terms: list[str] | None = None) -> dict:
     """Transcribe and score one set; ``keep_per_row`` returns each utterance's error counts too (for paired
     comparisons of two models on the same set; not written to metrics.json)."""
-    rows, skipped = load_rows(manifest, max_rows)
+    rows, skipped = load_rows(manifest, max_rows, terms=terms)
     if not rows:
         raise EvaluationError(f"set {name!r} ({manifest}) has no usable rows: {dict(skipped) or 'empty manifest'}")
     from tqdm import tqdm
@@ -104,7 +114,7 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
     d = out_dir / name
     d.mkdir(parents=True, exist_ok=True)
     keep = ("utt_id", "audio_filepath", "text", "hypothesis", "latency_s", "duration", "accent_profile", "noise_band",
-            "telephony", "origin", "term", "negated")
+            "telephony", "origin", "domain", "voice", "condition", "term", "negated")
     with open(d / "hypotheses.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({k: r[k] for k in keep if k in r}) + "\n")
@@ -140,8 +150,13 @@ def evaluate(args: dict, log=print) -> dict:
               "reference": is_reference(args["model"]), "label": label(args["model"]) if is_reference(args["model"]) else None}
     for s in sets:
         m = manifest_path(s["manifest"], out / s["name"])
-        res = evaluate_set(t, s["name"], m, out, args.get("max_rows"), progress=args.get("progress", True))
+        res = evaluate_set(t, s["name"], m, out, args.get("max_rows"), progress=args.get("progress", True),
+                           terms=s.get("terms"))
+        res["set_uri"] = s["manifest"]
+        if s.get("config_hash"):
+            res["config_hash"] = s["config_hash"]
         log(f"[evaluate] {s['name']}: WER {res['wer']:.3f}  KER {res['ker'] if res['ker'] is None else round(res['ker'], 3)}  "
+            f"phantom terms {res['phantom_terms']['per_100_utterances']:.1f}/100  "
             f"negation acc {res['negation_accuracy']}  p95 {res['latency']['p95_s'] * 1000:.0f} ms  "
             f"({res['rows']['scored']} scored, {res['rows']['skipped']} skipped {res['rows']['skipped_by_reason']})")
         report["sets"][s["name"]] = res
