@@ -109,7 +109,7 @@ def test_training_dag_ec2_tasks_launch_wait_and_always_clean_up(s3_server, monke
     monkeypatch.setenv("CLINASR_HOME", str(tmp_path))
     from clinasr import airflow_support as A
 
-    params = {"backend": "ec2", "base": "nemo:s3://clinasr/models/base.nemo", "trainer_config": "configs/trainer/gpu_finetune.yaml",
+    params = {"backend": "ec2", "base": "nemo:s3://clinasr/models/base.nemo", "trainer_config": "configs/trainer/gpu_finetune.yaml", "replay_ratio": 0,
               "max_steps": 100, "batch_size": 16, "seed": 0, "register_as": "clinasr-asr", "instance_count": 2,
               "checkpoint_uri": "s3://clinasr/ckpt/run-9"}
     plan = A.training_plan(DS, params, "run-9")
@@ -123,7 +123,7 @@ def test_training_dag_ec2_tasks_launch_wait_and_always_clean_up(s3_server, monke
 def test_training_plan_for_sagemaker_is_the_operator_config():
     from clinasr import airflow_support as A
 
-    params = {"backend": "sagemaker", "base": "pretrained:nvidia/parakeet-tdt-0.6b-v2", "trainer_config": "configs/trainer/gpu_finetune.yaml",
+    params = {"backend": "sagemaker", "base": "pretrained:nvidia/parakeet-tdt-0.6b-v2", "trainer_config": "configs/trainer/gpu_finetune.yaml", "replay_ratio": 0,
               "max_steps": 100, "batch_size": 16, "seed": 0, "register_as": "clinasr-asr", "instance_count": 4}
     plan = A.training_plan(DS, params, "run-7")
     cfg = plan["sagemaker_config"]

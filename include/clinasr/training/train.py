@@ -16,6 +16,19 @@ the ML container on SageMaker/EC2). Arguments (JSON):
                      output_dir has no checkpoint resumes from it (another machine, a lost disk)
     mlflow           {"experiment": ..., "register_as": "clinasr-asr", "tags": {...}}
     seed
+    replay_source    optional: the general-English replay set (dataset dir or s3:// snapshot); default: the
+                     trainer config's ``replay.set`` resolved through clinasr.evalsets (the current snapshot)
+
+Fine-tuning options in the trainer config that keep what the base model knew (measured in
+bench/results/recipes-cpu.md; the default recipe is the one that measurement picked):
+
+    replay: {set: general_replay, ratio: 1.0}   general speech rows per clinical row, in train and val (rows
+                                                carry domain: general|clinical; val WER is then a combined score)
+    freeze_encoder_layers: N                    the preprocessor's sub-sampling and the first N conformer layers
+                                                do not train (and stay in eval mode)
+    encoder_lr_scale: s                         the trainable encoder layers learn at s x the decoder/joint rate
+    merge_with_base: a                          the saved weights are a*fine-tuned + (1-a)*base (weight-space
+                                                ensembling, "WiSE-FT"); 1 or unset: the fine-tuned weights
 
 Returns the MLflow run id, the registered model version (alias ``candidate``), metrics and paths.
 """
@@ -61,42 +74,94 @@ def _read_manifest(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def prepare_dataset(dataset: str, work: Path, max_duration: float) -> dict:
-    """Local copies of the manifests with absolute audio paths; rows that cannot be used are reported."""
+def _local(dataset: str, dest: Path) -> Path:
     if dataset.startswith("s3://"):
         from clinasr.store import ObjectStore
 
-        local = ObjectStore().fetch_snapshot(dataset, work / "dataset")
-    else:
-        local = Path(dataset)
+        return ObjectStore().fetch_snapshot(dataset, dest)
+    return Path(dataset)
+
+
+def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict | None = None) -> dict:
+    """Local copies of the manifests with absolute audio paths; rows that cannot be used are reported.
+
+    ``replay`` ({"source", "ratio", "seed"}) mixes general-English rows into both splits: ``ratio`` of them per
+    clinical row, drawn without repeats from the replay set's own split (its val texts never train)."""
+    local = _local(dataset, work / "dataset")
+    replay_dir = _local(replay["source"], work / "replay") if replay else None
     out, report = {}, {}
     work.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
         src = local / f"{split}_manifest.jsonl"
         if not src.exists():
             raise TrainingError(f"dataset {dataset} has no {split}_manifest.jsonl: build it with `clinasr data build`")
-        rows, dropped = [], {}
-        for r in _read_manifest(src):
-            p = Path(r["audio_filepath"])
-            p = p if p.is_absolute() else local / p
-            reason = None
-            if not p.exists():
-                reason = "audio missing"
-            elif r.get("duration", 0) > max_duration:
-                reason = f"longer than max_duration {max_duration}s"
-            elif not r.get("text", "").strip():
-                reason = "empty text"
-            if reason:
-                dropped[reason] = dropped.get(reason, 0) + 1
-                continue
-            rows.append({**r, "audio_filepath": str(p)})
+        rows, dropped = _usable_rows(src, local, max_duration)
+        rows = [{**r, "domain": r.get("domain", "clinical")} for r in rows]
         if not rows:
             raise TrainingError(f"the {split} split of {dataset} has no usable rows ({dropped or 'empty manifest'})")
+        mixed = 0
+        if replay_dir is not None:
+            general, _ = _usable_rows(replay_dir / f"{split}_manifest.jsonl", replay_dir, max_duration)
+            if not general:
+                raise TrainingError(f"replay source {replay['source']} has no usable {split} rows: rebuild it with "
+                                    "`clinasr evalsets build`")
+            import random
+
+            want = round(float(replay["ratio"]) * len(rows))
+            rng = random.Random(f"{replay.get('seed', 0)}|replay|{split}")
+            picked = rng.sample(general, min(want, len(general)))
+            rows += [{**r, "domain": "general"} for r in picked]
+            mixed = len(picked)
         dst = work / f"{split}_manifest.jsonl"
         dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out[split] = str(dst)
-        report[split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4), "dropped": dropped}
+        report[split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4), "dropped": dropped,
+                         "general_replay_rows": mixed}
     return {"manifests": out, "report": report, "local_dir": str(local)}
+
+
+def _usable_rows(src: Path, local: Path, max_duration: float) -> tuple[list[dict], dict]:
+    rows, dropped = [], {}
+    if not src.exists():
+        return rows, dropped
+    for r in _read_manifest(src):
+        p = Path(r["audio_filepath"])
+        p = p if p.is_absolute() else local / p
+        reason = None
+        if not p.exists():
+            reason = "audio missing"
+        elif r.get("duration", 0) > max_duration:
+            reason = f"longer than max_duration {max_duration}s"
+        elif not r.get("text", "").strip():
+            reason = "empty text"
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        rows.append({**r, "audio_filepath": str(p)})
+    return rows, dropped
+
+
+def replay_spec(args: dict, tcfg: dict, log=print) -> dict | None:
+    """The general-English replay of this run, resolved before anything is loaded: a fine-tune whose replay
+    source is missing stops here, naming it. None when the trainer config asks for no replay."""
+    r = tcfg.get("replay") or {}
+    ratio = float(r.get("ratio", 0) or 0)
+    if ratio <= 0:
+        return None
+    source = args.get("replay_source")
+    if not source:
+        from clinasr.evalsets import EvalSetError, resolve
+
+        name = r.get("set") or "general_replay"
+        try:
+            source = resolve(name)["uri"]
+        except EvalSetError as e:
+            raise TrainingError(f"the trainer config replays {name!r} at {ratio}:1 but the replay source is not "
+                                f"available: {e} (or set replay.ratio: 0 to fine-tune without replay)") from None
+    elif not source.startswith("s3://") and not (Path(source) / "train_manifest.jsonl").exists():
+        raise TrainingError(f"replay source {source} has no train_manifest.jsonl: build it with `clinasr evalsets build`")
+    log(f"[train] general-English replay: {ratio}:1 from {source}")
+    return {"source": source, "ratio": ratio, "seed": int(args.get("seed", 0))}
 
 
 def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path, include_lexicon: bool = True) -> Path:
@@ -183,9 +248,9 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         model.change_vocabulary(new_tokenizer_dir=str(tok_dir), new_tokenizer_type="bpe")
         _restore_tdt_loss(model)
         desc += f" with a new {model.tokenizer.vocab_size}-token vocabulary"
-    model_cfg = _with_optimizer(model_cfg, tcfg)
+    model_cfg = encoder_param_groups(_with_optimizer(model_cfg, tcfg), tcfg)
     with open_dict(model.cfg):
-        for key in ("optim", "spec_augment"):
+        for key in ("optim", "spec_augment", "optim_param_groups"):
             if model_cfg and key in model_cfg:
                 model.cfg[key] = OmegaConf.create(model_cfg[key])
     model.setup_training_data(OmegaConf.create(_dataset_cfg(manifests["train"], tcfg, True)))
@@ -242,6 +307,82 @@ def activation_checkpointing(model, tcfg: dict) -> int:
         layer.forward = forward          # an instance attribute: state_dict, .nemo and checkpoints are unchanged
         layer._clinasr_checkpointed = True
     return len(layers)
+
+
+def freeze_encoder_layers(model, tcfg: dict) -> int:
+    """Trainer option ``freeze_encoder_layers: N``: the encoder's sub-sampling front end and its first N conformer
+    layers keep the base model's weights (no gradients; eval mode, so dropout and batch-norm statistics stay
+    as they were). Early layers carry the acoustic features every language shares; the clinical words live in
+    the later layers, the prediction network and the joint. Returns the number of frozen parameters."""
+    n = int(tcfg.get("freeze_encoder_layers") or 0)
+    if n <= 0:
+        return 0
+    layers = list(getattr(model.encoder, "layers", None) or [])
+    if n > len(layers):
+        raise TrainingError(f"freeze_encoder_layers {n}: the encoder has only {len(layers)} layers")
+    frozen = [m for m in [getattr(model.encoder, "pre_encode", None), *layers[:n]] if m is not None]
+    count = 0
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+            count += p.numel()
+        m.eval()
+    model._clinasr_frozen = frozen
+    return count
+
+
+def _frozen_eval_callback():
+    """Lightning puts the whole module in train mode at every epoch (and after validation): frozen layers go
+    back to eval mode each time."""
+    from lightning.pytorch.callbacks import Callback
+
+    class KeepFrozenEval(Callback):
+        def _eval(self, module):
+            for m in getattr(module, "_clinasr_frozen", ()):
+                m.eval()
+
+        def on_train_epoch_start(self, trainer, module):
+            self._eval(module)
+
+        def on_validation_end(self, trainer, module):
+            self._eval(module)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if batch_idx == 0:
+                self._eval(module)
+
+    return KeepFrozenEval()
+
+
+def encoder_param_groups(model_cfg: dict | None, tcfg: dict) -> dict | None:
+    """Trainer option ``encoder_lr_scale: s``: NeMo's ``optim_param_groups`` puts the encoder in its own
+    parameter group at s x the base learning rate (decoder and joint keep it)."""
+    s = tcfg.get("encoder_lr_scale")
+    if s is None or float(s) == 1.0 or not model_cfg or "optim" not in model_cfg:
+        return model_cfg
+    cfg = copy.deepcopy(model_cfg)
+    cfg["optim_param_groups"] = {"encoder": {"lr": float(cfg["optim"]["lr"]) * float(s)}}
+    return cfg
+
+
+def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
+    """Trainer option ``merge_with_base: a`` (0 < a < 1): weight-space ensembling of the fine-tuned model with the
+    base it started from (Wortsman et al., "Robust fine-tuning of zero-shot models", WiSE-FT). Interpolating
+    the weights keeps much of the base's general ability at a small cost in the new domain."""
+    a = tcfg.get("merge_with_base")
+    if a is None or float(a) >= 1.0:
+        return None
+    a = float(a)
+    if base_state is None:
+        raise TrainingError("merge_with_base needs a base model to merge with (base nemo: or pretrained:)")
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            b = base_state.get(k)
+            if b is not None and torch.is_floating_point(v) and b.shape == v.shape:
+                v.copy_(a * v + (1 - a) * b.to(v.device, v.dtype))
+    return a
 
 
 def _restore_tdt_loss(model) -> None:
@@ -373,7 +514,9 @@ def _progress_callback(total_steps: int, log, every: int = 10):
     return Progress()
 
 
-def train(args: dict, log=print, on_trained=None) -> dict:
+def train(args: dict, log=print, on_trained=None, callbacks: list | None = None) -> dict:
+    """One training run (see the module doc for ``args``). ``on_trained(model)`` runs on the trained model before
+    it is registered; ``callbacks`` are extra Lightning callbacks."""
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -396,13 +539,16 @@ def train(args: dict, log=print, on_trained=None) -> dict:
         log = lambda m: None   # noqa: E731 — one log per run, not one per process
         args = {**args, "mlflow": {**(args.get("mlflow") or {}), "enabled": False}, "checkpoint_uri": None}
         work = out / f"rank{rank}"
-    data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)))
+    replay = replay_spec(args, tcfg, log)
+    data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)), replay)
     log(f"[train] data: {json.dumps(data['report'])}")
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     mirror = _CheckpointMirror(args.get("checkpoint_uri"), ckpt_dir, log)
     if args.get("resume", True) and not last.exists():
         mirror.restore()
+    if args.get("resume", True) and last.exists():
+        _usable_checkpoint(ckpt_dir, log)
     resume = bool(args.get("resume", True)) and last.exists()
 
     mlflow_cfg = args.get("mlflow") or {}
@@ -444,7 +590,8 @@ def train(args: dict, log=print, on_trained=None) -> dict:
             gradient_clip_val=tcfg.get("gradient_clip_val") if tcfg.get("strategy") != "deepspeed_stage_2" else None,
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=log_every, num_sanity_val_steps=0, enable_progress_bar=False,
-            enable_model_summary=False, logger=loggers, callbacks=[ckpt, progress, mirror.callback()],
+            enable_model_summary=False, logger=loggers,
+            callbacks=[ckpt, progress, mirror.callback(), _frozen_eval_callback(), *(callbacks or [])],
             # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
             # (so does lhotse's, for batch_duration)
             default_root_dir=str(out),
@@ -457,6 +604,13 @@ def train(args: dict, log=print, on_trained=None) -> dict:
             log(f"[train] {reason}")
         if n_ckpt := activation_checkpointing(model, tcfg):
             log(f"[train] activation checkpointing: {n_ckpt} encoder layers recompute their activations in backward")
+        base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                      if tcfg.get("merge_with_base") is not None and "config" not in base else None)
+        if n_frozen := freeze_encoder_layers(model, tcfg):
+            log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
+                f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+        if tcfg.get("encoder_lr_scale") is not None:
+            log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
         n_params = sum(p.numel() for p in model.parameters())
         params = {"base": base_desc, "dataset": args["dataset"], "n_params": n_params, "seed": seed,
                   "strategy": str(tcfg.get("strategy")), "accelerator": accelerator, "devices": devices, "nodes": nodes,
@@ -486,6 +640,8 @@ def train(args: dict, log=print, on_trained=None) -> dict:
         if rank:
             mlflow.end_run()
             return {"rank": rank, "global_step": trainer.global_step, "train_seconds": round(elapsed, 1)}
+        if (alpha := merge_with_base(model, base_state, tcfg)) is not None:
+            log(f"[train] saved weights: {alpha} x fine-tuned + {1 - alpha:.2f} x base (merge_with_base)")
         nemo_path = out / "model.nemo"
         model.save_to(str(nemo_path))
         if on_trained:   # e.g. score the trained model in memory (clinasr.experiment)
@@ -510,6 +666,34 @@ def train(args: dict, log=print, on_trained=None) -> dict:
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
+
+
+def _usable_checkpoint(ckpt_dir: Path, log) -> None:
+    """A ``last.ckpt`` that does not load (a crash mid-write, a truncated copy) is moved aside as
+    ``last.ckpt.corrupt`` and the newest periodic checkpoint that loads takes its place; with none, the run
+    starts over. Either way the log says so — a resume never fails on a broken file."""
+    import shutil
+
+    import torch
+
+    def loads(p: Path) -> bool:
+        try:
+            torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+            return True
+        except Exception:
+            return False
+
+    last = ckpt_dir / "last.ckpt"
+    if loads(last):
+        return
+    bad = last.with_suffix(".ckpt.corrupt")
+    last.replace(bad)
+    for p in sorted(ckpt_dir.glob("step*.ckpt"), reverse=True):
+        if loads(p):
+            shutil.copyfile(p, last)
+            log(f"[train] {last} does not load (moved to {bad.name}); resuming from {p.name} instead")
+            return
+    log(f"[train] {last} does not load (moved to {bad.name}) and no earlier checkpoint does: starting over")
 
 
 class _CheckpointMirror:
