@@ -366,6 +366,200 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ---- fine-tuning recipes against forgetting (issue 20) -------------------------------------------------------
+RECIPES_CONFIG = REPO_ROOT / "configs" / "experiment" / "recipes.yaml"
+
+
+def _scores(res: dict) -> dict:
+    """The figures a recipe is judged on, from an evaluate_set result."""
+    sl = res["slices"]
+    out = {"wer": res["wer"], "ker": res["ker"], "term_accuracy": None if res["ker"] is None else 1 - res["ker"],
+           "negation_accuracy": res["negation_accuracy"], "phantoms_per_100": res["phantom_terms"]["per_100_utterances"],
+           "phantom_top": res["phantom_terms"]["top"][:8], "ci": res["ci"], "rows": res["rows"]["scored"],
+           "by_engine": {k: {"wer": v["wer"], "term_accuracy": None if v.get("ker") is None else 1 - v["ker"],
+                             "phantoms": v.get("phantoms")} for k, v in (sl.get("tts_engine") or {}).items()},
+           "by_condition": {k: {"wer": v["wer"], "phantoms": v.get("phantoms")} for k, v in (sl.get("condition") or {}).items()},
+           "ker_by_category": res["ker_by_category"]}
+    return out
+
+
+def _score_in_subprocess(model: Path, manifests: dict[str, Path], out: Path, merge: dict | None = None) -> dict:
+    """Score a .nemo on several sets in a fresh interpreter (``python -m clinasr.experiment score``): after the
+    synthesis workers ran, a NeMo restore in the same process failed on the GPU machine (torch 2.11)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a, r = Path(tmp) / "args.json", Path(tmp) / "result.json"
+        a.write_text(json.dumps({"model": str(model), "manifests": {k: str(v) for k, v in manifests.items()},
+                                 "out": str(out), **(merge or {})}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(a), str(r)], env=env)
+        if proc.returncode or not r.exists():
+            raise RuntimeError(f"scoring {model} failed (exit {proc.returncode}); its log is above")
+        return json.loads(r.read_text())
+
+
+def _score_main(args_path: str, result_path: str) -> None:
+    args = json.loads(Path(args_path).read_text())
+    model = Path(args["model"])
+    if args.get("merge_with"):   # a merged copy: alpha x this model + (1 - alpha) x the base, as training would save it
+        from nemo.collections.asr.models import ASRModel
+
+        from clinasr.training.train import merge_with_base
+
+        m = ASRModel.restore_from(str(model), map_location="cpu")
+        base = ASRModel.restore_from(args["merge_with"], map_location="cpu").state_dict()
+        merge_with_base(m, base, {"merge_with_base": float(args["alpha"])})
+        model = m
+    res = {n: score(model, Path(m), Path(args["out"]), n) for n, m in args["manifests"].items()}
+    Path(result_path).write_text(json.dumps(res, default=str))
+
+
+def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = None, steps: int | None = None,
+                  trainer_overrides: dict | None = None, log=print) -> dict:
+    """Every recipe on the same clinical training set; base and each fine-tune scored on the clinical and
+    general held-out sets (built here from configs/evalsets.yaml, no object store needed), with paired
+    bootstrap CIs against the base."""
+    from clinasr import evalsets, metrics
+    from clinasr.synth import pipeline
+    from clinasr.synth.lexicon import load_lexicon, load_terms
+    from clinasr.synth.transcripts import generate_transcripts
+    from clinasr.training.train import load_yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    ecfg = evalsets.load_config()
+    sets = {}
+    for name in ("clinical_heldout", "general_heldout", "general_replay"):
+        sets[name] = evalsets.build_set(name, work / "evalsets" / name, ecfg, workers=workers(), progress=False, log=log)
+    c = cfg["clinical"]
+    lex = load_lexicon()
+    terms = load_terms(c["terms"], lex)
+    gen = generate_transcripts(lex, terms, int(c["per_term"]), seed=int(c["seed"]), template_family="a")
+    scfg = pipeline.load_config()
+    evalsets.check_training_voices(scfg)
+    train_set = pipeline.build_dataset(work / "clinical_train", [u.to_dict() for u in gen["utterances"]], config=scfg,
+                                       seed=int(c["seed"]), workers=workers(), meta={"name": "recipes-clinical"},
+                                       progress=False)
+    log(f"[recipes] clinical training set: {train_set['card']['counts']}, {train_set['card']['hours']}")
+    manifests = {n: Path(sets[n]["dir"]) / evalsets.TEST_MANIFEST for n in ("clinical_heldout", "general_heldout")}
+    base = Path(cfg["base"]) if Path(cfg["base"]).is_absolute() else REPO_ROOT / cfg["base"]
+    results: dict = {"config": cfg, "sets": {n: sets[n]["card"] for n in sets}, "train_set": train_set["card"],
+                     "runs": {}, "provenance": _provenance(cfg)}
+    per_row: dict[str, dict] = {}
+
+    def record(name: str, scored: dict, extra: dict) -> None:
+        per_row[name] = {k: v.pop("per_row") for k, v in scored.items()}
+        run = {**extra, **{k: _scores(v) for k, v in scored.items()}}
+        if name != "base":
+            run["vs_base"] = {k: metrics.paired_reduction_ci(per_row["base"][k], per_row[name][k]) for k in scored}
+        results["runs"][name] = run
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "results.md").write_text(recipes_md(results))
+        cl, ge = run["clinical_heldout"], run["general_heldout"]
+        log(f"[recipes] {name}: clinical term acc {cl['term_accuracy']:.3f} WER {cl['wer']:.3f}; general WER "
+            f"{ge['wer']:.3f}, phantoms/100 {ge['phantoms_per_100']:.1f}")
+
+    record("base", _score_in_subprocess(base, manifests, work / "eval" / "base"), {"model": str(base)})
+    unknown = [n for n in only or [] if n not in cfg["recipes"]]
+    if unknown:
+        raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
+    recipes = {n: cfg["recipes"][n] for n in (only or cfg["recipes"])}   # in the order asked for
+    tbase = load_yaml(cfg["trainer"])
+    for name, change in recipes.items():
+        tover = {**(cfg.get("common") or {}), **change, **(trainer_overrides or {})}
+        if steps:
+            tover["max_steps"] = steps
+        t0 = time.time()
+        spec_on = {"manifests": {n: str(m) for n, m in manifests.items()}, "out": str(work / "eval"), "name": name}
+        tr = _train({"dataset": train_set["dataset_dir"], "base": {"nemo": str(base)}, "trainer": cfg["trainer"],
+                     "trainer_overrides": tover, "output_dir": str(work / f"ft_{name}"), "seed": int(cfg["seed"]),
+                     "replay_source": sets["general_replay"]["dir"]}, log, score_on=spec_on)
+        extra = {"change": change, "trainer": {**tbase, **tover}, "global_step": tr["global_step"],
+                 "train_seconds": tr["train_seconds"], "data": tr.get("data"), "wall_seconds": round(time.time() - t0, 1)}
+        record(name, tr["score"], extra)
+        # merge_sweep: the same fine-tune merged with the base at other weights (one training, several models)
+        for alpha in change.get("merge_sweep") or []:
+            merged = _score_in_subprocess(Path(tr["nemo_path"]), manifests, work / "eval" / f"{name}+merge{alpha}",
+                                          {"merge_with": str(base), "alpha": alpha})
+            record(f"{name}+merge{alpha}", merged, {**extra, "change": {**change, "merge_with_base": alpha}})
+    return results
+
+
+def plot_recipes(results: dict, path: Path) -> None:
+    """Per recipe: clinical term accuracy on unseen espeak voices and on the unseen engine, general WER
+    (with the base's as a line), and phantom terms per 100 general utterances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    names = list(runs)
+    eng = lambda r, s, e, k: (r[s]["by_engine"].get(e) or {}).get(k) or 0.0  # noqa: E731
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    xs = range(len(names))
+    ax[0].bar([x - 0.2 for x in xs], [eng(runs[n], "clinical_heldout", "espeak", "term_accuracy") for n in names], 0.4,
+              label="unseen espeak-ng voices")
+    ax[0].bar([x + 0.2 for x in xs], [eng(runs[n], "clinical_heldout", "piper", "term_accuracy") for n in names], 0.4,
+              label="unseen engine (Piper)")
+    ax[0].axhline(0.70, color="k", ls=":", lw=1)
+    ax[0].set_title("clinical held-out: term accuracy")
+    ax[0].legend(fontsize=8)
+    ax[1].bar(xs, [runs[n]["general_heldout"]["wer"] for n in names], color="#66ccee")
+    base = runs.get("base", {}).get("general_heldout", {}).get("wer")
+    if base is not None:
+        ax[1].axhline(base + 0.02, color="k", ls=":", lw=1, label="base + 0.02")
+        ax[1].legend(fontsize=8)
+    ax[1].set_ylim(min(r["general_heldout"]["wer"] for r in runs.values()) - 0.1, 1.0)
+    ax[1].set_title("general held-out: WER")
+    ax[2].bar(xs, [runs[n]["general_heldout"]["phantoms_per_100"] for n in names], color="#ee6677")
+    ax[2].axhline(1.0, color="k", ls=":", lw=1)
+    ax[2].set_title("general held-out: phantom terms per 100 utterances")
+    for a in ax:
+        a.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def recipes_md(results: dict) -> str:
+    runs = results["runs"]
+
+    def f(v, d=3):
+        return "n/a" if v is None else f"{v:.{d}f}"
+
+    def ci(v, k, scale=1.0, pct=False):
+        if not v or not v.get(k):
+            return ""
+        e, (lo, hi) = v[k]["estimate"] * scale, [x * scale for x in v[k]["ci"]]
+        return f"{e:+.0f}% [{lo:+.0f}, {hi:+.0f}]" if pct else f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    lines = ["| recipe | steps | train min | clinical term acc. (espeak / piper) | clinical WER | rel. KER reduction [95% CI] "
+             "| general WER (espeak / piper) | general WER change [95% CI] | phantoms /100 general | phantom change [CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        cl, ge, vs = r["clinical_heldout"], r["general_heldout"], r.get("vs_base") or {}
+        eng = lambda d, k: " / ".join(f(d["by_engine"].get(e, {}).get(k)) for e in ("espeak", "piper"))  # noqa: E731
+        lines.append(
+            f"| {name} | {r.get('global_step', '—')} | {f(r['train_seconds'] / 60, 1) if r.get('train_seconds') else '—'} | "
+            f"{f(cl['term_accuracy'])} ({eng(cl, 'term_accuracy')}) | {f(cl['wer'])} | "
+            f"{ci(vs.get('clinical_heldout'), 'ker_reduction', 100, True)} | {f(ge['wer'])} ({eng(ge, 'wer')}) | "
+            f"{ci(vs.get('general_heldout'), 'wer_change')} | {f(ge['phantoms_per_100'], 1)} | "
+            f"{ci(vs.get('general_heldout'), 'phantoms_per_100_change', 1.0)} |")
+    s = results["sets"]
+    lines += ["", f"Sets: clinical_heldout {s['clinical_heldout']['rows']} rows ({s['clinical_heldout']['hours'] * 60:.0f} min), "
+              f"general_heldout {s['general_heldout']['rows']} rows ({s['general_heldout']['hours'] * 60:.0f} min), voices "
+              f"{', '.join(s['general_heldout']['voices'])} (none in any training set); replay set "
+              f"{s['general_replay']['rows']} rows; clinical training set {results['train_set']['counts']['train']} train rows.",
+              "", "Top phantom terms on general_heldout:", ""]
+    for name, r in runs.items():
+        top = ", ".join(f"{t['term']} x{t['count']}" for t in r["general_heldout"]["phantom_top"]) or "none"
+        lines.append(f"- {name}: {top}")
+    return "\n".join(lines) + "\n"
+
+
 def split_file(path: Path, part_bytes: int = 15 * 2**20) -> list[Path]:
     """``path`` in parts of at most ``part_bytes`` (results leave the GPU machine in files of bounded size);
     :func:`join_parts` puts them back together."""
@@ -397,14 +591,17 @@ def _train_main(args_path: str, result_path: str) -> None:
     scored = {}
 
     def on_trained(model):
-        if spec:
+        if spec and spec.get("manifests"):   # several sets: {set name: result}
+            for set_name, m in spec["manifests"].items():
+                scored[set_name] = score(model.eval(), Path(m), Path(spec["out"]) / spec["name"], set_name)
+        elif spec:
             scored.update(score(model.eval(), Path(spec["manifest"]), Path(spec["out"]), spec["name"]))
 
     res = train(args, on_trained=on_trained)
     Path(result_path).write_text(json.dumps({**res, "score": scored or None}, default=str))
 
 
-if __name__ == "__main__":   # the training subprocess of _train
+if __name__ == "__main__":   # the training / scoring subprocesses of _train and _score_in_subprocess
     import sys
 
-    _train_main(sys.argv[2], sys.argv[3])
+    {"train": _train_main, "score": _score_main}[sys.argv[1]](sys.argv[2], sys.argv[3])

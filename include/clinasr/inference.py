@@ -44,11 +44,16 @@ class Transcriber(WarmUp):
         path = Path(nemo_path)
         if not path.exists():
             raise InferenceError(f"model file not found: {path}")
-        try:
-            model = ASRModel.restore_from(str(path), map_location=device)
+        try:   # restored on the CPU, then moved: a direct map_location="cuda" restore of the shipped half-precision
+            # .nemo failed inside torch.load on the GPU machine (torch 2.11: "'str' object is not callable")
+            model = ASRModel.restore_from(str(path), map_location="cpu")
         except Exception as e:  # a corrupt or foreign file: say which
+            if os.environ.get("CLINASR_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
             raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
-        self._setup(model, device, max_chunk_s, version, bf16_min_batch)
+        self._setup(model.to(device), device, max_chunk_s, version, bf16_min_batch)
 
     @classmethod
     def from_model(cls, model, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",

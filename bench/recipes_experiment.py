@@ -1,0 +1,65 @@
+"""Fine-tuning recipes against forgetting and phantom drugs (issue 20): the shipped base model fine-tuned on
+30 priority drugs by each recipe of configs/experiment/recipes.yaml, scored beside the base on the clinical
+and general-English held-out sets (voices, an engine and sentence shapes no training set used).
+
+    python bench/recipes_experiment.py                      # every recipe, the config's CPU budget
+    python bench/recipes_experiment.py --only today replay  # some recipes
+    python bench/recipes_experiment.py --steps 20 --only replay_freeze   # a quick look (measures nothing)
+
+Writes results.json / results.md / recipes.log to --out (default bench/out/recipes). Runs in the ML runtime
+(.venv/ml/bin/python). Each fine-tune runs in a fresh interpreter and is scored there, in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from clinasr import experiment  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(experiment.RECIPES_CONFIG))
+    ap.add_argument("--out", default=os.environ.get("OUT") or "bench/out/recipes")
+    ap.add_argument("--work", default="/tmp/clinasr-recipes", help="sets, checkpoints (large; not returned)")
+    ap.add_argument("--only", nargs="*", help="recipe names")
+    ap.add_argument("--base", help="the base .nemo (default: the config's, the shipped model)")
+    ap.add_argument("--steps", type=int, help="max_steps for every recipe (default: the trainer config's)")
+    ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="trainer options for every recipe (values read as YAML), e.g. max_minutes=null")
+    a = ap.parse_args(argv)
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    if a.base:
+        cfg["base"] = str(Path(a.base).resolve())
+    tover = {}
+    for kv in a.trainer_override:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            ap.error(f"--trainer-override takes KEY=VALUE (got {kv!r})")
+        tover[k] = yaml.safe_load(v)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    log_file = open(out / "recipes.log", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:6.0f}s] {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    experiment.phase_recipes(cfg, Path(a.work), out, only=a.only, steps=a.steps, trainer_overrides=tover, log=log)
+    print((out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
