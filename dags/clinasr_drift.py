@@ -6,6 +6,8 @@ import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
@@ -21,8 +23,14 @@ Runs on a cadence (`CLINASR_DRIFT_SCHEDULE`, default weekly) and from the UI.
    Fewer matched feedback items than the policy's minimum is **insufficient data**, not an alarm. The
    report (JSON + HTML: trend of WER/KER, top confused terms) goes to S3 and MLflow (`clinasr-drift`).
 2. **should_retrain** — only on drift (and not `dry_run`).
-3. **retrain** — triggers **clinasr_synthetic_data** with the drifted terms as the priority list and the
-   drift reason (recorded in provenance); its dataset Asset then starts training and evaluation.
+3. **lexicon_choice** / **approve_lexicon** — words clinicians wrote that the lexicon does not know (a new drug)
+   are *proposed* additions in the report; a reviewer approves or rejects them under *Required actions*. Approved
+   words enter the lexicon (a new lexicon version) before the retraining; the decision, who and when go into
+   provenance. No proposals: no review.
+4. **retrain_request** → **retrain** — triggers **clinasr_synthetic_data** with what the feedback shows: every
+   drifted term (drugs, frequencies, routes), the drugs missed most often even below the per-term floor, and the
+   approved additions, at most `max_retrain_terms`; when nothing specific drifted, the policy's explicit
+   `default_retrain_terms` (the report says so). Its dataset Asset then starts training and evaluation.
 """
 
 
@@ -55,10 +63,44 @@ def clinasr_drift():
     def should_retrain(status: str, params=None) -> bool:
         return status == "drift" and not params["dry_run"]
 
+    @task.branch
+    def lexicon_choice(proposed: list) -> str:
+        return "approve_lexicon" if proposed else "no_lexicon_review"
+
+    class LexiconApproval(ApprovalOperator):
+        """Approval of proposed lexicon additions; approved terms are added, and the decision is recorded."""
+
+        def execute_complete(self, context, event):
+            from clinasr.airflow_support import record_lexicon_review
+
+            proposed = (context["ti"].xcom_pull(task_ids="measure", key="proposed_additions") or [])
+            record_lexicon_review(event, proposed, context["run_id"])
+            return super().execute_complete(context=context, event=event)
+
+    # none_failed: after an approval, a rejection (the reviewed marker is skipped) or no review at all
+    @task(trigger_rule="none_failed")
+    def retrain_request(measured: dict) -> dict:
+        from clinasr.airflow_support import retrain_request as build
+
+        return build(measured)
+
     m = measure()
-    retrain = TriggerDagRunOperator(task_id="retrain", trigger_dag_id="clinasr_synthetic_data", conf=m["retrain_conf"],
+    approve = LexiconApproval(
+        task_id="approve_lexicon", subject="New words in clinicians' corrections: add them to the lexicon?",
+        body="The drift report {{ ti.xcom_pull(task_ids='measure', key='report') }} proposes these lexicon additions "
+             "(words clinicians wrote that the lexicon does not know): "
+             "{{ ti.xcom_pull(task_ids='measure', key='proposed_additions') }}. Approve: they enter the lexicon and the "
+             "retraining covers them; Reject: the retraining goes on without them.")
+    choice = lexicon_choice(m["proposed_additions"])
+    no_review = EmptyOperator(task_id="no_lexicon_review")
+    # Reject skips the approval's direct downstream only: this marker, not the retraining
+    reviewed = EmptyOperator(task_id="lexicon_reviewed")
+    request = retrain_request(m)
+    retrain = TriggerDagRunOperator(task_id="retrain", trigger_dag_id="clinasr_synthetic_data", conf=request,
                                     wait_for_completion=False)
-    should_retrain(m["status"]) >> retrain
+    should_retrain(m["status"]) >> choice >> [approve, no_review]
+    approve >> reviewed
+    [reviewed, no_review] >> request >> retrain
 
 
 clinasr_drift()

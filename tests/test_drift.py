@@ -116,3 +116,97 @@ def test_report_html(tmp_path, policy):
     page = drift.render_html(d, [{"end": "2026-11-18", "wer": 0.1, "ker": 0.0}, {"end": "2026-11-25", "wer": 0.2, "ker": 0.3}],
                              "Drift")
     assert "Status: DRIFT" in page and page.count("data:image/png;base64,") == 2 and "war for in" in page
+
+
+def test_retraining_targets_every_drifted_category_and_the_missed_drugs(tmp_path, policy):
+    """Two frequency phrases drift and five drugs are each missed twice (below the per-term floor of 5): the
+    retraining's priority list holds all seven, and the report says for each term why it is (not) in it."""
+    steady = [("patient takes warfarin two milligrams once daily", "patient takes warfarin two milligrams once a day"),
+              ("start apixaban five milligrams twice daily", "start apixaban five milligrams twice a day")] * 6
+    missed = {"heparin": "happy rin", "tramadol": "tram a doll", "digoxin": "dig ox in", "cefazolin": "cefa zolin",
+              "furosemide": "furrow semi"}
+    pairs = [(h, s) for s, h in steady]
+    for drug, heard in missed.items():
+        pairs += [(f"give {heard} now", f"give {drug} now")] * 2
+    pairs += [("patient denies taking lisinopril", "patient denies taking lisinopril")] * 4
+    write(tmp_path, pairs)
+    d = run(tmp_path, policy)
+    assert d["status"] == "drift" and set(d["drifted_terms"]) == {"once daily", "twice daily"}
+    plan = drift.retrain_plan(d, policy, LEX)
+    assert set(plan["terms"]) == {"once daily", "twice daily", *missed} and not plan["default_used"]
+    assert set(plan["terms"][:2]) == {"once daily", "twice daily"}        # drifted terms first, then missed drugs
+    rows = {r["term"]: r for r in plan["per_term"]}
+    assert rows["once daily"]["category"] == "frequency" and rows["once daily"]["why"].startswith("drifted")
+    assert rows["heparin"]["misses"] == 2 and rows["heparin"]["occurrences"] == 2 and "happy rin x2" in rows["heparin"]["heard_as"]
+    assert "below the per-term floor of 5" in rows["heparin"]["why"] and rows["heparin"]["retrain"]
+    assert rows["warfarin"]["why"] == "recognised" and not rows["warfarin"]["retrain"]
+    # the list is bounded; what did not fit says so
+    small = drift.retrain_plan(d, {**policy, "max_retrain_terms": 3}, LEX)
+    assert len(small["terms"]) == 3 and sum("list is full" in r["why"] for r in small["per_term"]) == 4
+    page = drift.render_html({**d, "retraining": plan}, [], "Drift report")
+    assert "id=retraining" in page and "below the per-term floor" in page
+
+
+def test_nothing_specific_drifted_uses_the_explicit_default_and_says_so(tmp_path, policy):
+    write(tmp_path, [(s, s) for s in SENTENCES * 10], level=-50.0)       # only the audio level moved
+    d = run(tmp_path, policy)
+    assert d["status"] == "drift" and d["drifted_terms"] == []
+    plan = drift.retrain_plan(d, policy, LEX)
+    assert plan["default_used"] and plan["terms"] == policy["default_retrain_terms"][:policy["max_retrain_terms"]]
+    assert plan["reason"].startswith("nothing specific drifted (level shift")
+    with pytest.raises(drift.DriftError, match="no default_retrain_terms"):
+        drift.retrain_plan(d, {**policy, "default_retrain_terms": []}, LEX)
+
+
+def test_an_unknown_drug_is_proposed_and_enters_the_lexicon_only_after_approval(tmp_path, policy, monkeypatch):
+    from clinasr.airflow_support import record_lexicon_review, retrain_request
+    from clinasr.synth.lexicon import load_lexicon
+
+    monkeypatch.setenv("CLINASR_HOME", str(tmp_path / "home"))
+    new = "patient started zilebesiran yesterday evening"
+    write(tmp_path, [(s, s) for s in SENTENCES * 5] + [("patient started zeal a bees iran yesterday evening", new)] * 3)
+    m = drift.measure(drift.load_window(tmp_path, 7, end=NOW), load_lexicon())
+    d = drift.decide(m, REF, policy)
+    plan = drift.retrain_plan(d, policy, load_lexicon())
+    props = plan["proposed_additions"]
+    assert [p["term"] for p in props] == ["zilebesiran"] and props[0]["occurrences"] == 3   # "yesterday" is English
+    assert "zeal a bees iran" in props[0]["heard_as"]
+    measured = {"retrain_conf": {"terms": ", ".join(plan["terms"]), "utterances_per_term": 5, "reason": "drift"},
+                "proposed_additions": ["zilebesiran"], "default_terms_used": plan["default_used"]}
+    before = load_lexicon().version
+    record_lexicon_review({"chosen_options": ["Reject"], "responded_by_user": "rev"}, ["zilebesiran"], "r1")
+    assert "zilebesiran" not in load_lexicon().categories() and load_lexicon().version == before
+    assert "zilebesiran" not in retrain_request(measured)["terms"]
+    record_lexicon_review({"chosen_options": ["Approve"], "responded_by_user": "rev"}, ["zilebesiran"], "r2")
+    lex = load_lexicon()
+    assert lex.categories()["zilebesiran"] == "drug" and lex.version != before
+    conf = retrain_request(measured)
+    assert conf["terms"].split(", ")[-1] == "zilebesiran" and "reviewed lexicon additions: zilebesiran" in conf["reason"]
+    # the new lexicon version is what a synthetic-data run uses: the new drug is a priority term it can speak
+    from clinasr.synth.lexicon import load_terms
+    from clinasr.synth.transcripts import generate_transcripts
+
+    gen = generate_transcripts(lex, load_terms(conf["terms"], lex), 2, seed=1)
+    assert "zilebesiran" in {u.term for u in gen["utterances"]}
+    assert all(u.lexicon_version == lex.version for u in gen["utterances"])
+
+
+def test_ker_increase_snr_shift_and_duration_ratio_each_raise_drift(tmp_path, policy):
+    """The signals not exercised elsewhere, each alone: KER up against promotion, SNR shift, longer utterances."""
+    def signals(pairs, ref=REF, **write_kw):
+        d = tmp_path / f"s{len(list(tmp_path.iterdir()))}"
+        write(d, pairs, **write_kw)
+        dec = run(d, policy, ref)
+        return dec, {s["signal"]: s for s in dec["signals"] if s["drifted"]}
+
+    # KER: one missed term in four sentences' worth (below the per-term floor) still moves the overall KER
+    pairs = [(s.replace("apixaban", "a pixie ban"), s) if "continue" in s else (s, s) for s in SENTENCES * 10]
+    dec, bad = signals(pairs, ref={**REF, "ker_by_term": {}})
+    assert "KER increase" in bad and bad["KER increase"]["value"] == pytest.approx(dec["measured"]["ker"] - REF["ker"])
+    # SNR: noisier wards than the evaluation audio
+    steady = [(s, s) for s in SENTENCES * 10]
+    _, bad = signals(steady, ref={**REF, "audio": {**REF["audio"], "snr_db": 35.0}})
+    assert set(bad) == {"SNR shift (dB)"} and bad["SNR shift (dB)"]["value"] == pytest.approx(19.0 - 35.0)
+    # duration: dictations ten times as long as the evaluation's utterances
+    _, bad = signals(steady, ref={**REF, "audio": {**REF["audio"], "duration_s": 0.3}})
+    assert set(bad) == {"duration ratio"} and bad["duration ratio"]["value"] == pytest.approx(3.1 / 0.3)

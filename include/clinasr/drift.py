@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -97,10 +98,17 @@ def measure(window: dict, lexicon) -> dict:
         vocab = lexicon.vocabulary() | _common_words()
         words = [w for r in rows for w in r["text"].split()]
         oov = [w for w in words if w not in vocab]
+        oov_heard: dict[str, list[str]] = {}
+        for r in rows:   # what the model wrote where the clinician wrote an unknown word
+            for w in r["text"].split():
+                if w not in vocab and len(oov_heard.setdefault(w, [])) < 3:
+                    h = metrics.heard_as(r["text"], r["hypothesis"], w)
+                    if h and h not in oov_heard[w]:
+                        oov_heard[w].append(h)
         out.update(wer=s["wer"], ker=s["ker"], ker_by_term=s["ker_by_term"], confusions=s["confusions"],
                    negation_accuracy=s["negation_accuracy"], critical_negation_errors=s["critical_negation_errors"],
                    negated_utterances=s["negated_utterances"], oov_rate=len(oov) / max(len(words), 1),
-                   oov_words=sorted(set(oov))[:50],
+                   oov_words=sorted(set(oov))[:50], oov_counts=dict(Counter(oov).most_common(100)), oov_heard_as=oov_heard,
                    term_counts={t: sum(1 for r in rows for x in r["terms"] if x["term"] == t) for t in s["ker_by_term"]})
     return out
 
@@ -191,14 +199,99 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def retrain_terms(decision: dict, policy: dict, lexicon) -> list[str]:
-    """The priority terms for a drift-triggered retraining: drifted terms, else the most confused ones."""
-    terms = list(decision["drifted_terms"])
-    if not terms:
-        terms = [c["term"] for c in decision["measured"].get("confusions", [])]
+def retrain_plan(decision: dict, policy: dict, lexicon) -> dict:
+    """What a drift-triggered retraining targets, and why, term by term:
+
+    1. every drifted term, whatever its category (a frequency or route becomes a priority phrase the grammar
+       places in its sentences), worst first;
+    2. then the drugs missed most often in the window, ranked by misses, even below ``min_term_occurrences``
+       (a drug heard twice and missed twice is news) — at least ``min_missed_for_retraining`` misses;
+    3. at most ``max_retrain_terms``. When nothing specific drifted, the policy's explicit
+       ``default_retrain_terms`` are used and the plan says so: never an implicit "whole lexicon".
+
+    Returns {"terms", "default_used", "reason", "per_term": [{term, category, occurrences, misses, ker, heard_as,
+    drifted, retrain, why}], "proposed_additions"}."""
+    m = decision["measured"]
     cats = lexicon.categories()
-    out = [t for t in dict.fromkeys(terms) if cats.get(t) == "drug"]
-    return out[: policy.get("max_retrain_terms", 20)]
+    limit = int(policy.get("max_retrain_terms", 20))
+    min_missed = int(policy.get("min_missed_for_retraining", 2))
+    counts, kers = m.get("term_counts") or {}, m.get("ker_by_term") or {}
+    heard: dict[str, list[str]] = {}
+    for c in m.get("confusions") or []:
+        heard.setdefault(c["term"], []).append(f"{c['heard_as']} x{c['count']}")
+    rows = []
+    for t in sorted(set(counts) | set(kers)):
+        n = counts.get(t, 0)
+        misses = round((kers.get(t) or 0.0) * n)
+        rows.append({"term": t, "category": cats.get(t, "?"), "occurrences": n, "misses": misses, "ker": kers.get(t),
+                     "heard_as": heard.get(t, [])[:3], "drifted": t in decision.get("drifted_terms", []),
+                     "retrain": False, "why": ""})
+    chosen: list[str] = []
+
+    def take(row, why):
+        if len(chosen) >= limit:
+            row["why"] = f"not taken: the list is full (max_retrain_terms {limit})"
+            return
+        chosen.append(row["term"])
+        row.update(retrain=True, why=why)
+
+    for r in sorted((r for r in rows if r["drifted"]), key=lambda r: (-(r["ker"] or 0), -r["misses"], r["term"])):
+        take(r, f"drifted: KER {r['ker']:.2f} over {r['occurrences']} occurrences")
+    for r in sorted((r for r in rows if not r["drifted"] and r["category"] == "drug" and r["misses"] >= min_missed),
+                    key=lambda r: (-r["misses"], r["term"])):
+        take(r, f"missed {r['misses']} of {r['occurrences']} times (below the per-term floor of "
+                f"{policy['thresholds'].get('min_term_occurrences', 1)} occurrences for a drift signal)")
+    for r in rows:
+        if not r["why"]:
+            r["why"] = ("recognised" if not r["misses"] else
+                        f"missed {r['misses']} of {r['occurrences']}: below min_missed_for_retraining {min_missed}"
+                        if r["category"] == "drug" else f"missed {r['misses']} of {r['occurrences']}: not drifted")
+    default_used = not chosen
+    if default_used:
+        chosen = [normalize(t) for t in policy.get("default_retrain_terms") or []][:limit]
+        if not chosen:
+            raise DriftError(f"{policy['path']}: nothing specific drifted and the policy names no default_retrain_terms; "
+                             "add an explicit list (never the whole lexicon)")
+        reason = (f"nothing specific drifted ({decision['reason']}): the policy's default_retrain_terms "
+                  f"({', '.join(chosen)})")
+    else:
+        reason = f"{len(chosen)} terms from the feedback: " + ", ".join(chosen)
+    return {"terms": chosen, "default_used": default_used, "reason": reason, "per_term": rows,
+            "proposed_additions": propose_additions(m, policy, lexicon)}
+
+
+def propose_additions(m: dict, policy: dict, lexicon) -> list[dict]:
+    """Words of corrected transcripts the lexicon does not know, that are no everyday English either (not in
+    the general-English texts the project ships), heard at least ``min_proposal_occurrences`` times: likely new
+    drug names. Only proposals — a reviewer accepts them (the drift DAG's approve_lexicon) before they enter
+    the lexicon."""
+    words = m.get("oov_counts") or {}
+    if not words:
+        return []
+    everyday = _everyday_words()
+    floor = int(policy.get("min_proposal_occurrences", 2))
+    out = [{"term": w, "category": "drug", "occurrences": n, "heard_as": (m.get("oov_heard_as") or {}).get(w, [])[:3]}
+           for w, n in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+           if n >= floor and len(w) >= 5 and w.isalpha() and w not in everyday]
+    return out[: int(policy.get("max_proposals", 10))]
+
+
+@lru_cache(maxsize=1)
+def _everyday_words() -> frozenset[str]:
+    from clinasr import evalsets
+    from clinasr.synth import general
+
+    words = {w for s in general.load() for w in s.split()}
+    words |= {w for s in evalsets.eval_sentences("include/clinasr/data/eval_general_en.txt") for w in s.split()}
+    dictionary = Path("/usr/share/dict/words")   # Debian's wamerican (scripts/setup.sh installs it)
+    if dictionary.exists():
+        words |= {w.lower() for w in dictionary.read_text(errors="replace").split() if w.isalpha()}
+    return frozenset(words)
+
+
+def retrain_terms(decision: dict, policy: dict, lexicon) -> list[str]:
+    """The priority terms of :func:`retrain_plan`."""
+    return retrain_plan(decision, policy, lexicon)["terms"]
 
 
 def render_html(decision: dict, history: list[dict], title: str) -> str:
@@ -240,6 +333,21 @@ def render_html(decision: dict, history: list[dict], title: str) -> str:
                    f"<td>{e(_f(s['reference']))}</td><td>{e(str(s['threshold']))}</td><td>{'DRIFT' if s['drifted'] else 'ok'}</td>"
                    f"<td>{e(s['detail'])}</td></tr>" for s in decision["signals"])
     m = decision["measured"]
+    plan = decision.get("retraining") or {}
+    plan_rows = "".join(
+        f"<tr class={'bad' if r['drifted'] else 'ok'}><td>{e(r['term'])}</td><td>{e(r['category'])}</td><td>{r['occurrences']}</td>"
+        f"<td>{r['misses']}</td><td>{e(', '.join(r['heard_as']) or '-')}</td><td>{'yes' if r['retrain'] else 'no'}</td>"
+        f"<td>{e(r['why'])}</td></tr>" for r in plan.get("per_term", []))
+    plan_html = (f"<h2>Retraining set</h2><p>{e(plan.get('reason', ''))}</p><table id=retraining><tr><th>term</th>"
+                 f"<th>category</th><th>occurrences</th><th>misses</th><th>heard as</th><th>retrained</th><th>why</th></tr>"
+                 f"{plan_rows}</table>") if plan else ""
+    props = plan.get("proposed_additions") or []
+    props_html = ("<h2>Proposed lexicon additions</h2><p>Words clinicians wrote that the lexicon does not know and that "
+                  "are not everyday English; they enter the lexicon only when a reviewer approves them "
+                  "(<i>approve_lexicon</i> under Required actions).</p><table id=proposals><tr><th>word</th><th>seen</th>"
+                  "<th>heard as</th></tr>" + "".join(f"<tr><td>{e(p['term'])}</td><td>{p['occurrences']}</td>"
+                                                     f"<td>{e(', '.join(p['heard_as']) or '-')}</td></tr>" for p in props)
+                  + "</table>") if props else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title><style>
 body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
 .bad td:nth-child(5){{color:#b00;font-weight:bold}}</style></head><body><h1>{e(title)}</h1>
@@ -248,4 +356,5 @@ body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse
 ({m['matched_feedback']} matched, {m['unmatched_feedback']} without a request); policy {e(decision['policy']['path'])}
 v{e(str(decision['policy']['version']))}.</p>
 <table><tr><th>signal</th><th>value</th><th>at promotion</th><th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>
+{plan_html}{props_html}
 {''.join(f'<figure><img src="data:image/png;base64,{p}"></figure>' for p in pngs)}</body></html>"""

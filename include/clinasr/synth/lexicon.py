@@ -77,11 +77,53 @@ class Lexicon:
         return words
 
 
-@lru_cache(maxsize=4)
-def load_lexicon(path: str | None = None) -> Lexicon:
+def additions_path() -> Path:
+    """Reviewed lexicon additions of this installation (``<CLINASR_HOME>/lexicon/additions.json``): terms a
+    reviewer accepted from drift reports (new drugs clinicians say). They extend the shipped lexicon and change
+    its version, so every dataset records whether it was made with them."""
+    from clinasr.settings import Settings
+
+    return Settings.from_env().home / "lexicon" / "additions.json"
+
+
+def load_lexicon(path: str | None = None, additions: str | Path | None = None) -> Lexicon:
+    """The shipped lexicon (or ``path``) plus the reviewed additions (default: :func:`additions_path`)."""
+    extra = Path(additions) if additions else (None if path else additions_path())
+    stamp = extra.stat().st_mtime_ns if extra is not None and extra.exists() else None
+    return _load(str(path) if path else None, str(extra) if stamp else None, stamp)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str | None, additions: str | None, stamp: int | None) -> Lexicon:
     p = Path(path) if path else LEXICON_PATH
     raw = p.read_bytes()
-    return Lexicon(json.loads(raw), "lex-" + hashlib.sha256(raw).hexdigest()[:12])
+    data = json.loads(raw)
+    if additions:
+        extra = Path(additions).read_bytes()
+        known = {normalize(d["name"]) for d in data["drugs"]}
+        for a in json.loads(extra):
+            if a.get("category", "drug") == "drug" and normalize(a["term"]) not in known:
+                data["drugs"].append({"name": normalize(a["term"]), "brands": [], "added_by": a.get("by"),
+                                      "added_from": a.get("source")})
+        raw += extra
+    return Lexicon(data, "lex-" + hashlib.sha256(raw).hexdigest()[:12])
+
+
+def add_reviewed_terms(terms: list[str], by: str | None, source: str, path: Path | None = None) -> dict:
+    """Record terms a reviewer accepted (idempotent); returns the new lexicon version."""
+    import time
+
+    path = path or additions_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else []
+    have = {normalize(a["term"]) for a in current}
+    for t in terms:
+        if normalize(t) and normalize(t) not in have:
+            current.append({"term": normalize(t), "category": "drug", "by": by, "source": source,
+                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            have.add(normalize(t))
+    path.write_text(json.dumps(current, indent=1))
+    return {"path": str(path), "terms": sorted(have), "lexicon_version": load_lexicon().version}
 
 
 @dataclass

@@ -105,8 +105,11 @@ class GrammarGenerator:
         for term in terms.terms:
             rng = random.Random(f"{self.seed}|{term}")
             category = terms.categories.get(term, "drug")
+            # a frequency or route priority term goes into a template with its slot (every template has {drug})
+            slot = {"frequency": "{freq}", "route": "{route}"}.get(category, "{drug}")
+            shapes = sorted(k for k, v in self.templates.items() if slot in v) or sorted(self.templates)
             for i in range(per_term):
-                tid = rng.choice(sorted(self.templates))
+                tid = rng.choice(shapes)
                 tpl = self.templates[tid]
                 unit = rng.choice(list(lex["units"]))
                 slots = {
