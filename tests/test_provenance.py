@@ -49,9 +49,23 @@ def test_deleting_the_last_record_is_detected_against_the_mirror(plog):
     lines = plog.chain.read_text().splitlines()
     plog.chain.write_text("\n".join(lines[:-1]) + "\n")
     assert V.verify(plog.records()) == []        # a truncated chain is self-consistent ...
+    problems = V.verify_mirror(plog)             # ... but the mirror still holds the deleted record
+    assert len(problems) == 1 and problems[0].startswith("seq 2: ") and "has no local record" in problems[0]
+    from clinasr.cli import main as cli
+
+    assert cli(["provenance", "verify", "--mirror"]) != 0
+
+
+def test_a_rewritten_mirror_copy_or_local_record_is_detected(plog):
     from clinasr.store import ObjectStore
-    keys = ObjectStore(plog.settings).list_keys(f"s3://{plog.settings.bucket}/provenance/")
-    assert len(keys) == len(lines)               # ... but the mirror still holds the deleted record
+
+    store = ObjectStore(plog.settings)
+    key = sorted(store.list_keys(f"s3://{plog.settings.bucket}/provenance/"))[1]
+    body = json.loads(store.get_bytes(f"s3://{plog.settings.bucket}/{key}"))
+    body["triggering_user"] = "mallory"
+    store.put_bytes(json.dumps(body).encode(), f"s3://{plog.settings.bucket}/{key}")
+    problems = V.verify_mirror(plog)
+    assert problems == [f"seq 1: the copy s3://{plog.settings.bucket}/{key} differs from the local record"]
 
 
 def test_lineage_both_directions(plog):

@@ -56,8 +56,12 @@ def test_reject_and_bad_references(reg):
         registry.rollback(name, by="x", reason="y")
     with pytest.raises(registry.RegistryError, match="does not exist"):
         registry.resolve(f"models:/{name}/99")
-    with pytest.raises(Exception):
+    with pytest.raises(registry.RegistryError, match="version 99 does not exist"):
         registry.promote(name, "99", by="x", reason="y")
+    # a version the gate rejected reaches production only through a recorded override
+    with pytest.raises(registry.RegistryError, match=f"v{v1} was rejected by the gate \\(gate failed: term accuracy"):
+        registry.promote(name, v1, by="x", reason="looks fine to me")
+    assert registry.promote(name, v1, by="x", reason="override: pilot", override=True)["production"] == v1
 
 
 def test_cli_rollback_needs_a_reason(reg, capsys):
@@ -84,3 +88,47 @@ def test_cli_rollback_redeploys_and_says_when_serving_is_down(reg, capsys, monke
     out = capsys.readouterr()
     assert json.loads(out.out)["deployed"] is None and "not reachable" in out.err
     assert registry.alias_version(name, "production") == v1
+
+
+def test_a_failed_deploy_after_promotion_rolls_the_registry_back_to_what_is_served(reg, monkeypatch):
+    """The service refuses the new production version (as it answers a failed load: 422, old model kept): the
+    registry must name what it serves, so production goes back to the previous version and the task fails."""
+    import http.server
+    import threading
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from clinasr.airflow_support import deploy_to_serving
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):   # /admin/reload: the model fails to load; the old one keeps serving
+            self.send_response(422)
+            self.end_headers()
+            self.wfile.write(b'{"detail": "cannot load model.nemo: corrupt"}')
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CLINASR_SERVE_URL", f"http://127.0.0.1:{srv.server_address[1]}")
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    registry, c, name, (v1, v2, _) = reg
+    try:
+        registry.promote(name, v1, by="ci", reason="ok")
+        registry.promote(name, v2, by="ci", reason="ok")
+        with pytest.raises(AirflowFailException, match=f"production rolled back to v{v1}"):
+            deploy_to_serving(f"models:/{name}/{v2}")
+        assert registry.alias_version(name, "production") == v1
+        assert c.get_model_version(name, v2).tags["rollback_reason"].startswith("deploy failed: serving at")
+        # the first production version has nothing to go back to: the alias is removed, the version marked
+        c.delete_registered_model_alias(name, "production")
+        c.delete_registered_model_alias(name, "previous")
+        c.set_registered_model_tag(name, "production_history", "[]")
+        registry.promote(name, v1, by="ci", reason="ok")
+        with pytest.raises(AirflowFailException, match="production alias was removed"):
+            deploy_to_serving(f"models:/{name}/{v1}")
+        assert registry.alias_version(name, "production") is None
+        assert c.get_model_version(name, v1).tags["status"] == "deploy_failed"
+    finally:
+        srv.shutdown()

@@ -35,10 +35,39 @@ def test_snapshot_is_content_addressed_encrypted_and_idempotent(s3_env, tmp_path
 
 
 def test_fetch_snapshot_checks_hashes(s3_env, tmp_path):
+    import json
+
+    from clinasr.store import SNAPSHOT_MARKER
+
     store = ObjectStore(s3_env)
     snap = store.stage_snapshot(_dataset(tmp_path))
     out = store.fetch_snapshot(snap.uri, tmp_path / "copy")
     assert (out / "audio" / "a.wav").read_bytes().startswith(b"RIFF")
+    # a corrupted object: the fetch fails naming it
+    store.put_bytes(b"RIFF not the recorded audio", f"{snap.uri}/audio/a.wav")
+    with pytest.raises(StoreError, match=f"audio/a.wav in {snap.uri} does not match its recorded sha256"):
+        store.fetch_snapshot(snap.uri, tmp_path / "copy2")
+    # an edited entry of the file listing (here: to match the corrupted object) breaks the snapshot id
+    marker = json.loads(store.get_bytes(f"{snap.uri}/{SNAPSHOT_MARKER}"))
+    marker["files"][[f["path"] for f in marker["files"]].index("audio/a.wav")]["sha256"] = "0" * 64
+    store.put_bytes(json.dumps(marker).encode(), f"{snap.uri}/{SNAPSHOT_MARKER}")
+    with pytest.raises(StoreError, match="does not hash to the snapshot id"):
+        store.fetch_snapshot(snap.uri, tmp_path / "copy3")
+
+
+def test_an_interrupted_snapshot_is_never_used(s3_env, tmp_path):
+    from clinasr.store import SNAPSHOT_MARKER
+
+    store = ObjectStore(s3_env)
+    ds = _dataset(tmp_path)
+    snap = store.stage_snapshot(ds)
+    bucket, key = snap.uri.removeprefix("s3://").split("/", 1)
+    store.client.delete_object(Bucket=bucket, Key=f"{key}/{SNAPSHOT_MARKER}")     # as if the upload died before it
+    with pytest.raises(FileNotFoundError, match="incomplete or missing: no _snapshot.json"):
+        store.fetch_snapshot(snap.uri, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    again = store.stage_snapshot(ds)        # a retry completes it (same content, same id)
+    assert again.uri == snap.uri and store.fetch_snapshot(snap.uri, tmp_path / "copy").exists()
 
 
 def test_empty_dataset_and_unreachable_store_are_clear_errors(clinasr_home, tmp_path, monkeypatch):

@@ -184,17 +184,27 @@ def verify(records: list[dict]) -> list[str]:
 
 
 def verify_mirror(log: ProvenanceLog) -> list[str]:
-    """Compare the local chain with the object-store copies (a record missing or different there)."""
+    """Compare the local chain with its object-store copies, both ways: a local record with no copy there, a
+    copy whose content differs from the local record (either was rewritten), and a copy with no local record —
+    the local chain lost records, e.g. its last ones were deleted, which the hash chain alone cannot see."""
     from clinasr.store import ObjectStore
 
     store = ObjectStore(log.settings)
     bucket = log.settings.bucket
     keys = set(store.list_keys(f"s3://{bucket}/provenance/"))
     problems = []
+    local = set()
     for r in log.records():
         key = f"provenance/{r['seq']:08d}-{r['hash'][:16]}.json"
+        local.add(key)
         if key not in keys:
             problems.append(f"seq {r['seq']}: no copy in s3://{bucket}/{key}")
+        elif store.get_bytes(f"s3://{bucket}/{key}") != canonical(r):
+            problems.append(f"seq {r['seq']}: the copy s3://{bucket}/{key} differs from the local record")
+    for key in sorted(keys - local):
+        seq = key.rsplit("/", 1)[-1].split("-", 1)[0]
+        problems.append(f"seq {int(seq) if seq.isdigit() else seq}: s3://{bucket}/{key} has no local record "
+                        "(the local chain lost it: deleted or truncated)")
     return problems
 
 

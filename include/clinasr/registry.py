@@ -115,13 +115,23 @@ def _history(name: str) -> list[str]:
     return json.loads(tags.get("production_history", "[]"))
 
 
-def promote(name: str, version: str, by: str, reason: str, report_uri: str | None = None) -> dict:
+def promote(name: str, version: str, by: str, reason: str, report_uri: str | None = None,
+            override: bool = False) -> dict:
     """production -> ``version``; the old production becomes ``previous``. ``previous`` is moved first, so a
-    failure in between leaves production unchanged (MLflow has no multi-alias transaction)."""
+    failure in between leaves production unchanged (MLflow has no multi-alias transaction). A version the gate
+    rejected is promoted only with ``override`` (a recorded override reason)."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     c = client()
-    c.get_model_version(name, version)   # raises for an unknown version
+    try:
+        mv = c.get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(f"{name} version {version} does not exist") from None
+    if (mv.tags or {}).get("status") == "rejected" and not override:
+        raise RegistryError(f"{name} v{version} was rejected by the gate ({(mv.tags or {}).get('rejection_reason', '')[:200]}); "
+                            "promote it only through an override with a recorded reason")
     old = alias_version(name, "production")
     if old == str(version):
         return {"name": name, "production": old, "previous": alias_version(name, "previous"), "changed": False}

@@ -201,13 +201,25 @@ class ObjectStore:
         return snap
 
     def fetch_snapshot(self, uri: str, dest: Path) -> Path:
-        """Download a snapshot into ``dest`` and check every file's sha256."""
-        marker = json.loads(self.get_bytes(f"{uri.rstrip('/')}/{SNAPSHOT_MARKER}"))
+        """Download a snapshot into ``dest`` and check it: the completion marker must exist (an interrupted
+        upload has none and is never used), its file listing must hash to the snapshot's id (an edited entry
+        is caught), and every file must match its recorded sha256."""
+        uri = uri.rstrip("/")
+        try:
+            marker = json.loads(self.get_bytes(f"{uri}/{SNAPSHOT_MARKER}"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"snapshot {uri} is incomplete or missing: no {SNAPSHOT_MARKER} (an interrupted "
+                                    "upload is never used); stage it again") from None
+        listing = json.dumps(marker.get("files"), sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(listing).hexdigest()
+        if digest != marker.get("digest") or not digest.startswith(uri.rsplit("/", 1)[-1]):
+            raise StoreError(f"snapshot {uri}: its file listing ({SNAPSHOT_MARKER}) does not hash to the snapshot id "
+                             f"(an entry was changed after staging); do not use it")
         for f in marker["files"]:
             target = dest / f["path"]
             if target.exists() and sha256_file(target) == f["sha256"]:
                 continue  # already fetched and intact
-            self.download(f"{uri.rstrip('/')}/{f['path']}", target)
+            self.download(f"{uri}/{f['path']}", target)
             if sha256_file(target) != f["sha256"]:
                 raise StoreError(f"{f['path']} in {uri} does not match its recorded sha256")
         return dest

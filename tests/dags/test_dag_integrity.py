@@ -52,13 +52,19 @@ def test_params_reject_bad_values(dagbag):
     good = ParamsDict(dag.params)
     good.validate()
     bad = ParamsDict(dag.params)
-    with pytest.raises(Exception):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="utterances_per_term"):
         bad["utterances_per_term"] = 0
         bad.validate()
-    with pytest.raises(Exception):
+    with pytest.raises(ParamValidationError, match="val_fraction"):
         bad2 = ParamsDict(dag.params)
         bad2["val_fraction"] = 0.5
         bad2.validate()
+    with pytest.raises(ParamValidationError, match="template_family"):   # family b is the held-out set's
+        bad3 = ParamsDict(dag.params)
+        bad3["template_family"] = "b"
+        bad3.validate()
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)

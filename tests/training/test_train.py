@@ -43,12 +43,21 @@ def test_train_registers_a_candidate_and_resumes(dataset, tracking, tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
     assert "last.ckpt" in ckpts and len(ckpts) <= 3
 
-    # resume: a longer run continues from last.ckpt in the same MLflow run, at the same LR schedule position
+    # resume: a longer run continues from last.ckpt in the same MLflow run — the weights, the optimizer state and
+    # the LR schedule position at the start of the resumed run are the checkpoint's, and only 6 steps are run
+    import torch
+
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    probe = ResumeProbe()
     logs.clear()
-    r2 = train({**args, "trainer_overrides": {**STEPS, "max_steps": 18}}, log=logs.append)
+    r2 = train({**args, "trainer_overrides": {**STEPS, "max_steps": 18}}, log=logs.append, callbacks=[probe])
     assert r2["global_step"] == 18 and r2["mlflow_run_id"] == r["mlflow_run_id"]
     assert any("resuming from" in m for m in logs)
-    assert not any("step 6/18" in m for m in logs)       # the first 12 steps were not redone
+    assert probe.start_step == saved["global_step"] == 12 and probe.batches == 6
+    assert probe.lr_epoch == saved["lr_schedulers"][0]["last_epoch"] == 12
+    assert all(torch.equal(probe.weights[k], v) for k, v in saved["state_dict"].items())
+    opt = saved["optimizer_states"][0]["state"]
+    assert opt and all(torch.equal(probe.optimizer["state"][i]["exp_avg"], st["exp_avg"]) for i, st in opt.items())
     assert c.get_model_version_by_alias("clinasr-test", "candidate").version == r2["model_version"] != r["model_version"]
 
     # the saved model loads and transcribes
@@ -69,6 +78,44 @@ def test_train_registers_a_candidate_and_resumes(dataset, tracking, tmp_path):
                 "base": {"nemo": r2["nemo_path"], "change_vocabulary": True},
                 "mlflow": {"experiment": "t"}}, log=logs.append)
     assert nv["global_step"] == 2 and any("vocabulary" in m for m in logs)
+
+
+class ResumeProbe:
+    """What the model, optimizer and LR schedule hold when the (resumed) run starts, and how many steps it runs."""
+
+    def __new__(cls):
+        import copy
+
+        import lightning.pytorch as pl
+
+        class Probe(pl.Callback):
+            batches = 0
+
+            def on_train_start(self, trainer, module):
+                self.start_step = trainer.global_step
+                self.weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
+                self.lr_epoch = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+
+            def on_train_batch_end(self, *a):
+                self.batches += 1
+
+        return Probe()
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_newest_that_loads(dataset, tmp_path):
+    args = {"dataset": str(dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
+            "trainer_overrides": {**STEPS, "max_steps": 6, "val_check_interval": 3, "checkpoint_every_n_steps": 3}}
+    train(args, log=lambda m: None)
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 cut short by a crash")       # a partial write
+    (ckpts / "step000006.ckpt").write_bytes(b"also broken")
+    logs, probe = [], ResumeProbe()
+    r = train({**args, "trainer_overrides": {**args["trainer_overrides"], "max_steps": 9}}, log=logs.append,
+              callbacks=[probe])
+    assert any("does not load (moved to last.ckpt.corrupt); resuming from step000003.ckpt" in m for m in logs)
+    assert probe.start_step == 3 and probe.batches == 6 and r["global_step"] == 9
+    assert (ckpts / "last.ckpt.corrupt").read_bytes().endswith(b"cut short by a crash")
 
 
 def test_bad_inputs_are_clear_errors(dataset, tracking, tmp_path):
