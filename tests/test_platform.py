@@ -25,6 +25,8 @@ def platform_settings(tmp_path_factory):
         mp.setenv(k, str(v))
     for k in ("CLINASR_S3_ENDPOINT", "MLFLOW_TRACKING_URI", "CLINASR_BUCKET"):
         mp.delenv(k, raising=False)
+    # the held-out evaluation sets and the replay set, at test size (same voices and engine, few rows)
+    mp.setenv("CLINASR_EVALSETS_CONFIG", str(P.REPO_ROOT / "tests" / "data" / "evalsets-small.yaml"))
     s = Settings.from_env()
     mp.setenv("CLINASR_S3_ENDPOINT", s.s3_endpoint)
     mp.setenv("MLFLOW_TRACKING_URI", s.mlflow_uri)
@@ -107,6 +109,34 @@ def test_qa_review_waits_for_a_person_and_records_the_decision(platform_settings
     assert V.verify(V.ProvenanceLog(s).records()) == []
 
 
+def test_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_settings):
+    """clinasr_evaluation_sets renders the held-out sets and the replay set, stages each as a snapshot indexed by
+    its config hash, and records provenance; a second run finds them current and builds nothing."""
+    from clinasr import evalsets
+    from clinasr import provenance as V
+    from clinasr.store import ObjectStore
+
+    s = platform_settings
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    client.wait_for_dag("clinasr_evaluation_sets")
+    run_id = client.trigger("clinasr_evaluation_sets", {})
+    assert client.wait("clinasr_evaluation_sets", run_id, timeout=600)["state"] == "success"
+    states = {st["name"]: st for st in evalsets.status(settings=s)}
+    assert {n: st["state"] for n, st in states.items()} == {"clinical_heldout": "current", "general_heldout": "current",
+                                                            "general_replay": "current"}
+    store = ObjectStore(s)
+    card = json.loads(store.get_bytes(f"{states['general_heldout']['uri']}/evalset_card.json"))
+    held, _ = evalsets.heldout_voices(evalsets.load_config())
+    assert card["rows"] == {"test_manifest.jsonl": 10} and set(card["voices"]) <= held
+    recs = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "build"]
+    assert sorted(r["evaluation_set"]["name"] for r in recs) == sorted(states)
+    assert all(r["evaluation_set"]["built"] for r in recs) and all(r["outputs"][0]["uri"].startswith("s3://") for r in recs)
+    again = client.trigger("clinasr_evaluation_sets", {})
+    assert client.wait("clinasr_evaluation_sets", again, timeout=300)["state"] == "success"
+    recs = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == again and r["task_id"] == "build"]
+    assert len(recs) == 3 and not any(r["evaluation_set"]["built"] for r in recs)
+
+
 def test_training_dag_registers_a_candidate(platform_settings):
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
@@ -129,6 +159,9 @@ def test_training_dag_registers_a_candidate(platform_settings):
 
     rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "candidate"][0]
     assert rec["inputs"][0]["uri"] == snap["uri"] and rec["outputs"][0]["uri"] == out["model_uri"]
+    # every fine-tune replays general English: the replay set is an input of the candidate
+    replay = [i for i in rec["inputs"] if i["kind"] == "replay-set"]
+    assert len(replay) == 1 and replay[0]["uri"].startswith(f"s3://{s.bucket}/evalsets/general_replay/")
     assert rec["mlflow"]["run_id"] == out["mlflow_run_id"] and len(rec["outputs"][0]["sha256"]) == 64
     # lineage: the model goes back to the dataset snapshot and the transcripts it was made from
     up = V.upstream(V.lineage_graph(V.ProvenanceLog(s).records()), out["model_uri"])
@@ -151,10 +184,14 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     ml = MlflowClient(s.mlflow_uri)
     cand = ml.get_model_version_by_alias("clinasr-platform-test", "candidate")
     assert cand.tags["status"] == "rejected" and cand.tags["gate"] == "reject"
-    assert "gate failed" in cand.tags["rejection_reason"]
+    assert "gate failed" in cand.tags["rejection_reason"] and " on clinical_heldout " in cand.tags["rejection_reason"]
     page = ObjectStore(s).get_bytes(cand.tags["gate_report"]).decode()
     assert "Decision: REJECT" in page and "data:image/png;base64," in page
     assert "gate" in {a.path for a in ml.list_artifacts(cand.run_id)}
+    metrics = ml.get_run(cand.run_id).data.metrics       # every set's figures, phantom terms included, in MLflow
+    assert {"eval_clinical_heldout_wer", "eval_general_heldout_wer", "eval_general_heldout_phantoms_per_100",
+            "eval_validation_wer"} <= set(metrics)
+    assert "gate/phantom_terms.json" in {a.path for a in ml.list_artifacts(cand.run_id, "gate")}
     # overriding needs an explicit Param with a reason; it is recorded
     # (with a reference model that cannot load here — no hub — beside the packaged Whisper: reported, not fatal)
     run_id = client.trigger("clinasr_evaluate_promote", {"model_name": "clinasr-platform-test",
@@ -163,7 +200,13 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
                                                                               "pretrained:nvidia/parakeet-tdt-0.6b-v2"]})
     run = client.wait("clinasr_evaluate_promote", run_id, timeout=600)
     assert run["state"] == "success"
-    board = {r["model"]: r for r in client.xcom("clinasr_evaluate_promote", run_id, "gate")["leaderboard"]}
+    gate_out = client.xcom("clinasr_evaluate_promote", run_id, "gate")
+    assert list(gate_out["leaderboards"]) == ["clinical_heldout", "general_heldout", "validation"]
+    plan = client.xcom("clinasr_evaluate_promote", run_id, "plan")
+    assert plan["missing_sets"] == {} and [x["name"] for x in plan["sets"]] == ["clinical_heldout", "general_heldout",
+                                                                               "validation"]
+    assert plan["sets"][0]["terms"] == ["warfarin", "levetiracetam"]   # the candidate's own priority terms
+    board = {r["model"]: r for r in gate_out["leaderboard"]}
     assert board["whisper-tiny.en"]["role"] == "reference" and 0 <= board["whisper-tiny.en"]["wer"]
     assert "cannot load pretrained" in board["pretrained:nvidia/parakeet-tdt-0.6b-v2"]["error"]
     # no production yet: the baseline is the base model the candidate was fine-tuned from (the shipped one)
@@ -257,6 +300,27 @@ def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
     rec = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "measure"][0]
     assert rec["drift"]["status"] == "drift" and rec["drift"]["terms"] == ["warfarin"]
     assert any(i["kind"] == "served-traffic" for i in rec["inputs"])
+    assert states["approve_lexicon"] == "skipped" and states["no_lexicon_review"] == "success"   # nothing to review
+
+    # a drug the lexicon does not know, in the clinicians' corrections: proposed, and added only on approval
+    from clinasr.synth.lexicon import load_lexicon
+
+    new_drug = "patient started zilebesiran yesterday evening"
+    write([(x.replace("warfarin", "war for in"), x) for x in sentences * 15]
+          + [("patient started zeal a bees iran yesterday evening", new_drug)] * 3)
+    before = {r["dag_run_id"] for r in client.runs("clinasr_synthetic_data")}
+    run_id = client.trigger("clinasr_drift", {"model_name": "clinasr-platform-test", "window_days": 3,
+                                              "policy": str(tmp_path / "policy.yaml"), "utterances_per_term": 1})
+    assert "zilebesiran" not in load_lexicon().categories()
+    client.respond("clinasr_drift", run_id, "approve_lexicon", "Approve")
+    assert client.wait("clinasr_drift", run_id, timeout=300)["state"] == "success"
+    assert client.xcom("clinasr_drift", run_id, "measure")["proposed_additions"] == ["zilebesiran"]
+    assert load_lexicon().categories()["zilebesiran"] == "drug"
+    new = [r for r in client.runs("clinasr_synthetic_data") if r["dag_run_id"] not in before]
+    assert len(new) == 1 and new[0]["conf"]["terms"] == "warfarin, zilebesiran"
+    review = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "approve_lexicon"][0]
+    assert review["lexicon_review"]["decision"] == "Approve" and review["lexicon_review"]["added"] == ["zilebesiran"]
+    assert review["lexicon_review"]["lexicon_version"] == load_lexicon().version != review["lexicon_review"]["lexicon_version_before"]
     client.pause("clinasr_synthetic_data")      # the retraining it started is not part of this test
 
 

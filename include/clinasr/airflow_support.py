@@ -114,12 +114,38 @@ def training_plan(dataset_uri: str, params: dict, run_id: str) -> dict:
     }
     if ckpt_uri:
         train_args["checkpoint_uri"] = ckpt_uri
+    replay = replay_for(params)
+    if replay:
+        train_args["trainer_overrides"]["replay"] = replay["replay"]
+        train_args["replay_source"] = replay["uri"]
+    elif params.get("replay_ratio") is not None:
+        train_args["trainer_overrides"]["replay"] = {"ratio": 0}
     plan = {"backend": backend, "dataset_uri": dataset_uri, "job_name": name, "train_args": train_args,
             "sagemaker_config": None}
     if backend == "sagemaker":
         aws = AWSLaunchConfig(instance_count=int(params["instance_count"]), checkpoint_uri=ckpt_uri)
         plan["sagemaker_config"] = sagemaker_request(name, dataset_uri, train_args, aws)
     return plan
+
+
+def replay_for(params: dict) -> dict | None:
+    """The run's general-English replay ({"replay": trainer option, "uri": snapshot}), resolved when the run is
+    planned: a fine-tune whose replay source is missing fails here, before any training, naming the set."""
+    from clinasr import evalsets
+    from clinasr.training.train import load_yaml
+
+    replay = dict(load_yaml(params["trainer_config"]).get("replay") or {})
+    if params.get("replay_ratio") is not None:
+        replay["ratio"] = float(params["replay_ratio"])
+    if float(replay.get("ratio", 0) or 0) <= 0:
+        return None
+    name = replay.setdefault("set", "general_replay")
+    try:
+        entry = evalsets.resolve(name)
+    except evalsets.EvalSetError as e:
+        raise ValueError(f"fine-tuning replays {name!r} at {replay['ratio']}:1 but the replay source is not available: "
+                         f"{e} (or set the replay_ratio Param to 0)") from None
+    return {"replay": replay, "uri": entry["uri"], "config_hash": entry["config_hash"]}
 
 
 def train_local(plan: dict) -> dict:
@@ -185,8 +211,10 @@ def record_candidate(plan: dict, local_result: dict | None, params: dict, run_id
         log.info("MLflow run: %s/#/experiments/%s/runs/%s", settings.mlflow_uri, result.get("mlflow_experiment_id", "0"),
                  result["mlflow_run_id"])
     dataset_uri = plan["dataset_uri"]
+    replay = plan["train_args"].get("replay_source")
     declare(inputs=[{"uri": dataset_uri, "kind": "dataset"}] + (
-                [{"uri": params["base"].split(":", 1)[1], "kind": "base-model"}] if not params["base"].startswith("config:") else []),
+                [{"uri": params["base"].split(":", 1)[1], "kind": "base-model"}] if not params["base"].startswith("config:") else [])
+            + ([{"uri": replay, "kind": "replay-set"}] if replay else []),
             outputs=[{"uri": result["model_uri"], "kind": "model", "sha256": _sha(result.get("nemo_path"))}],
             mlflow={"run_id": result.get("mlflow_run_id"), "model_version": result.get("model_version")},
             job={"backend": plan["backend"], "name": plan["job_name"]})
@@ -242,7 +270,8 @@ def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> d
         raise ValueError(f"{ref} is already production: nothing to evaluate")
     # no production yet: the baseline_model Param, else the base model the candidate was fine-tuned from (its tag)
     baseline = f"models:/{name}/{prod}" if prod else (params.get("baseline_model") or (mv.tags or {}).get("base_model") or None)
-    sets = [{"name": "validation", "manifest": dataset}]
+    held, missing = heldout_sets(dataset, params.get("gate_config") or "configs/gate/default.yaml")
+    sets = held + [{"name": "validation", "manifest": dataset}]
     for i, spec in enumerate(params.get("extra_manifests") or []):
         set_name, sep, path = spec.partition("=")
         sets.append({"name": set_name.strip(), "manifest": path.strip()} if sep else {"name": f"extra{i + 1}", "manifest": spec})
@@ -254,7 +283,57 @@ def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> d
     return {"model_name": name, "candidate": f"models:/{name}/{version}", "candidate_version": version,
             "production_version": prod, "baseline": baseline,
             "baseline_kind": "production" if prod else ("base model" if baseline else None),
-            "sets": sets, "dataset_uri": dataset, "references": [r.strip() for r in refs if r.strip()]}
+            "sets": sets, "missing_sets": missing, "dataset_uri": dataset,
+            "references": [r.strip() for r in refs if r.strip()]}
+
+
+def _dataset_terms(dataset: str) -> list[str] | None:
+    """The priority terms a dataset was built for (its card), None for every lexicon drug or no card."""
+    import json
+
+    try:
+        if dataset.startswith("s3://"):
+            from clinasr.store import ObjectStore
+
+            card = json.loads(ObjectStore().get_bytes(f"{dataset.rstrip('/')}/dataset_card.json"))
+        else:
+            card = json.loads((Path(dataset) / "dataset_card.json").read_text())
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return card.get("terms") or None
+
+
+def heldout_sets(dataset: str, gate_config: str) -> tuple[list[dict], dict[str, str]]:
+    """The evaluation sets the gate decides on, resolved to their current snapshots, and the ones that are
+    missing or stale ({name: why}: the gate fails closed on them). The clinical held-out set is scored on the
+    rows of the candidate's own priority terms."""
+    from clinasr import evalsets
+    from clinasr.gate import load_gate
+    from clinasr.textnorm import normalize
+
+    gate = load_gate(gate_config)
+    wanted = [n for n in dict.fromkeys([gate["in_domain_set"], gate.get("general_set"), *gate["required_sets"]])
+              if n and n != "validation"]
+    cfg = evalsets.load_config()
+    sets, missing = [], {}
+    terms = _dataset_terms(dataset)
+    for name in wanted:
+        try:
+            entry = evalsets.resolve(name, cfg)
+        except evalsets.EvalSetError as e:
+            missing[name] = str(e)
+            continue
+        s = {"name": name, "manifest": entry["uri"], "config_hash": entry["config_hash"]}
+        spec_terms = evalsets.spec(cfg, name).get("terms")
+        if terms and spec_terms:
+            covered = set(map(normalize, spec_terms))
+            s["terms"] = [t for t in terms if t in covered]
+            if not s["terms"]:
+                missing[name] = (f"evaluation set {name!r} covers none of the candidate's priority terms "
+                                 f"({', '.join(terms[:8])}): add them to {cfg['path']} (sets.{name}.terms) and rebuild")
+                continue
+        sets.append(s)
+    return sets, missing
 
 
 def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
@@ -290,7 +369,8 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
 
     settings = Settings.from_env()
     gate = load_gate(params["gate_config"])
-    decision = decide(candidate, baseline, gate, plan["baseline_kind"] or "production", references)
+    decision = decide(candidate, baseline, gate, plan["baseline_kind"] or "production", references,
+                      missing_sets=plan.get("missing_sets"))
     override = (params.get("override_reason") or "").strip()
     if override and not decision["passed"]:
         decision["override"] = {"reason": override, "by": user or "unknown", "failed": summary(decision)}
@@ -308,6 +388,16 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
     if mv.run_id:
         c.log_artifact(mv.run_id, str(out / "gate.json"), "gate")
         c.log_artifact(mv.run_id, str(out / "gate.html"), "gate")
+        # every set's headline figures on the candidate's run, phantom terms with their top list
+        phantoms = {}
+        for set_name, m in (candidate.get("sets") or {}).items():
+            for key, value in (("wer", m.get("wer")), ("ker", m.get("ker")),
+                               ("phantoms_per_100", (m.get("phantom_terms") or {}).get("per_100_utterances"))):
+                if value is not None:
+                    c.log_metric(mv.run_id, f"eval_{set_name}_{key}", float(value))
+            phantoms[set_name] = m.get("phantom_terms")
+        (out / "phantom_terms.json").write_text(json.dumps(phantoms, indent=1))
+        c.log_artifact(mv.run_id, str(out / "phantom_terms.json"), "gate")
     c.set_model_version_tag(plan["model_name"], plan["candidate_version"], "gate", decision["decision"])
     c.set_model_version_tag(plan["model_name"], plan["candidate_version"], "gate_report", f"{prefix}/gate.html")
     declare(inputs=[{"uri": plan["candidate"], "kind": "model"}] + ([{"uri": plan["baseline"], "kind": "baseline-model"}]
@@ -323,7 +413,8 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
         raise AirflowFailException(f"candidate {plan['candidate']} rejected — {summary(decision)} "
                                    f"(report: {prefix}/gate.html; to promote anyway set override_reason)")
     return {"passed": decision["passed"], "override": decision.get("override"), "summary": summary(decision),
-            "report": f"{prefix}/gate.html", "criteria": decision["criteria"], "leaderboard": decision["leaderboard"]}
+            "report": f"{prefix}/gate.html", "criteria": decision["criteria"], "leaderboard": decision["leaderboard"],
+            "leaderboards": decision["leaderboards"]}
 
 
 def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:
@@ -331,7 +422,7 @@ def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:
 
     reason = gate_result["summary"] if not gate_result.get("override") else f"override: {gate_result['override']['reason']}"
     res = registry.promote(plan["model_name"], plan["candidate_version"], by=user or "clinasr_evaluate_promote",
-                           reason=reason, report_uri=gate_result["report"])
+                           reason=reason, report_uri=gate_result["report"], override=bool(gate_result.get("override")))
     declare(inputs=[{"uri": plan["candidate"], "kind": "model"}, {"uri": gate_result["report"], "kind": "gate-report"}],
             outputs=[{"uri": f"models:/{plan['model_name']}@production", "kind": "model-alias"}],
             promotion={**res, "by": user, "reason": reason})
@@ -339,10 +430,41 @@ def promote_candidate(plan: dict, gate_result: dict, user: str | None) -> dict:
     return res
 
 
-def deploy_to_serving(model_uri: str) -> dict:
+def deploy_to_serving(model_uri: str, attempts: int = 3) -> dict:
+    """Load the new production version into the transcription service. If the running service refuses it
+    (a failed load: the service keeps the old model), the registry must not say otherwise: production is
+    rolled back to the version the service still serves, recorded with the reason, and the task fails. A
+    service that is not running is no disagreement: it loads production when it starts."""
+    import time
+
+    from clinasr import registry
     from clinasr.deploy import deploy
 
-    res = deploy(model_uri, Settings.from_env(), log=log.info)
+    name, version = registry.resolve(model_uri)
+    for attempt in range(1, attempts + 1):
+        try:
+            res = deploy(model_uri, Settings.from_env(), log=log.info)
+            break
+        except RuntimeError as e:
+            if "not reachable" in str(e):
+                raise
+            log.warning("deploy of %s failed (attempt %d/%d): %s", model_uri, attempt, attempts, e)
+            if attempt < attempts:
+                time.sleep(5 * attempt)
+                continue
+            why = f"deploy failed: {str(e)[:300]}"
+            try:
+                back = registry.rollback(name, by="clinasr_evaluate_promote", reason=why)
+                done = f"production rolled back to v{back['production']}"
+            except registry.RegistryError:   # the first production version: nothing to go back to
+                registry.client().delete_registered_model_alias(name, "production")
+                registry.client().set_model_version_tag(name, version, "status", "deploy_failed")
+                back, done = None, "the production alias was removed (no earlier version)"
+            declare(inputs=[{"uri": model_uri, "kind": "model"}], deployment={"failed": why, "rollback": back})
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{model_uri} could not be deployed ({e}); {done} so that the registry "
+                                       "names the model the service serves") from None
     declare(inputs=[{"uri": model_uri, "kind": "model"}],
             outputs=[{"uri": f"{res['url']}/v1/audio/transcriptions", "kind": "endpoint"}], deployment=res)
     return res
@@ -388,7 +510,10 @@ def measure_drift(params: dict, run_id: str) -> dict:
     m = drift.measure(window, lex)
     decision = drift.decide(m, reference, policy)
     decision["model"] = f"models:/{params['model_name']}/{version}" if version else None
-    terms = drift.retrain_terms(decision, policy, lex) if decision["status"] == "drift" else []
+    if decision["status"] == "drift":
+        decision["retraining"] = drift.retrain_plan(decision, policy, lex)
+    plan = decision.get("retraining") or {}
+    terms = plan.get("terms", [])
     # history (one line per DAG run, idempotent on retries) for the trend plot
     hist_f = settings.path("drift") / "history.jsonl"
     hist = [json.loads(x) for x in hist_f.read_text().splitlines()] if hist_f.exists() else []
@@ -413,11 +538,53 @@ def measure_drift(params: dict, run_id: str) -> dict:
               for f in sorted((serve_dir / sub).glob("*.jsonl")) if f.stem >= m["window"]["start"][:10]]
     declare(inputs=inputs + ([{"uri": decision["model"], "kind": "model"}] if decision["model"] else []), outputs=outputs,
             drift={"status": decision["status"], "reason": decision["reason"], "terms": terms,
+                   "default_terms_used": plan.get("default_used"), "retraining_reason": plan.get("reason"),
+                   "proposed_additions": [p["term"] for p in plan.get("proposed_additions", [])],
                    "policy_sha256": policy["sha256"]})
     log.info("drift %s: %s; report %s/drift.html", decision["status"], decision["reason"], prefix)
+    if plan:
+        log.info("retraining set: %s", plan["reason"])
     conf = None
     if decision["status"] == "drift":
-        conf = {"terms": ", ".join(terms) or None, "utterances_per_term": int(params["utterances_per_term"]),
-                "reason": f"drift ({params['model_name']} v{version}): {decision['reason']}"[:1000]}
+        conf = {"terms": ", ".join(terms), "utterances_per_term": int(params["utterances_per_term"]),
+                "reason": f"drift ({params['model_name']} v{version}): {decision['reason']}; {plan['reason']}"[:1000]}
     return {"status": decision["status"], "reason": decision["reason"], "report": f"{prefix}/drift.html",
-            "terms": terms, "retrain_conf": conf}
+            "terms": terms, "default_terms_used": plan.get("default_used"), "retrain_conf": conf,
+            "proposed_additions": [p["term"] for p in plan.get("proposed_additions", [])]}
+
+
+def record_lexicon_review(event: dict, proposed: list[str], run_id: str) -> None:
+    """The reviewer's decision on proposed lexicon additions, who and when, into this task's provenance record;
+    approved terms enter the installation's lexicon (a new lexicon version) before the retraining runs."""
+    from clinasr.synth.lexicon import add_reviewed_terms, load_lexicon
+
+    decision = (event.get("chosen_options") or [None])[0]
+    who = event.get("responded_by_user")
+    if isinstance(who, dict):
+        who = who.get("name") or who.get("id")
+    review = {"decision": decision, "by": who, "at": str(event.get("responded_at")), "proposed": proposed,
+              "lexicon_version_before": load_lexicon().version}
+    if decision == "Approve" and proposed:
+        added = add_reviewed_terms(proposed, by=str(who), source=f"clinasr_drift {run_id}")
+        review.update(added=proposed, lexicon_version=added["lexicon_version"])
+        declare(outputs=[{"uri": added["path"], "kind": "lexicon-additions", "sha256": _sha(added["path"])}])
+    declare(lexicon_review=review)
+
+
+def retrain_request(measured: dict) -> dict:
+    """The synthetic-data run's conf: the drifted terms plus the additions the reviewer accepted (now lexicon
+    terms), recorded with the lexicon version the run will use."""
+    from clinasr.synth.lexicon import load_lexicon
+
+    lex = load_lexicon()
+    known = lex.categories()
+    conf = dict(measured["retrain_conf"])
+    terms = [t for t in conf["terms"].split(", ") if t]
+    accepted = [t for t in measured.get("proposed_additions") or [] if t in known]
+    conf["terms"] = ", ".join(dict.fromkeys(terms + accepted))
+    if accepted:
+        conf["reason"] = f"{conf['reason']}; reviewed lexicon additions: {', '.join(accepted)}"[:1000]
+    declare(drift_retraining={"terms": conf["terms"].split(", "), "added_terms": accepted, "lexicon_version": lex.version,
+                              "default_terms_used": measured.get("default_terms_used")})
+    log.info("retraining on %s (lexicon %s)", conf["terms"], lex.version)
+    return conf

@@ -132,13 +132,24 @@ def cmd_provenance(a) -> int:
 
 def cmd_evaluate(a) -> int:
     from clinasr import mlenv
-    from clinasr.gate import decide, leaderboard_text, load_gate, render_html, score_references, summary
+    from clinasr.gate import decide, leaderboards_text, load_gate, render_html, score_references, summary
 
-    sets = []
-    for i, spec in enumerate(a.manifest):
+    sets, missing = [], {}
+    for i, spec in enumerate(a.manifest or []):
         name, sep, path = spec.partition("=")
         sets.append({"name": name, "manifest": path} if sep else {"name": "validation" if i == 0 else f"set{i + 1}",
                                                                    "manifest": spec})
+    if not a.no_heldout:   # the held-out sets the gate decides on (a missing or stale one fails it, named)
+        from clinasr.airflow_support import heldout_sets
+
+        held, missing = heldout_sets(a.terms_from or "", a.gate)
+        sets = held + [s for s in sets if s["name"] not in {h["name"] for h in held}]
+        for name, why in missing.items():
+            print(f"warning: {why}", file=sys.stderr)
+    if not sets:
+        print("error: no evaluation sets: give --manifest or build the held-out sets (`clinasr evalsets build`)",
+              file=sys.stderr)
+        return 2
     out = Path(a.out)
     cand = mlenv.run_stage("evaluate", {"model": a.model, "sets": sets, "output_dir": str(out / "candidate"),
                                         "max_rows": a.max_rows})
@@ -151,9 +162,9 @@ def cmd_evaluate(a) -> int:
                             lambda i, spec: mlenv.run_stage("evaluate", {"model": spec, "sets": sets, "max_rows": a.max_rows,
                                                                          "output_dir": str(out / f"reference-{i + 1}")}),
                             mlenv.StageError, lambda m: print(m, file=sys.stderr))
-    if gate["in_domain_set"] not in cand["sets"]:
-        gate["in_domain_set"] = sets[0]["name"]
-    decision = decide(cand, base, gate, "baseline", refs)
+    if a.no_heldout and gate["in_domain_set"] not in cand["sets"]:
+        gate["in_domain_set"], gate["required_sets"] = sets[0]["name"], []
+    decision = decide(cand, base, gate, "baseline", refs, missing_sets=missing)
     (out / "gate.json").write_text(json.dumps({"decision": decision, "candidate": cand, "baseline": base,
                                                "references": refs}, indent=1, default=str))
     (out / "gate.html").write_text(render_html(decision, cand, base, f"Gate report: {a.model}"))
@@ -161,11 +172,27 @@ def cmd_evaluate(a) -> int:
         print(f"{name:<16} WER {m['wer']:.3f}  KER {m['ker'] if m['ker'] is None else round(m['ker'], 3)}  "
               f"negation acc {m['negation_accuracy']}  p95 {m['latency']['p95_s'] * 1000:.0f} ms  "
               f"scored {m['rows']['scored']}, skipped {m['rows']['skipped']} {m['rows']['skipped_by_reason'] or ''}")
-    if len(decision["leaderboard"]) > 1:
-        print(leaderboard_text(decision["leaderboard"]))
+    if any(len(b) > 1 for b in decision["leaderboards"].values()):
+        print(leaderboards_text(decision["leaderboards"]))
     print(summary(decision))
     print(f"report: {out / 'gate.html'}  hypotheses: {out / 'candidate'}/<set>/hypotheses.jsonl")
     return 0 if decision["passed"] else 3
+
+
+def cmd_evalsets(a) -> int:
+    from clinasr import evalsets
+    from clinasr.settings import Settings
+
+    if a.action == "status":
+        for st in evalsets.status():
+            print(f"{st['name']:<18} {st['state']:<8} config {st['config_hash']}  {st.get('uri') or st.get('error')}")
+        return 0
+    s = Settings.from_env()
+    cfg = evalsets.load_config()
+    for name in a.only or evalsets.names(cfg):
+        e = evalsets.build_and_stage(name, s.path("work", "evalsets"), s, workers=a.workers, force=a.force)
+        print(f"{name:<18} {'built' if e['built'] else 'current'}  config {e['config_hash']}  {e['uri']}")
+    return 0
 
 
 def cmd_pronounce(a) -> int:
@@ -237,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--generator", choices=["grammar", "llm"], default="grammar")
     b.add_argument("--llm-base-url", help="OpenAI-compatible endpoint for --generator llm")
     b.add_argument("--llm-model", help="model name for --generator llm")
-    b.add_argument("--template-family", choices=["a", "b", "all"], default="a",
-                   help="sentence shapes: a (training), b (held-out evaluation), all")
+    b.add_argument("--template-family", choices=["a"], default="a",
+                   help="sentence shapes: a (training); family b belongs to the clinical held-out evaluation set "
+                        "(`clinasr evalsets build`)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--val-fraction", type=float, default=0.15, help="validation share, 0.10-0.20")
     b.add_argument("--no-augment", action="store_true", help="clean TTS audio only")
@@ -281,8 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "WER, clinical-term accuracy, negation, slices and latency, and apply the gate "
                                    "(vs --baseline if given). Exit code 0: gate passed, 3: gate failed.")
     e.add_argument("--model", required=True)
-    e.add_argument("--manifest", action="append", required=True,
-                   help="[name=]dataset dir, s3:// snapshot or manifest .jsonl (repeatable; the first is the in-domain set)")
+    e.add_argument("--manifest", action="append",
+                   help="[name=]dataset dir, s3:// snapshot or manifest .jsonl (repeatable), scored beside the held-out "
+                        "sets (with --no-heldout the first is the in-domain set)")
+    e.add_argument("--terms-from", help="dataset dir or s3:// snapshot whose priority terms select the clinical "
+                                        "held-out rows (default: every term of the set)")
+    e.add_argument("--no-heldout", action="store_true",
+                   help="score only --manifest sets (the held-out sets of configs/evalsets.yaml are not used: a "
+                        "quick look, not a gate decision)")
     e.add_argument("--baseline", help="model to compare with (e.g. models:/clinasr-asr@production)")
     e.add_argument("--gate", default="configs/gate/default.yaml", help="gate criteria YAML")
     e.add_argument("--out", default="eval-report", help="output directory (report, hypotheses)")
@@ -292,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrained:nvidia/parakeet-tdt-0.6b-v2 (repeatable; default: the gate config's reference_models)")
     e.add_argument("--no-references", action="store_true", help="score no reference models")
     e.set_defaults(fn=cmd_evaluate)
+
+    es = sub.add_parser("evalsets", help="build or inspect the held-out evaluation sets and the replay set",
+                        description="build: render the sets of configs/evalsets.yaml whose config changed (or that were "
+                                    "never built), stage each as a snapshot and index it by its config hash. status: "
+                                    "which sets are current, stale or missing. The gate fails closed without them.")
+    es.add_argument("action", choices=["build", "status"])
+    es.add_argument("--only", nargs="*", help="set names (default: every set)")
+    es.add_argument("--workers", type=int, default=2, help="parallel TTS workers")
+    es.add_argument("--force", action="store_true", help="rebuild even if current")
+    es.set_defaults(fn=cmd_evalsets)
 
     pr = sub.add_parser("pronounce", help="what each TTS engine says for a term, with and without its override",
                         description="Speaks TERM in a carrier sentence with every engine (espeak-ng, Piper), prints "
