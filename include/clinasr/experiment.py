@@ -152,24 +152,30 @@ def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = No
 
 
 # ---- phases ---------------------------------------------------------------------------------------
-def _train(args: dict, log, score_on: dict | None = None) -> dict:
-    """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``) and, with
-    ``score_on`` ({manifest, out, name}), score the trained model there, in memory (result["score"]).
-    On the GPU machine (torch 2.11) a second NeMo restore in one process failed inside NeMo's loader
-    ('tuple' object is not callable), and processes spawned through multiprocessing after NeMo's import
-    died before running; a plain subprocess per run, which never restores what it trained, avoids both."""
+def _in_fresh_interpreter(mode: str, args: dict, what: str) -> dict:
+    """``python -m clinasr.experiment MODE ARGS RESULT`` and its JSON result (see _train for why)."""
     import subprocess
     import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         a, r = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        a.write_text(json.dumps({**args, "mlflow": {"enabled": False}, "resume": False, "_score_on": score_on}))
+        a.write_text(json.dumps(args))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "train", str(a), str(r)], env=env)
+        proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", mode, str(a), str(r)], env=env)
         if proc.returncode or not r.exists():
-            raise RuntimeError(f"training {args.get('output_dir')} failed (exit {proc.returncode}); its log is above")
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}); its log is above")
         return json.loads(r.read_text())
+
+
+def _train(args: dict, log, score_on: dict | None = None) -> dict:
+    """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``) and, with
+    ``score_on`` ({manifest, out, name}), score the trained model there, in memory (result["score"]).
+    On the GPU machine (torch 2.11) a second NeMo restore in one process failed inside NeMo's loader
+    ('tuple' object is not callable), and processes spawned through multiprocessing after NeMo's import
+    died before running; a plain subprocess per run, which never restores what it trained, avoids both."""
+    return _in_fresh_interpreter("train", {**args, "mlflow": {"enabled": False}, "resume": False, "_score_on": score_on},
+                                 f"training {args.get('output_dir')}")
 
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
@@ -386,19 +392,8 @@ def _scores(res: dict) -> dict:
 def _score_in_subprocess(model: Path, manifests: dict[str, Path], out: Path, merge: dict | None = None) -> dict:
     """Score a .nemo on several sets in a fresh interpreter (``python -m clinasr.experiment score``): after the
     synthesis workers ran, a NeMo restore in the same process failed on the GPU machine (torch 2.11)."""
-    import subprocess
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        a, r = Path(tmp) / "args.json", Path(tmp) / "result.json"
-        a.write_text(json.dumps({"model": str(model), "manifests": {k: str(v) for k, v in manifests.items()},
-                                 "out": str(out), **(merge or {})}))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(a), str(r)], env=env)
-        if proc.returncode or not r.exists():
-            raise RuntimeError(f"scoring {model} failed (exit {proc.returncode}); its log is above")
-        return json.loads(r.read_text())
+    return _in_fresh_interpreter("score", {"model": str(model), "manifests": {k: str(v) for k, v in manifests.items()},
+                                           "out": str(out), **(merge or {})}, f"scoring {model}")
 
 
 def _score_main(args_path: str, result_path: str) -> None:

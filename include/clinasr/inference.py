@@ -48,10 +48,6 @@ class Transcriber(WarmUp):
             # .nemo failed inside torch.load on the GPU machine (torch 2.11: "'str' object is not callable")
             model = ASRModel.restore_from(str(path), map_location="cpu")
         except Exception as e:  # a corrupt or foreign file: say which
-            if os.environ.get("CLINASR_DEBUG"):
-                import traceback
-
-                traceback.print_exc()
             raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
         self._setup(model.to(device), device, max_chunk_s, version, bf16_min_batch)
 
