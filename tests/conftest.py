@@ -71,14 +71,35 @@ def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float
             out.close()
 
 
+def _orch_bin(name: str) -> Path:
+    b = Path(sys.executable).parent / name
+    return b if b.exists() else REPO / ".venv" / "orch" / "bin" / name   # the ML runtime uses the orch runtime's
+
+
+@contextmanager
+def seaweedfs(data_dir: Path, port: int | None = None, env: dict | None = None):
+    """The embedded object store (SeaweedFS's S3 server, objects on disk in ``data_dir``), started the way the
+    platform starts it; stopped with SIGTERM at the end (tests that need a crash kill it themselves)."""
+    from clinasr.platform import seaweedfs_argv
+
+    port = port or free_port()
+    argv = seaweedfs_argv(str(_orch_bin("weed")), data_dir, port, data_dir.parent / f"{data_dir.name}-ports.json")
+    with _http_service(argv, "/healthz", port, env=env, log_path=data_dir.parent / f"{data_dir.name}.log") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible HTTP server (moto) on loopback, for the S3 code path."""
-    moto = Path(sys.executable).parent / "moto_server"
-    if not moto.exists():  # the ML runtime has no moto: use the orchestration runtime's server
-        moto = REPO / ".venv" / "orch" / "bin" / "moto_server"
+def s3_server(tmp_path_factory):
+    """The real S3-compatible server the platform uses (SeaweedFS) on loopback, for the S3 code path."""
+    with seaweedfs(tmp_path_factory.mktemp("s3") / "data") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def aws_server():
+    """moto's server on loopback: the stand-in for AWS APIs that cannot exist here (SageMaker, EC2)."""
     port = free_port()
-    with _http_service([str(moto), "-H", "127.0.0.1", "-p", str(port)], "/moto-api/", port) as url:
+    with _http_service([str(_orch_bin("moto_server")), "-H", "127.0.0.1", "-p", str(port)], "/moto-api/", port) as url:
         yield url
 
 

@@ -94,3 +94,114 @@ def test_missing_credentials_for_real_s3_is_a_clear_error(clinasr_home, tmp_path
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(StoreError, match="no AWS credentials"):
         ObjectStore(Settings.from_env()).stage_snapshot(_dataset(tmp_path))
+
+
+# -- the embedded store keeps what it was given: restarts and crashes -----------------------------------
+@pytest.fixture
+def own_store(tmp_path, clinasr_home, monkeypatch):
+    """A private SeaweedFS (the platform's object store) with its data in tmp_path, so a test can stop, kill
+    and restart it; yields (settings, start) where start() brings it up again on the same port and data."""
+    from contextlib import ExitStack
+
+    from clinasr.settings import Settings
+    from tests.conftest import free_port, seaweedfs
+
+    port = free_port()
+    monkeypatch.setenv("CLINASR_S3_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("CLINASR_BUCKET", "restart")
+    stack = ExitStack()
+
+    def start():
+        return stack.enter_context(seaweedfs(tmp_path / "s3data", port))
+
+    start()
+    yield Settings.from_env(), start, stack
+    stack.close()
+
+
+def _wav_dataset(root, n=40, size=512 * 1024, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    (root / "audio").mkdir(parents=True)
+    for i in range(n):
+        (root / "audio" / f"{i:03d}.wav").write_bytes(b"RIFF" + rng.bytes(size))
+    (root / "train_manifest.jsonl").write_text("".join(f'{{"audio_filepath": "audio/{i:03d}.wav"}}\n' for i in range(n)))
+    return root
+
+
+def test_a_snapshot_survives_a_restart_of_the_store(own_store, tmp_path):
+    settings, start, stack = own_store
+    ds = _wav_dataset(tmp_path / "ds", n=5)
+    snap = ObjectStore(settings).stage_snapshot(ds)
+    stack.close()                                   # platform down
+    start()                                         # platform up: same data directory
+    out = ObjectStore(settings).fetch_snapshot(snap.uri, tmp_path / "copy")   # checks every sha256
+    assert sorted(p.name for p in (out / "audio").iterdir()) == [f"{i:03d}.wav" for i in range(5)]
+
+
+def test_a_store_killed_mid_upload_leaves_no_usable_snapshot_and_the_retry_finishes(own_store, tmp_path):
+    import os
+    import signal
+    import threading
+
+    from clinasr.store import SNAPSHOT_MARKER
+
+    settings, start, stack = own_store
+    ds = _wav_dataset(tmp_path / "ds", n=60)
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    failed = []
+    uploads = []
+    real_put = store.put_file
+
+    def counting_put(*a, **kw):
+        uploads.append(a[1])
+        return real_put(*a, **kw)
+
+    store.put_file = counting_put
+    t = threading.Thread(target=lambda: _catch(failed, store.stage_snapshot, ds))
+    t.start()
+    while len(uploads) < 10 and t.is_alive():
+        threading.Event().wait(0.02)
+    pid = int(os.popen(f"pgrep -f 'weed mini -dir={tmp_path / 's3data'}'").read().split()[0])
+    os.kill(pid, signal.SIGKILL)                     # kill -9 of the store during the upload
+    t.join(120)
+    assert failed and "not reachable" in str(failed[0]), failed
+    stack.close()
+    start()
+    uri = uploads[0].rsplit("/audio/", 1)[0]
+    with pytest.raises(FileNotFoundError, match="incomplete or missing"):      # the partial upload is never used
+        ObjectStore(settings).fetch_snapshot(uri, tmp_path / "partial")
+    assert not ObjectStore(settings).exists(f"{uri}/{SNAPSHOT_MARKER}")
+    snap = ObjectStore(settings).stage_snapshot(ds)                             # the task's retry
+    assert snap.uri == uri
+    out = ObjectStore(settings).fetch_snapshot(uri, tmp_path / "copy")
+    assert len(list((out / "audio").iterdir())) == 60
+
+
+def _catch(sink, fn, *a):
+    try:
+        fn(*a)
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        sink.append(e)
+
+
+def test_a_missing_object_is_named_with_what_to_do(s3_env):
+    store = ObjectStore(s3_env)
+    store.ensure_bucket()
+    uri = f"s3://{s3_env.bucket}/reports/gate/m/v9/run/gate.json"
+    with pytest.raises(FileNotFoundError, match=f"{uri} does not exist in the object store .* re-run the task"):
+        store.get_bytes(uri)
+
+
+def test_platform_buckets_get_versioning_encryption_and_object_lock(s3_env):
+    from clinasr.platform import prepare_buckets
+
+    msg = prepare_buckets(s3_env)
+    prepare_buckets(s3_env)                                            # idempotent
+    store = ObjectStore(s3_env)
+    enc = store.client.get_bucket_encryption(Bucket=s3_env.bucket)["ServerSideEncryptionConfiguration"]
+    assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert store.client.get_bucket_versioning(Bucket=s3_env.bucket)["Status"] == "Enabled"
+    assert store.lock_enabled(s3_env.provenance_bucket) and "Object Lock" in msg

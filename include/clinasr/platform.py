@@ -2,8 +2,11 @@
 
 Services (each a process with a pid file and a log under ``$CLINASR_HOME/platform``):
 
-- ``s3``        moto's S3-compatible server on 127.0.0.1 (in memory: a restart empties it, and
-                staging re-uploads from the local dataset copies)
+- ``s3``        SeaweedFS's S3 server on 127.0.0.1, objects on disk under ``$CLINASR_HOME/s3`` (they survive
+                ``platform down/up`` and a reboot); a generated access key; ``up`` creates the bucket with
+                versioning and default encryption, and the provenance bucket with Object Lock
+- ``aws``       moto's server: the stand-in for AWS APIs that cannot exist here (SageMaker, EC2), so the
+                training DAG's AWS backends run their real request path; never the object store
 - ``mlflow``    MLflow tracking server + model registry, SQLite backend, local artifact store
 - ``airflow-*`` Airflow 3: api-server (UI + REST), scheduler, dag-processor, triggerer; SQLite
                 metadata DB and a project-local AIRFLOW_HOME; DAGs from ``dags/``, plugins from
@@ -102,12 +105,52 @@ def airflow_admin_password(s: Settings) -> str:
     return json.loads((s.home / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
 
 
+SEAWEEDFS_PORTS = ("s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                   "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")
+
+
+def seaweedfs_argv(weed: str, data_dir: Path, s3_port: int, ports_file: Path | None = None) -> list[str]:
+    """``weed mini`` (master, volume, filer and S3 gateway in one process) bound to loopback only, no WebDAV,
+    admin UI, Iceberg/Lance catalogs or telemetry. Its internal ports are chosen free once and kept in
+    ``ports_file`` (re-chosen only when one is taken), so a restart finds the same layout."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports_file = ports_file or data_dir.parent / "ports.json"
+    ports = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    if set(ports) != set(SEAWEEDFS_PORTS) or not all(port_free(p) for p in ports.values()):
+        ports = {}
+        for name in SEAWEEDFS_PORTS:
+            while True:
+                p = _free_port()
+                if p != s3_port and p not in ports.values():
+                    ports[name] = p
+                    break
+        ports_file.write_text(json.dumps(ports, indent=1))
+    return [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3_port}",
+            *(f"-{k}={v}" for k, v in ports.items()), "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", "-master.telemetry=false", "-master.volumeSizeLimitMB=256"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _s3_service(s: Settings) -> Service:
+    key, secret = s.local_s3_credentials(create=True)
+    d = s.path("s3")
+    return Service("s3", seaweedfs_argv(_bin("weed"), d / "data", s.s3_port, d / "ports.json"), s.s3_port,
+                   f"http://127.0.0.1:{s.s3_port}/healthz", env={"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret},
+                   start_timeout=90)
+
+
 def services(s: Settings) -> list[Service]:
     mlflow_dir = s.path("mlflow")
     af = airflow_env(s)
     return [
-        Service("s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s.s3_port)], s.s3_port,
-                f"http://127.0.0.1:{s.s3_port}/moto-api/", start_timeout=60),
+        _s3_service(s),
+        Service("aws", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(s.aws_port)], s.aws_port,
+                f"http://127.0.0.1:{s.aws_port}/moto-api/", start_timeout=60),
         Service("mlflow", [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
                            "--backend-store-uri", f"sqlite:///{mlflow_dir}/mlflow.db",
                            "--artifacts-destination", str(mlflow_dir / "artifacts"), "--workers", "1"],
@@ -129,7 +172,9 @@ def _serve_service(s: Settings) -> Service:
     argv, env = service_command("serve", ["--host", "127.0.0.1", "--port", str(s.serve_port)], s)
     env.update({"CLINASR_HOME": str(s.home), "CLINASR_S3_ENDPOINT": s.s3_endpoint or "", "CLINASR_BUCKET": s.bucket,
                 "MLFLOW_TRACKING_URI": s.mlflow_uri, "NO_PROXY": "127.0.0.1,localhost",
-                "CLINASR_SERVE_MODEL": os.environ.get("CLINASR_SERVE_MODEL", "models:/clinasr-asr@production")})
+                "CLINASR_SERVE_MODEL": os.environ.get("CLINASR_SERVE_MODEL", "models:/clinasr-asr@production"),
+                # the service requires a key by default: generated once, read by the deploy task and the demo
+                "CLINASR_SERVE_API_KEY": s.serve_api_key(create=True)})
     return Service("serve", argv, s.serve_port, f"http://127.0.0.1:{s.serve_port}/health/live", env=env,
                    start_timeout=240)
 
@@ -186,7 +231,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-PORT_VARS = {"s3": "CLINASR_S3_PORT", "mlflow": "CLINASR_MLFLOW_PORT", "airflow-api-server": "CLINASR_AIRFLOW_PORT"}
+PORT_VARS = {"s3": "CLINASR_S3_PORT", "aws": "CLINASR_AWS_PORT", "mlflow": "CLINASR_MLFLOW_PORT", "airflow-api-server": "CLINASR_AIRFLOW_PORT"}
 
 
 def start_service(s: Settings, svc: Service, log=print) -> str:
@@ -252,14 +297,21 @@ def init_airflow(s: Settings, log=print) -> None:
         "clinasr_s3": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None,
                                                       "region_name": s.aws_region, "bucket": s.bucket}},
         "clinasr_mlflow": {"conn_type": "http", "host": s.mlflow_uri},
-        # SageMaker/EC2 for the training DAG. Locally the embedded server (moto) answers those APIs too, so the
-        # AWS backends run their real request path against it; on AWS, replace this with real credentials/role.
-        "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None, "region_name": s.aws_region}},
+        # SageMaker/EC2 for the training DAG. Locally moto's server answers those APIs, so the AWS backends run
+        # their real request path against it; on AWS, replace this with real credentials/role.
+        "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.aws_endpoint, "region_name": s.aws_region},
+                        "login": "clinasr-local", "password": "clinasr-local"},
     }
     from clinasr.store import _is_loopback
 
     if s.s3_endpoint and _is_loopback(s.s3_endpoint):
-        conns["clinasr_aws"].update(login="clinasr-local", password="clinasr-local")
+        key, secret = s.local_s3_credentials(create=True)
+        conns["clinasr_s3"].update(login=key, password=secret)
+    r = subprocess.run([_bin("airflow"), "pools", "set", "clinasr_evaluation", "1",
+                        "one model evaluation at a time, so each model's latency is measured alone"],
+                       env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise PlatformError(f"creating the Airflow pool clinasr_evaluation failed:\n{r.stderr[-2000:]}")
     f = s.home / "airflow" / "connections.json"
     f.write_text(json.dumps(conns, indent=1))
     r = subprocess.run([_bin("airflow"), "connections", "import", str(f), "--overwrite"], env=env,
@@ -275,6 +327,20 @@ def up(s: Settings | None = None, only: list[str] | None = None, log=print) -> N
         init_airflow(s, log)
     for svc in svcs:
         log(start_service(s, svc, log))
+        if svc.name == "s3" and s.s3_endpoint:
+            log(prepare_buckets(s))
+
+
+def prepare_buckets(s: Settings) -> str:
+    """The bucket with versioning and default encryption, and the provenance mirror's bucket with Object Lock;
+    idempotent (an existing bucket keeps its objects)."""
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(s)
+    bucket = store.ensure_bucket()
+    store.ensure_default_encryption(bucket)
+    lock_bucket = store.ensure_lock_bucket()
+    return f"s3: bucket {bucket} (versioned, default encryption {s.sse}); provenance bucket {lock_bucket} (Object Lock)"
 
 
 def down(s: Settings | None = None, log=print) -> None:

@@ -1,7 +1,8 @@
 """Object store access: the one module that talks S3.
 
-Embedded default: an S3-compatible server on 127.0.0.1 (moto's server); production: Amazon S3 with
-SSE-KMS (or MinIO in docker-compose). Same boto3 code path everywhere.
+Embedded default: SeaweedFS's S3 server on 127.0.0.1, objects on disk under ``$CLINASR_HOME/s3`` (it survives
+restarts; bench/s3_servers.py measured it against the alternatives); production: Amazon S3 with SSE-KMS (or
+the same SeaweedFS server in docker-compose). Same boto3 code path everywhere.
 
 Datasets are staged as immutable, content-addressed snapshots::
 
@@ -71,9 +72,11 @@ class ObjectStore:
             kwargs = {}
             if self.settings.s3_endpoint:
                 kwargs["endpoint_url"] = self.settings.s3_endpoint
-                # The embedded server accepts any key; real endpoints need real credentials.
+                # The embedded server's generated key (settings.local_s3_credentials); real endpoints need
+                # real credentials.
                 if _is_loopback(self.settings.s3_endpoint) and not os.environ.get("AWS_ACCESS_KEY_ID"):
-                    kwargs.update(aws_access_key_id="clinasr-local", aws_secret_access_key="clinasr-local")
+                    key, secret = self.settings.local_s3_credentials()
+                    kwargs.update(aws_access_key_id=key, aws_secret_access_key=secret)
             self._client = boto3.client(
                 "s3",
                 region_name=self.settings.aws_region,
@@ -112,15 +115,81 @@ class ObjectStore:
 
     def ensure_bucket(self, bucket: str | None = None) -> str:
         bucket = bucket or self.settings.bucket
-        try:
-            self._call(self.client.head_bucket, Bucket=bucket)
-        except (FileNotFoundError, StoreError):
-            kwargs = {"Bucket": bucket}
-            if self.settings.aws_region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.aws_region}
-            self._call(self.client.create_bucket, **kwargs)
+        if self.head_bucket(bucket) is None:
+            self._call(self.client.create_bucket, Bucket=bucket, **self._location())
             self._call(self.client.put_bucket_versioning, Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         return bucket
+
+    def ensure_default_encryption(self, bucket: str | None = None) -> None:
+        """Bucket default encryption, so an object written without SSE headers is encrypted too."""
+        rule = {"SSEAlgorithm": self.settings.sse}
+        if self.settings.sse.startswith("aws:kms") and self.settings.kms_key_id:
+            rule["KMSMasterKeyID"] = self.settings.kms_key_id
+        self._call(self.client.put_bucket_encryption, Bucket=bucket or self.settings.bucket,
+                   ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
+
+    def ensure_lock_bucket(self) -> str:
+        """The provenance mirror's bucket, created with S3 Object Lock (versioned; locked versions cannot be
+        overwritten or deleted before their retention ends). An existing bucket without Object Lock is an
+        error: Object Lock can only be set when a bucket is made on most servers."""
+        bucket = self.settings.provenance_bucket
+        if self.head_bucket(bucket) is None:
+            self._call(self.client.create_bucket, Bucket=bucket, ObjectLockEnabledForBucket=self.settings.provenance_lock_mode is not None,
+                       **self._location())
+            self._call(self.client.put_bucket_versioning, Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        if self.settings.provenance_lock_mode and not self.lock_enabled(bucket):
+            raise StoreError(f"bucket {bucket} has no Object Lock, so the provenance mirror could be rewritten: create "
+                             f"it with Object Lock, name another with CLINASR_PROVENANCE_BUCKET, or set "
+                             f"CLINASR_PROVENANCE_LOCK=off")
+        return bucket
+
+    def lock_enabled(self, bucket: str) -> bool:
+        try:
+            cfg = self._call(self.client.get_object_lock_configuration, Bucket=bucket)
+        except (FileNotFoundError, StoreError):
+            return False
+        return cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    def put_locked(self, data: bytes, uri: str) -> dict:
+        """Write once under Object Lock retention (``CLINASR_PROVENANCE_LOCK``, e.g. ``GOVERNANCE:365``)."""
+        from datetime import datetime, timedelta, timezone
+
+        bucket, key = parse_s3_uri(uri)
+        extra = {}
+        if self.settings.provenance_lock_mode:
+            extra = {"ObjectLockMode": self.settings.provenance_lock_mode,
+                     "ObjectLockRetainUntilDate": datetime.now(timezone.utc) + timedelta(days=self.settings.provenance_lock_days)}
+        sha256 = hashlib.sha256(data).hexdigest()
+        self._call(self.client.put_object, Bucket=bucket, Key=key, Body=data, Metadata={"sha256": sha256},
+                   **self._sse_args(), **extra)
+        return {"uri": uri, "sha256": sha256}
+
+    def versions(self, uri_prefix: str) -> dict[str, dict]:
+        """Per key under the prefix: how many versions it has and whether its latest is a delete marker."""
+        bucket, prefix = parse_s3_uri(uri_prefix)
+        out: dict[str, dict] = {}
+        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        while True:
+            page = self._call(self.client.list_object_versions, **kwargs)
+            for v in page.get("Versions", []):
+                out.setdefault(v["Key"], {"versions": 0, "deleted": False})["versions"] += 1
+            for m in page.get("DeleteMarkers", []):
+                d = out.setdefault(m["Key"], {"versions": 0, "deleted": False})
+                d["deleted"] = d["deleted"] or m.get("IsLatest", False)
+            if not page.get("IsTruncated"):
+                return out
+            kwargs.update(KeyMarker=page.get("NextKeyMarker"), VersionIdMarker=page.get("NextVersionIdMarker"))
+
+    def _location(self) -> dict:
+        if self.settings.aws_region != "us-east-1":
+            return {"CreateBucketConfiguration": {"LocationConstraint": self.settings.aws_region}}
+        return {}
+
+    def head_bucket(self, bucket: str) -> dict | None:
+        try:
+            return self._call(self.client.head_bucket, Bucket=bucket)
+        except (FileNotFoundError, StoreError):
+            return None
 
     def head(self, bucket: str, key: str) -> dict | None:
         try:
@@ -152,7 +221,14 @@ class ObjectStore:
 
     def get_bytes(self, uri: str) -> bytes:
         bucket, key = parse_s3_uri(uri)
-        return self._call(self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        try:
+            return self._call(self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{uri} does not exist in the object store at {self.settings.s3_endpoint or 'Amazon S3'}: it was "
+                "deleted, or the store was replaced (the embedded one keeps its objects under $CLINASR_HOME/s3); "
+                "re-run the task that produced it (the data DAG for a snapshot, the training DAG for a model, the "
+                "evaluate DAG for a report)") from None
 
     def download(self, uri: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,8 @@ def test_ec2_request_shape():
 
 
 @pytest.fixture
-def aws(s3_server, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)     # moto's server answers every AWS API
+def aws(aws_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_server)     # moto's server answers every AWS API
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -101,11 +101,11 @@ def test_ec2_instances_are_terminated_when_waiting_fails(aws):
     assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} <= {"shutting-down", "terminated"}
 
 
-def test_training_dag_ec2_tasks_launch_wait_and_always_clean_up(s3_server, monkeypatch, tmp_path):
+def test_training_dag_ec2_tasks_launch_wait_and_always_clean_up(aws_server, monkeypatch, tmp_path):
     """The functions behind launch_ec2 / wait_ec2 / cleanup_ec2, through the Airflow AWS connection."""
     monkeypatch.setenv("AIRFLOW_CONN_CLINASR_AWS", json.dumps({
         "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}))
+        "extra": {"endpoint_url": aws_server, "region_name": "us-east-1"}}))
     monkeypatch.setenv("CLINASR_HOME", str(tmp_path))
     from clinasr import airflow_support as A
 
