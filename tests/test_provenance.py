@@ -60,12 +60,47 @@ def test_a_rewritten_mirror_copy_or_local_record_is_detected(plog):
     from clinasr.store import ObjectStore
 
     store = ObjectStore(plog.settings)
-    key = sorted(store.list_keys(f"s3://{plog.settings.bucket}/provenance/"))[1]
-    body = json.loads(store.get_bytes(f"s3://{plog.settings.bucket}/{key}"))
+    bucket = plog.settings.provenance_bucket
+    key = sorted(store.list_keys(f"s3://{bucket}/provenance/"))[1]
+    body = json.loads(store.get_bytes(f"s3://{bucket}/{key}"))
     body["triggering_user"] = "mallory"
-    store.put_bytes(json.dumps(body).encode(), f"s3://{plog.settings.bucket}/{key}")
+    store.put_bytes(json.dumps(body).encode(), f"s3://{bucket}/{key}")
     problems = V.verify_mirror(plog)
-    assert problems == [f"seq 1: the copy s3://{plog.settings.bucket}/{key} differs from the local record"]
+    assert problems == [f"s3://{bucket}/{key} was overwritten (2 versions): a record was rewritten",
+                        f"seq 1: the copy s3://{bucket}/{key} differs from the local record"]
+
+
+def test_the_mirror_is_under_object_lock_and_a_rewritten_chain_fails_its_stamps(plog, monkeypatch):
+    """An insider rewrites the whole local chain with fresh, self-consistent hashes: the chain verifies, but the
+    locked mirror cannot be made to match (its versions cannot be deleted) and the heads stamped on artifacts
+    made before the rewrite are not in the new chain."""
+    from botocore.exceptions import ClientError
+
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(plog.settings)
+    bucket = plog.settings.provenance_bucket
+    assert store.lock_enabled(bucket)
+    key = sorted(store.list_keys(f"s3://{bucket}/provenance/"))[0]
+    head = store.client.head_object(Bucket=bucket, Key=key)
+    assert head["ObjectLockMode"] == "GOVERNANCE" and head["ObjectLockRetainUntilDate"]
+    with pytest.raises(ClientError, match="AccessDenied"):
+        store.client.delete_object(Bucket=bucket, Key=key, VersionId=head["VersionId"])
+    stamp = plog.head()                          # e.g. what a model version registered now carries
+    assert stamp.startswith("2:") and V.verify_stamps(plog, [("model version m v1", stamp)]) == []
+    # the rewrite: a changed record and every hash after it recomputed
+    recs = plog.records()
+    recs[1]["triggering_user"] = "mallory"
+    prev = recs[0]["hash"]
+    for r in recs[1:]:
+        r["prev_hash"] = prev
+        r["hash"] = prev = V.record_hash(r)
+    plog.chain.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
+    assert V.verify(plog.records()) == []        # self-consistent ...
+    problems = V.verify_stamps(plog, [("model version m v1", stamp)])
+    assert len(problems) == 1 and problems[0].startswith("model version m v1: stamped with chain head 2:")
+    mirror = V.verify_mirror(plog)                                     # ... and the mirror disagrees
+    assert any(p.startswith("seq 1: no copy") for p in mirror) and any("has no local record" in p for p in mirror)
 
 
 def test_lineage_both_directions(plog):

@@ -82,13 +82,17 @@ def cmd_provenance(a) -> int:
     if a.action == "verify":
         problems = V.verify(recs)
         if a.mirror and not problems:
-            problems = V.verify_mirror(log)
+            stamps, notes = V.collect_stamps(log.settings)
+            for n in notes:
+                print("warning: " + n)
+            problems = V.verify_mirror(log) + V.verify_stamps(log, stamps)
         if problems:
             print(f"provenance chain BROKEN ({len(recs)} records):")
             for p in problems:
                 print("  " + p)
             return 1
-        print(f"provenance chain intact: {len(recs)} records, head {recs[-1]['hash'][:16] if recs else '-'}")
+        print(f"provenance chain intact: {len(recs)} records, head {recs[-1]['hash'][:16] if recs else '-'}"
+              + (f"; mirror and {len(stamps)} stamps agree" if a.mirror else ""))
         return 0
     if a.action == "openlineage":
         from clinasr import lineage
@@ -301,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--url", help="OpenLineage endpoint, e.g. http://marquez:5000 (openlineage)")
     v.add_argument("--namespace", default="clinasr", help="OpenLineage job namespace")
     v.add_argument("--direction", choices=["up", "down"], default="up")
-    v.add_argument("--mirror", action="store_true", help="also check the object-store copies")
+    v.add_argument("--mirror", action="store_true",
+                   help="also check the object-store copies (Object Lock bucket) and the chain heads stamped on "
+                        "registered model versions and gate reports")
     v.set_defaults(fn=cmd_provenance)
 
     e = sub.add_parser("evaluate", help="score a model on evaluation sets; gate it against a baseline",

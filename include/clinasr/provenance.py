@@ -8,7 +8,10 @@ deletion or reordering, and reports the position of the first break.
 Stages declare their inputs/outputs through :func:`declare` (one small API); the Airflow listener
 in ``plugins/clinasr_provenance.py`` merges the declaration into the record it writes when the task
 instance succeeds or fails. Records live in ``$CLINASR_HOME/provenance/chain.jsonl`` and are
-mirrored to ``s3://<bucket>/provenance/`` with the store's encryption settings.
+mirrored to ``s3://<provenance bucket>/provenance/`` with the store's encryption, under S3 Object Lock
+retention (``CLINASR_PROVENANCE_LOCK``). Registered model versions and gate reports carry the chain's head
+(``<seq>:<hash>``) at the time they were made; ``provenance verify --mirror`` checks the mirror and the stamps,
+so an insider who rewrites the whole chain with fresh hashes is caught.
 
 Records never carry transcript text: parameters whose names suggest text are dropped, and
 declarations hold URIs and hashes, not content.
@@ -150,10 +153,16 @@ class ProvenanceLog:
 
         try:
             store = ObjectStore(self.settings)
-            bucket = store.ensure_bucket()
-            store.put_bytes(canonical(record), f"s3://{bucket}/provenance/{record['seq']:08d}-{record['hash'][:16]}.json")
+            bucket = store.ensure_lock_bucket()
+            store.put_locked(canonical(record), f"s3://{bucket}/{mirror_key(record)}")
         except (StoreError, OSError) as e:  # the local chain is the primary copy; say so loudly, don't fail the task
             (self.dir / "mirror-errors.log").open("a").write(f"{record['seq']}: {e}\n")
+
+    def head(self) -> str | None:
+        """``<seq>:<hash>`` of the chain's last record: stamped on registered model versions and gate reports,
+        so a chain rewritten later (fresh hashes) no longer contains the heads those artifacts saw."""
+        recs = self.records()
+        return f"{recs[-1]['seq']}:{recs[-1]['hash']}" if recs else None
 
     def new_record(self, **fields) -> dict:
         base = {
@@ -183,19 +192,30 @@ def verify(records: list[dict]) -> list[str]:
     return problems
 
 
+def mirror_key(record: dict) -> str:
+    return f"provenance/{record['seq']:08d}-{record['hash'][:16]}.json"
+
+
 def verify_mirror(log: ProvenanceLog) -> list[str]:
     """Compare the local chain with its object-store copies, both ways: a local record with no copy there, a
     copy whose content differs from the local record (either was rewritten), and a copy with no local record —
-    the local chain lost records, e.g. its last ones were deleted, which the hash chain alone cannot see."""
+    the local chain lost records, e.g. its last ones were deleted, which the hash chain alone cannot see. The
+    mirror bucket is versioned under Object Lock: a copy that was overwritten (more than one version) or
+    deleted (a delete marker) is reported even when the latest content looks right."""
     from clinasr.store import ObjectStore
 
     store = ObjectStore(log.settings)
-    bucket = log.settings.bucket
+    bucket = log.settings.provenance_bucket
     keys = set(store.list_keys(f"s3://{bucket}/provenance/"))
     problems = []
+    for key, v in sorted(store.versions(f"s3://{bucket}/provenance/").items()):
+        if v["versions"] > 1:
+            problems.append(f"s3://{bucket}/{key} was overwritten ({v['versions']} versions): a record was rewritten")
+        if v["deleted"]:
+            problems.append(f"s3://{bucket}/{key} was deleted (a delete marker hides it)")
     local = set()
     for r in log.records():
-        key = f"provenance/{r['seq']:08d}-{r['hash'][:16]}.json"
+        key = mirror_key(r)
         local.add(key)
         if key not in keys:
             problems.append(f"seq {r['seq']}: no copy in s3://{bucket}/{key}")
@@ -206,6 +226,48 @@ def verify_mirror(log: ProvenanceLog) -> list[str]:
         problems.append(f"seq {int(seq) if seq.isdigit() else seq}: s3://{bucket}/{key} has no local record "
                         "(the local chain lost it: deleted or truncated)")
     return problems
+
+
+def verify_stamps(log: ProvenanceLog, stamps: list[tuple[str, str]]) -> list[str]:
+    """Each ``(where, "<seq>:<hash>")`` stamp — a registered model version, a gate report — must name a record
+    of the local chain with exactly that hash; a chain rewritten after the stamp (even with valid fresh
+    hashes) fails here."""
+    by_seq = {r["seq"]: r["hash"] for r in log.records()}
+    problems = []
+    for where, stamp in stamps:
+        seq, _, h = str(stamp).partition(":")
+        if not seq.isdigit() or by_seq.get(int(seq)) != h:
+            problems.append(f"{where}: stamped with chain head {stamp[:28]}, which the chain does not contain "
+                            "(the chain was rewritten or truncated after it)")
+    return problems
+
+
+def collect_stamps(settings) -> tuple[list[tuple[str, str]], list[str]]:
+    """Stamps from gate reports in the object store (``reports/gate/**/gate.json``) and from the model registry
+    (version tag ``provenance_head``); plus notes on what could not be read (a registry that is down)."""
+    from clinasr.store import ObjectStore
+
+    stamps, notes = [], []
+    store = ObjectStore(settings)
+    for key in store.list_keys(f"s3://{settings.bucket}/reports/gate/"):
+        if key.endswith("/gate.json"):
+            head = json.loads(store.get_bytes(f"s3://{settings.bucket}/{key}")).get("decision", {}).get("provenance_head")
+            if head:
+                stamps.append((f"gate report s3://{settings.bucket}/{key}", head))
+    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
+        return stamps, ["model registry not checked: MLFLOW_TRACKING_URI is not set"]
+    try:
+        from clinasr import registry
+
+        c = registry.client()
+        for rm in c.search_registered_models():
+            for mv in c.search_model_versions(f"name='{rm.name}'"):
+                head = (mv.tags or {}).get("provenance_head")
+                if head:
+                    stamps.append((f"model version {rm.name} v{mv.version}", head))
+    except Exception as e:  # noqa: BLE001 - say it, check what can be checked
+        notes.append(f"model registry not checked: {type(e).__name__}: {str(e)[:200]}")
+    return stamps, notes
 
 
 # -- lineage --------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ def register_candidate(name: str, run_id: str, artifact_path: str, tags: dict | 
         c.create_registered_model(name, description="clinasr clinical ASR (NeMo FastConformer-TDT .nemo files)")
     run = c.get_run(run_id)
     source = f"{run.info.artifact_uri}/{artifact_path}"
+    from clinasr.provenance import ProvenanceLog
+
+    head = ProvenanceLog().head()   # the chain as this version saw it (provenance verify checks it later)
+    tags = {**(tags or {}), **({"provenance_head": head} if head else {})}
     mv = c.create_model_version(name, source=source, run_id=run_id,
                                 tags={k: str(v) for k, v in (tags or {}).items()})
     c.set_registered_model_alias(name, "candidate", mv.version)
