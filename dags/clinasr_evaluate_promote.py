@@ -9,6 +9,9 @@ from airflow.sdk import Asset, Param, dag, task
 
 CANDIDATE_ASSET = Asset(name="clinasr_candidate_model", uri="mlflow://clinasr-asr/candidate")
 PRODUCTION_ASSET = Asset(name="clinasr_production_model", uri="mlflow://clinasr-asr/production")
+# One evaluation at a time (the platform creates this pool with 1 slot): each model's latency is measured alone,
+# not while three evaluations share the machine's cores.
+EVAL_POOL = "clinasr_evaluation"
 
 DOC = """
 ### Evaluate and promote
@@ -76,19 +79,19 @@ def clinasr_evaluate_promote():
 
         return evaluation_plan(params, triggering_asset_events, CANDIDATE_ASSET)
 
-    @task(execution_timeout=timedelta(hours=6))
+    @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_candidate(p: dict, run_id=None) -> dict:
         from clinasr.airflow_support import evaluate_model
 
         return evaluate_model(p["candidate"], p["sets"], "candidate", run_id)
 
-    @task(execution_timeout=timedelta(hours=6))
+    @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_baseline(p: dict, run_id=None) -> dict | None:
         from clinasr.airflow_support import evaluate_model
 
         return evaluate_model(p["baseline"], p["sets"], "baseline", run_id) if p["baseline"] else None
 
-    @task(execution_timeout=timedelta(hours=6))
+    @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_references(p: dict, run_id=None) -> list[dict]:
         from clinasr.airflow_support import evaluate_references
 

@@ -19,7 +19,7 @@ def platform_settings(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("platform")
     ports = {"CLINASR_AIRFLOW_PORT": free_port(), "CLINASR_MLFLOW_PORT": free_port(), "CLINASR_S3_PORT": free_port(),
-             "CLINASR_SERVE_PORT": free_port()}
+             "CLINASR_SERVE_PORT": free_port(), "CLINASR_AWS_PORT": free_port()}
     mp.setenv("CLINASR_HOME", str(home))
     for k, v in ports.items():
         mp.setenv(k, str(v))
@@ -233,9 +233,20 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     store = ObjectStore(s)
     row = json.loads(store.get_bytes(f"{snap_uri}/val_manifest.jsonl").decode().splitlines()[0])
     audio = store.get_bytes(f"{snap_uri}/{row['audio_filepath']}")
-    oa = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key="unused", max_retries=0)
+    oa = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=s.serve_api_key(), max_retries=0)
     raw = oa.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("a.wav", audio))
     assert raw.headers["x-model-version"] == version and isinstance(raw.parse().text, str)
+    with pytest.raises(openai.AuthenticationError):     # the platform's service requires its generated key
+        openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key="guess", max_retries=0).audio.transcriptions.create(
+            model="clinasr-asr", file=("a.wav", audio))
+    # the chain heads stamped on the candidate version and the gate report are in the chain; the mirror agrees
+    from clinasr import provenance as V
+
+    stamps, notes = V.collect_stamps(s)
+    assert not notes and any(w.startswith("model version clinasr-platform-test") for w, _ in stamps)
+    assert any(w.startswith("gate report") for w, _ in stamps)
+    plog = V.ProvenanceLog(s)
+    assert V.verify_stamps(plog, stamps) == [] and V.verify_mirror(plog) == []
     # a reviewer's questions, answered for the promoted model: where did it come from, what used the dataset
     from clinasr.cli import main as cli
 
@@ -350,7 +361,7 @@ def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_set
     states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_training", run_id)}
     assert run["state"] == "success", states
     assert states["train_sagemaker"] == "success" and states["train_local"] == states["launch_ec2"] == "skipped"
-    sm = boto3.client("sagemaker", endpoint_url=s.s3_endpoint, region_name="us-east-1",
+    sm = boto3.client("sagemaker", endpoint_url=s.aws_endpoint, region_name="us-east-1",
                       aws_access_key_id="x", aws_secret_access_key="x")
     job = sm.describe_training_job(TrainingJobName=job_name(snap["uri"], run_id))
     assert job["ResourceConfig"]["InstanceCount"] == 2

@@ -83,6 +83,39 @@ def test_subtitle_formats(server, wav, fmt):
     assert out.startswith("WEBVTT") if fmt == "vtt" else "WEBVTT" not in out
 
 
+def test_word_timings_keep_the_spaces_between_words():
+    """A lone "▁" token (SentencePiece's space) opens a new word: "start" + "▁" + "levetiracetam" is two words,
+    not "startlevetiracetam" in the subtitles."""
+    from types import SimpleNamespace
+
+    from clinasr.inference import Transcriber
+    from clinasr.serving import segments_from_words, subtitles
+
+    pieces = ["▁start", "▁", "lev", "et", "ir", "acetam", "▁now"]
+    t = Transcriber.__new__(Transcriber)
+    t.stride_s = 0.08
+    t.model = SimpleNamespace(tokenizer=SimpleNamespace(ids_to_tokens=lambda ids: [pieces[i] for i in ids]))
+    hyp = SimpleNamespace(y_sequence=list(range(7)), timestamp=[0, 5, 6, 7, 8, 9, 15])
+    words = t._words(hyp, offset_s=1.0)
+    assert [w["word"] for w in words] == ["start", "levetiracetam", "now"]
+    assert words[1]["start"] == 1.4 and words[1]["end"] == round(1.0 + 10 * 0.08, 3)
+    srt = subtitles(segments_from_words(words, "start levetiracetam now", 3.0), "srt")
+    assert "start levetiracetam now" in srt
+
+
+def test_an_unsupported_language_is_an_openai_shaped_400(server, wav):
+    url, _ = server
+    with pytest.raises(openai.BadRequestError) as e, open(wav, "rb") as f:
+        client(url).audio.transcriptions.create(model="m", file=f, language="zz")
+    assert e.value.body["param"] == "language" and e.value.body["code"] == "unsupported_language"
+
+
+def test_admin_endpoints_are_refused_without_a_configured_key(tiny_model, tmp_path):
+    with _serve(tmp_path) as url:      # no CLINASR_SERVE_API_KEY / _ADMIN_KEY: /admin/* is never open
+        r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
+
+
 @pytest.mark.parametrize("ext", ["flac", "mp3", "ogg"])
 def test_upload_formats_are_decoded_and_resampled(server, wav, tmp_path, ext):
     url, _ = server
@@ -171,19 +204,22 @@ def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_m
     shutil.copy(tiny_model, other)
     broken = tmp_path / "broken.nemo"
     broken.write_bytes(b"not a model")
-    with _serve(tmp_path) as url:                      # no model: live, not ready, requests get 503
+    admin = {"Authorization": "Bearer admin-key-1"}
+    with _serve(tmp_path, CLINASR_SERVE_ADMIN_KEY="admin-key-1") as url:   # no model: live, not ready, 503s
         assert requests.get(f"{url}/health/ready").status_code == 503
+        r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"     # admin needs its key
         r = requests.post(f"{url}/v1/audio/transcriptions", files={"file": wav.open("rb")}, data={"model": "m"})
         assert r.status_code == 503 and "no model is loaded" in r.json()["error"]["message"]
-        r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)}, timeout=300)
+        r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)}, headers=admin, timeout=300)
         assert r.status_code == 200 and r.json() == {"version": "model.nemo", "previous": None, "device": "cpu"}
         assert requests.get(f"{url}/health/ready").json()["model_version"] == "model.nemo"
-        r = requests.post(f"{url}/admin/reload", json={"model": str(broken)}, timeout=300)
+        r = requests.post(f"{url}/admin/reload", json={"model": str(broken)}, headers=admin, timeout=300)
         assert r.status_code == 422 and "still serving model.nemo" in r.json()["error"]["message"]
         with open(wav, "rb") as f:
             raw = client(url).audio.transcriptions.with_raw_response.create(model="m", file=f)
         assert raw.headers["x-model-version"] == "model.nemo"
-        r = requests.post(f"{url}/admin/reload", json={"model": str(other)}, timeout=300)
+        r = requests.post(f"{url}/admin/reload", json={"model": str(other)}, headers=admin, timeout=300)
         assert r.json()["version"] == "v2.nemo" and r.json()["previous"] == "model.nemo"
         assert requests.get(f"{url}/v1/models").json()["data"][0]["version"] == "v2.nemo"
-        assert requests.post(f"{url}/admin/reload", json={}).status_code == 400
+        assert requests.post(f"{url}/admin/reload", json={}, headers=admin).status_code == 400

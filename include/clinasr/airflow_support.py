@@ -354,8 +354,34 @@ def evaluate_references(specs: list[str], sets: list[dict], run_id: str) -> list
     from clinasr.gate import score_references
     from clinasr.mlenv import StageError
 
-    return score_references(specs, lambda i, spec: evaluate_model(spec, sets, f"reference-{i + 1}", run_id),
+    return score_references(specs, lambda i, spec: _cached_reference(spec, sets, f"reference-{i + 1}", run_id),
                             StageError, log.warning)
+
+
+# Bump when the way references are scored changes (v2: faster-whisper's default decoding, beam 5 + fallback).
+REFERENCE_SCORING_VERSION = 2
+
+
+def _cached_reference(spec: str, sets: list[dict], which: str, run_id: str) -> dict:
+    """A reference model is off-the-shelf and the sets are immutable snapshots: its scores on the same sets are
+    reused from an earlier run (e.g. the override run after a rejection) instead of decoding everything again.
+    The key is the spec, each set's snapshot URI, config hash and terms, and the scoring version."""
+    import json
+
+    key = hashlib.sha256(json.dumps({"spec": spec, "v": REFERENCE_SCORING_VERSION,
+                                     "sets": [[s["name"], s["manifest"], s.get("config_hash"), s.get("terms")] for s in sets]},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    cache = Settings.from_env().path("cache", "references") / f"{key}.json"
+    if cache.exists():
+        report = json.loads(cache.read_text())
+        if Path(report.get("report_path", "")).exists():
+            log.info("reference %s: scores reused from %s (same sets, same scoring)", spec, report["report_path"])
+            declare(inputs=[{"uri": spec, "kind": "model"}] + [{"uri": s["manifest"], "kind": "evaluation-set"} for s in sets],
+                    outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
+            return report
+    report = evaluate_model(spec, sets, which, run_id)
+    cache.write_text(json.dumps(report))
+    return report
 
 
 def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None,
@@ -374,7 +400,8 @@ def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict,
     override = (params.get("override_reason") or "").strip()
     if override and not decision["passed"]:
         decision["override"] = {"reason": override, "by": user or "unknown", "failed": summary(decision)}
-    decision.update(candidate=plan["candidate"], baseline_model=plan["baseline"], dataset_uri=plan["dataset_uri"])
+    decision.update(candidate=plan["candidate"], baseline_model=plan["baseline"], dataset_uri=plan["dataset_uri"],
+                    provenance_head=provenance.ProvenanceLog(settings).head())
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / "gate"
     out.mkdir(parents=True, exist_ok=True)
     title = f"Gate report: {plan['model_name']} v{plan['candidate_version']}"

@@ -88,6 +88,7 @@ def run_demo(quick: bool = False, log=print) -> int:
     log("leaderboards (held-out sets decide; the validation split shares the training voices and is shown only; "
         "reference models are off-the-shelf, for comparison)\n" + leaderboards_text(gate_res.get("leaderboards") or {}))
     log(f"served             {s.serve_url}/v1/audio/transcriptions (OpenAI client), model {heard['version']}")
+    log(f"  API key: {s.serve_api_key()}  (Authorization: Bearer ...; kept in {s.home / 'serve' / 'api_key'})")
     log(f"  said:  {heard['reference']}")
     log(f"  heard: {heard['text']}")
     from clinasr import lineage
@@ -128,7 +129,6 @@ def _transcribe_one(s: Settings, snapshot_uri: str) -> dict:
     store = ObjectStore(s)
     row = json.loads(store.get_bytes(f"{snapshot_uri}/val_manifest.jsonl").decode().splitlines()[0])
     audio = store.get_bytes(f"{snapshot_uri}/{row['audio_filepath']}")
-    client = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=os.environ.get("CLINASR_SERVE_API_KEY") or "local",
-                           max_retries=2)
+    client = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=s.serve_api_key(), max_retries=2)
     raw = client.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("utterance.wav", audio))
     return {"reference": row["text"], "text": raw.parse().text, "version": raw.headers.get("x-model-version")}

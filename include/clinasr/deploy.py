@@ -3,8 +3,6 @@ by ``clinasr registry rollback``)."""
 
 from __future__ import annotations
 
-import os
-
 from clinasr.settings import Settings
 
 
@@ -13,8 +11,9 @@ def deploy(model_uri: str, settings: Settings | None = None, log=print, timeout_
     atomically; a failed load keeps the old model serving and raises here."""
     import requests
 
-    url = (settings or Settings.from_env()).serve_url.rstrip("/")
-    key = os.environ.get("CLINASR_SERVE_API_KEY")
+    settings = settings or Settings.from_env()
+    url = settings.serve_url.rstrip("/")
+    key = settings.serve_api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         r = requests.post(f"{url}/admin/reload", json={"model": model_uri}, headers=headers, timeout=timeout_s)

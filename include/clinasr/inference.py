@@ -150,10 +150,8 @@ class Transcriber(WarmUp):
             piece = tok.ids_to_tokens([t])[0]
             start = offset_s + step * self.stride_s
             if piece.startswith("▁") or not out:
-                word = piece.lstrip("▁")
-                if not word and out:
-                    continue
-                out.append({"word": word, "start": round(start, 3), "end": round(start + self.stride_s, 3)})
+                # a new word; a lone "▁" (a space token) opens one that the next pieces fill
+                out.append({"word": piece.lstrip("▁"), "start": round(start, 3), "end": round(start + self.stride_s, 3)})
             else:
                 out[-1]["word"] += piece
                 out[-1]["end"] = round(start + self.stride_s, 3)

@@ -16,6 +16,7 @@ Run: ``clinasr serve --model models:/clinasr-asr@production`` (the CLI starts th
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -32,12 +33,14 @@ from clinasr import audio
 log = logging.getLogger("clinasr.serve")
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+LANGUAGES = ("en",)   # what the models are trained for; anything else is an OpenAI-shaped 400
 
 
 @dataclass
 class ServeConfig:
     model: str | None = None                 # .nemo path, s3:// or models:/name@alias; None: wait for a deploy
-    api_key: str | None = None               # Bearer token required when set
+    api_key: str | None = None               # Bearer token required on /v1/* when set (the platform always sets one)
+    admin_key: str | None = None             # for /admin/*; defaults to api_key; with neither, /admin/* is refused
     max_upload_mb: float = 25.0              # OpenAI's own limit
     max_audio_s: float = 2 * 3600.0
     max_batch: int = 8
@@ -51,6 +54,7 @@ class ServeConfig:
     def from_env(cls, **over) -> "ServeConfig":
         env = os.environ.get
         cfg = cls(model=env("CLINASR_SERVE_MODEL") or None, api_key=env("CLINASR_SERVE_API_KEY") or None,
+                  admin_key=env("CLINASR_SERVE_ADMIN_KEY") or None,
                   max_upload_mb=float(env("CLINASR_SERVE_MAX_UPLOAD_MB") or 25),
                   max_batch=int(env("CLINASR_SERVE_MAX_BATCH") or 8),
                   max_wait_ms=float(env("CLINASR_SERVE_MAX_WAIT_MS") or 20),
@@ -319,8 +323,17 @@ def create_app(cfg: ServeConfig | None = None):
         request.state.rid = rid
         t0 = time.perf_counter()
         try:
-            if cfg.api_key and request.url.path.startswith(("/v1/", "/admin/")):
-                if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+            path = request.url.path
+            if path.startswith("/admin/"):
+                admin_key = cfg.admin_key or cfg.api_key
+                if not admin_key:      # loading a model unpickles it: never without a key
+                    raise APIError(403, "admin endpoints are disabled: start the service with CLINASR_SERVE_ADMIN_KEY "
+                                        "(or CLINASR_SERVE_API_KEY) set", "invalid_request_error", code="admin_disabled")
+                if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {admin_key}"):
+                    raise APIError(401, "invalid or missing admin key (Authorization: Bearer <key>)",
+                                   "invalid_request_error", code="invalid_api_key")
+            elif cfg.api_key and path.startswith("/v1/"):
+                if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {cfg.api_key}"):
                     raise APIError(401, "invalid or missing API key (Authorization: Bearer <key>)",
                                    "invalid_request_error", code="invalid_api_key")
             if request.url.path == "/v1/audio/transcriptions":
@@ -415,6 +428,10 @@ def create_app(cfg: ServeConfig | None = None):
             raise APIError(400, "temperature must be a number", param="temperature") from None
         if not 0 <= temperature <= 1:
             raise APIError(400, "temperature must be within 0..1", param="temperature")
+        language = (form.get("language") or "en").strip().lower()
+        if language not in LANGUAGES:
+            raise APIError(400, f"language {language!r} is not supported: this model transcribes English "
+                                f"({', '.join(LANGUAGES)}; ISO-639-1)", param="language", code="unsupported_language")
         granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
         data = await upload.read()
         if len(data) > cfg.max_upload_mb * 2**20:
@@ -443,7 +460,7 @@ def create_app(cfg: ServeConfig | None = None):
         segs = segments_from_words(result.get("words", []), text, duration)
         if fmt in ("srt", "vtt"):
             return PlainTextResponse(subtitles(segs, fmt), headers=headers)
-        body = {"task": "transcribe", "language": form.get("language") or "en", "duration": round(duration, 3),
+        body = {"task": "transcribe", "language": language, "duration": round(duration, 3),
                 "text": text, "segments": segs, "model_version": version}
         if "word" in granularities or not granularities:
             body["words"] = result.get("words", [])
