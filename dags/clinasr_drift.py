@@ -55,7 +55,7 @@ Runs on a cadence (`CLINASR_DRIFT_SCHEDULE`, default weekly) and from the UI.
 def clinasr_drift():
     @task(multiple_outputs=True)
     def measure(params=None, run_id=None) -> dict:
-        from clinasr.airflow_support import measure_drift
+        from clinasr.tasks.drift import measure_drift
 
         return measure_drift(params, run_id)
 
@@ -71,7 +71,7 @@ def clinasr_drift():
         """Approval of proposed lexicon additions; approved terms are added, and the decision is recorded."""
 
         def execute_complete(self, context, event):
-            from clinasr.airflow_support import record_lexicon_review
+            from clinasr.tasks.drift import record_lexicon_review
 
             proposed = (context["ti"].xcom_pull(task_ids="measure", key="proposed_additions") or [])
             record_lexicon_review(event, proposed, context["run_id"])
@@ -80,7 +80,7 @@ def clinasr_drift():
     # none_failed: after an approval, a rejection (the reviewed marker is skipped) or no review at all
     @task(trigger_rule="none_failed")
     def retrain_request(measured: dict) -> dict:
-        from clinasr.airflow_support import retrain_request as build
+        from clinasr.tasks.drift import retrain_request as build
 
         return build(measured)
 

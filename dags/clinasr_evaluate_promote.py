@@ -75,37 +75,37 @@ Runs when training registers a candidate (the **clinasr_candidate_model** Asset)
 def clinasr_evaluate_promote():
     @task(multiple_outputs=True)
     def plan(params=None, triggering_asset_events=None) -> dict:
-        from clinasr.airflow_support import evaluation_plan
+        from clinasr.tasks.evaluate_promote import evaluation_plan
 
         return evaluation_plan(params, triggering_asset_events, CANDIDATE_ASSET)
 
     @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_candidate(p: dict, run_id=None) -> dict:
-        from clinasr.airflow_support import evaluate_model
+        from clinasr.tasks.evaluate_promote import evaluate_model
 
         return evaluate_model(p["candidate"], p["sets"], "candidate", run_id)
 
     @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_baseline(p: dict, run_id=None) -> dict | None:
-        from clinasr.airflow_support import evaluate_model
+        from clinasr.tasks.evaluate_promote import evaluate_model
 
         return evaluate_model(p["baseline"], p["sets"], "baseline", run_id) if p["baseline"] else None
 
     @task(execution_timeout=timedelta(hours=6), pool=EVAL_POOL)
     def evaluate_references(p: dict, run_id=None) -> list[dict]:
-        from clinasr.airflow_support import evaluate_references
+        from clinasr.tasks.evaluate_promote import evaluate_references
 
         return evaluate_references(p["references"], p["sets"], run_id)
 
     @task
     def gate(p: dict, cand: dict, base: dict | None, refs: list[dict], params=None, run_id=None, dag_run=None) -> dict:
-        from clinasr.airflow_support import apply_gate
+        from clinasr.tasks.evaluate_promote import apply_gate
 
         return apply_gate(p, cand, base, params, run_id, getattr(dag_run, "triggering_user_name", None), refs)
 
     @task(outlets=[PRODUCTION_ASSET])
     def promote(p: dict, decision: dict, dag_run=None, outlet_events=None) -> dict:
-        from clinasr.airflow_support import promote_candidate
+        from clinasr.tasks.evaluate_promote import promote_candidate
 
         res = promote_candidate(p, decision, getattr(dag_run, "triggering_user_name", None))
         outlet_events[PRODUCTION_ASSET].extra = {"model_uri": f"models:/{p['model_name']}/{res['production']}",
@@ -114,7 +114,7 @@ def clinasr_evaluate_promote():
 
     @task(retries=2)
     def deploy(promoted: dict, params=None) -> dict | None:
-        from clinasr.airflow_support import deploy_to_serving
+        from clinasr.tasks.evaluate_promote import deploy_to_serving
 
         if not params["deploy"]:
             return None

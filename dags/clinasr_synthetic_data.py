@@ -68,7 +68,8 @@ what was dropped and why) is stored with the snapshot.
 def clinasr_synthetic_data():
     @task
     def transcripts(params=None, run_id=None) -> dict:
-        from clinasr.airflow_support import dataset_request, declare, work_dir
+        from clinasr.tasks.synthetic_data import dataset_request
+        from clinasr.tasks.common import declare, work_dir
         from clinasr.datasets import make_transcripts
         from clinasr.settings import Settings
 
@@ -85,7 +86,7 @@ def clinasr_synthetic_data():
 
     @task(execution_timeout=timedelta(hours=1))
     def qa_sample(t: dict, params=None, run_id=None) -> dict:
-        from clinasr.airflow_support import qa_review_sample
+        from clinasr.tasks.synthetic_data import qa_review_sample
 
         return qa_review_sample(params, t, run_id)
 
@@ -93,14 +94,15 @@ def clinasr_synthetic_data():
         """Approval of the QA sample; the decision, who and when also go into the provenance record."""
 
         def execute_complete(self, context, event):
-            from clinasr.airflow_support import record_qa_decision
+            from clinasr.tasks.synthetic_data import record_qa_decision
 
             record_qa_decision(event, context["ti"].xcom_pull(task_ids="qa_sample"))
             return super().execute_complete(context=context, event=event)
 
     @task(execution_timeout=timedelta(hours=6), trigger_rule="none_failed_min_one_success")
     def synthesize(t: dict, params=None, run_id=None) -> dict:
-        from clinasr.airflow_support import dataset_request, declare, log, work_dir
+        from clinasr.tasks.synthetic_data import dataset_request
+        from clinasr.tasks.common import declare, log, work_dir
         from clinasr.datasets import synthesize as run
         from clinasr.settings import Settings
 
@@ -113,7 +115,7 @@ def clinasr_synthetic_data():
 
     @task(outlets=[DATASET_ASSET])
     def stage_snapshot(built: dict, outlet_events=None) -> dict:
-        from clinasr.airflow_support import declare
+        from clinasr.tasks.common import declare
         from clinasr.datasets import stage_dataset_snapshot
 
         snap = stage_dataset_snapshot(built["dataset_dir"])

@@ -70,13 +70,13 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
 def clinasr_training():
     @task
     def resolve_dataset(params=None, triggering_asset_events=None) -> str:
-        from clinasr.airflow_support import resolve_dataset_uri
+        from clinasr.tasks.training import resolve_dataset_uri
 
         return resolve_dataset_uri(params, triggering_asset_events, DATASET_ASSET)
 
     @task(multiple_outputs=True)
     def plan(dataset_uri: str, params=None, run_id=None) -> dict:
-        from clinasr.airflow_support import training_plan
+        from clinasr.tasks.training import training_plan
 
         return training_plan(dataset_uri, params, run_id)
 
@@ -86,31 +86,31 @@ def clinasr_training():
 
     @task(execution_timeout=timedelta(hours=72))
     def train_local(p: dict) -> dict:
-        from clinasr.airflow_support import train_local as run
+        from clinasr.tasks.training import train_local as run
 
         return run(p)
 
     @task
     def launch_ec2(p: dict, params=None) -> dict:
-        from clinasr.airflow_support import launch_ec2 as run
+        from clinasr.tasks.training import launch_ec2 as run
 
         return run(p, params)
 
     @task.sensor(poke_interval=60, timeout=72 * 3600, mode="reschedule")
     def wait_ec2(handle: dict) -> bool:
-        from clinasr.airflow_support import ec2_done
+        from clinasr.tasks.training import ec2_done
 
         return ec2_done(handle)
 
     @task(trigger_rule="all_done")
     def cleanup_ec2(handle: dict | None) -> list:
-        from clinasr.airflow_support import cleanup_ec2 as run
+        from clinasr.tasks.training import cleanup_ec2 as run
 
         return run(handle)
 
     @task(trigger_rule="none_failed_min_one_success", outlets=[CANDIDATE_ASSET])
     def candidate(p: dict, local_result: dict | None = None, params=None, run_id=None, outlet_events=None) -> dict:
-        from clinasr.airflow_support import record_candidate
+        from clinasr.tasks.training import record_candidate
 
         result = record_candidate(p, local_result, params, run_id)
         outlet_events[CANDIDATE_ASSET].extra = {"model_uri": result["model_uri"], "dataset_uri": p["dataset_uri"]}

@@ -265,7 +265,7 @@ def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
 
     import yaml
 
-    from clinasr.airflow_support import _production_reference
+    from clinasr.tasks.drift import _production_reference
 
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))

@@ -144,7 +144,7 @@ def cmd_evaluate(a) -> int:
         sets.append({"name": name, "manifest": path} if sep else {"name": "validation" if i == 0 else f"set{i + 1}",
                                                                    "manifest": spec})
     if not a.no_heldout:   # the held-out sets the gate decides on (a missing or stale one fails it, named)
-        from clinasr.airflow_support import heldout_sets
+        from clinasr.tasks.evaluate_promote import heldout_sets
 
         held, missing = heldout_sets(a.terms_from or "", a.gate)
         sets = held + [s for s in sets if s["name"] not in {h["name"] for h in held}]

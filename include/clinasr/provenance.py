@@ -254,8 +254,14 @@ def collect_stamps(settings) -> tuple[list[tuple[str, str]], list[str]]:
             head = json.loads(store.get_bytes(f"s3://{settings.bucket}/{key}")).get("decision", {}).get("provenance_head")
             if head:
                 stamps.append((f"gate report s3://{settings.bucket}/{key}", head))
-    if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
-        return stamps, ["model registry not checked: MLFLOW_TRACKING_URI is not set"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_uri
+    try:
+        import urllib.request
+
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5)
+    except OSError as e:
+        return stamps, [f"model registry not checked: MLflow at {uri} is not reachable ({e})"]
+    os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
     try:
         from clinasr import registry
 

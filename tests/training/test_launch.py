@@ -99,35 +99,3 @@ def test_ec2_instances_are_terminated_when_waiting_fails(aws):
         wait_for_job(h, poll_s=0.1, timeout_s=0.2, log=lambda m: None)
     states = boto3.client("ec2").describe_instances(InstanceIds=h["instance_ids"])
     assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} <= {"shutting-down", "terminated"}
-
-
-def test_training_dag_ec2_tasks_launch_wait_and_always_clean_up(aws_server, monkeypatch, tmp_path):
-    """The functions behind launch_ec2 / wait_ec2 / cleanup_ec2, through the Airflow AWS connection."""
-    monkeypatch.setenv("AIRFLOW_CONN_CLINASR_AWS", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": aws_server, "region_name": "us-east-1"}}))
-    monkeypatch.setenv("CLINASR_HOME", str(tmp_path))
-    from clinasr import airflow_support as A
-
-    params = {"backend": "ec2", "base": "nemo:s3://clinasr/models/base.nemo", "trainer_config": "configs/trainer/gpu_finetune.yaml", "replay_ratio": 0,
-              "max_steps": 100, "batch_size": 16, "seed": 0, "register_as": "clinasr-asr", "instance_count": 2,
-              "checkpoint_uri": "s3://clinasr/ckpt/run-9"}
-    plan = A.training_plan(DS, params, "run-9")
-    assert plan["sagemaker_config"] is None and plan["train_args"]["checkpoint_uri"] == "s3://clinasr/ckpt/run-9"
-    handle = A.launch_ec2(plan, params)
-    assert len(handle["instance_ids"]) == 2 and A.ec2_done(handle) is False
-    assert sorted(A.cleanup_ec2(handle)) == sorted(handle["instance_ids"])
-    assert A.cleanup_ec2(handle) == [] and A.cleanup_ec2(None) == []     # idempotent; skipped branch
-
-
-def test_training_plan_for_sagemaker_is_the_operator_config():
-    from clinasr import airflow_support as A
-
-    params = {"backend": "sagemaker", "base": "pretrained:nvidia/parakeet-tdt-0.6b-v2", "trainer_config": "configs/trainer/gpu_finetune.yaml", "replay_ratio": 0,
-              "max_steps": 100, "batch_size": 16, "seed": 0, "register_as": "clinasr-asr", "instance_count": 4}
-    plan = A.training_plan(DS, params, "run-7")
-    cfg = plan["sagemaker_config"]
-    assert cfg == sagemaker_request(plan["job_name"], DS, plan["train_args"], AWSLaunchConfig(instance_count=4))
-    assert cfg["ResourceConfig"]["InstanceCount"] == 4 and plan["job_name"] == A.training_plan(DS, params, "run-7")["job_name"]
-    inner = json.loads(base64.b64decode(cfg["AlgorithmSpecification"]["ContainerArguments"][3]))
-    assert inner["mlflow"]["tags"]["airflow_run_id"] == "run-7"     # how the DAG finds the version the job registers

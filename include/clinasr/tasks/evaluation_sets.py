@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from clinasr import evalsets, provenance
-from clinasr.airflow_support import work_dir
+from clinasr.tasks.common import work_dir
 from clinasr.settings import Settings
 
 log = logging.getLogger("clinasr")
