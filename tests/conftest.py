@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,10 +28,7 @@ def pytest_ignore_collect(collection_path, config):
     return is_ml != ML_RUNTIME
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from clinasr.platform import free_port  # noqa: E402,F401 - tests import it from here
 
 
 @pytest.fixture

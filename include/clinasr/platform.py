@@ -120,7 +120,7 @@ def seaweedfs_argv(weed: str, data_dir: Path, s3_port: int, ports_file: Path | N
         ports = {}
         for name in SEAWEEDFS_PORTS:
             while True:
-                p = _free_port()
+                p = free_port()
                 if p != s3_port and p not in ports.values():
                     ports[name] = p
                     break
@@ -130,7 +130,8 @@ def seaweedfs_argv(weed: str, data_dir: Path, s3_port: int, ports_file: Path | N
             "-s3.port.lance=0", "-master.telemetry=false", "-master.volumeSizeLimitMB=256"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on loopback that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
