@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,12 +68,42 @@ def cmd_ml_stage_inline(a) -> int:
 
     from clinasr.mlenv import run_stage_in_process
 
+    if a.stage == "train" and "RANK" not in os.environ:
+        argv = _sagemaker_cluster_command(a)
+        if argv:
+            return subprocess.call(argv)
     with tempfile.TemporaryDirectory() as tmp:
         args_f, res_f = Path(tmp) / "args.json", Path(tmp) / "result.json"
         args_f.write_bytes(base64.b64decode(a.args_b64))
         rc = run_stage_in_process(a.stage, args_f, res_f)
-        print(res_f.read_text())
+        if res_f.exists():       # under torchrun only global rank 0 writes a result
+            print(res_f.read_text())
     return rc
+
+
+def _sagemaker_cluster_command(a) -> list[str] | None:
+    """On SageMaker (its resource config exists) with several instances or GPUs: the torchrun command that
+    makes this instance one node of the job (``CLINASR_NPROC_PER_NODE``, ``CLINASR_MASTER_ADDR``/``_PORT``
+    override what SageMaker's layout and the GPU count give)."""
+    from clinasr.training.launch import SM_RESOURCE_CONFIG, sagemaker_torchrun
+
+    rc_path = Path(os.environ.get("CLINASR_SM_RESOURCECONFIG") or SM_RESOURCE_CONFIG)
+    if not rc_path.exists():
+        return None
+    layout = json.loads(rc_path.read_text())
+    nproc = int(os.environ.get("CLINASR_NPROC_PER_NODE") or 0)
+    if not nproc:
+        import torch
+
+        nproc = max(1, torch.cuda.device_count())
+    if len(layout.get("hosts") or []) <= 1 and nproc == 1:
+        return None
+    argv = sagemaker_torchrun(["ml-stage-inline", "train", "--args-b64", a.args_b64], layout, nproc,
+                              os.environ.get("CLINASR_MASTER_ADDR"), int(os.environ.get("CLINASR_MASTER_PORT") or 29500))
+    argv[0] = str(Path(sys.executable).parent / "torchrun")
+    print(f"SageMaker {layout['current_host']}: node {argv[argv.index('--node-rank') + 1]} of {len(layout['hosts'])}, "
+          f"{nproc} processes: {' '.join(argv[:12])} ...", flush=True)
+    return argv
 
 
 def cmd_provenance(a) -> int:

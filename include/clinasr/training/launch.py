@@ -60,6 +60,23 @@ def container_args(train_args: dict) -> list[str]:
     return ["ml-stage-inline", "train", "--args-b64", blob]
 
 
+SM_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"   # SageMaker's cluster layout, on every instance
+
+
+def sagemaker_torchrun(stage_argv: list[str], resource_config: dict, nproc_per_node: int,
+                       master_addr: str | None = None, master_port: int = 29500) -> list[str]:
+    """The command that makes a multi-instance SageMaker job one training: SageMaker starts the container once
+    per instance, so each instance starts torchrun with its own node rank (its place in ``hosts``), the first
+    host as the rendezvous, and ``nproc_per_node`` processes (8 on a p4d); global rank 0 alone tracks, saves
+    and registers (see ``train``)."""
+    hosts, me = list(resource_config.get("hosts") or []), resource_config.get("current_host")
+    if not hosts or me not in hosts:
+        raise ValueError(f"SageMaker resource config names no current host among its hosts: {resource_config}")
+    return ["torchrun", "--nnodes", str(len(hosts)), "--nproc-per-node", str(nproc_per_node),
+            "--node-rank", str(hosts.index(me)), "--master-addr", master_addr or hosts[0], "--master-port", str(master_port),
+            "-m", "clinasr.cli", *stage_argv]
+
+
 def sagemaker_request(name: str, dataset_uri: str, train_args: dict, cfg: AWSLaunchConfig) -> dict:
     """The CreateTrainingJob request (also the ``config`` of Airflow's SageMakerTrainingOperator)."""
     cfg.validate()
