@@ -244,5 +244,5 @@ def test_an_unavailable_reference_becomes_a_row_with_its_error():
     rows = score_references(["whisper:a", "pretrained:x", "whisper:b"], evaluate_one, Unavailable, warnings.append)
     assert [r.get("label") for r in rows] == ["ref0", "pretrained:x", "ref2"]
     assert rows[1]["error"].endswith("no hub") and rows[1]["sets"] == {} and "pretrained:x" in warnings[0]
-    with pytest.raises(KeyError):     # other failures are not hidden
+    with pytest.raises(KeyError, match="missing"):     # other failures are not hidden
         score_references(["w"], lambda i, s: {}["missing"], Unavailable)

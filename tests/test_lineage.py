@@ -50,7 +50,7 @@ def test_page_answers_where_a_model_came_from_and_what_used_it(records):
 def test_a_broken_chain_is_shown_on_the_page(records):
     records[2]["params"]["seed"] = 8
     assert "PROVENANCE CHAIN BROKEN" in lineage.page(records, "models:/asr/1")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="models:/nope/1 is not in the provenance records"):
         lineage.page(records, "models:/nope/1")
 
 

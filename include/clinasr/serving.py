@@ -103,7 +103,8 @@ class ModelHolder:
         self.cfg = cfg
         self.current: Loaded | None = None
         self.previous: Loaded | None = None
-        self._reload_lock = threading.Lock()
+        self._reload_lock = threading.Lock()   # one deployment at a time: a second one is refused (409), not queued
+        self.loading: str | None = None
         self.last_error: str | None = None
 
     def load(self, ref: str) -> Loaded:
@@ -112,8 +113,13 @@ class ModelHolder:
         from clinasr.registry import fetch_model
 
         if not self._reload_lock.acquire(blocking=False):
-            raise APIError(409, "a model deployment is already in progress", "conflict_error")
+            raise APIError(409, f"a model deployment is already in progress (loading {self.loading}); "
+                                f"{'still serving ' + self.current.version if self.current else 'no model is loaded yet'}"
+                                ": retry once it has finished", "conflict_error", param="model", code="deploy_in_progress")
         try:
+            self.loading = ref
+            log.info(json.dumps({"event": "model_loading", "ref": ref,
+                                 "serving": self.current.version if self.current else None}))
             t0 = time.time()
             name, version = describe_ref(ref)
             if self.current and self.current.version == version:
@@ -142,6 +148,7 @@ class ModelHolder:
                            f"{'still serving ' + self.current.version if self.current else 'no model is loaded'}",
                            "model_load_error") from None
         finally:
+            self.loading = None
             self._reload_lock.release()
 
 
@@ -181,14 +188,34 @@ class Batcher:
                 res = await loop.run_in_executor(None, lambda: model.transcriber.transcribe(
                     [b[0] for b in batch], timestamps=any(b[1] for b in batch)))
                 took = time.perf_counter() - t0
+                if len(res) != len(batch):   # a request without its result would wait for ever
+                    raise RuntimeError(f"the model returned {len(res)} results for a batch of {len(batch)}")
                 self.metrics.batch_size.observe(len(batch))
                 for (_, _, fut), r in zip(batch, res):
                     if not fut.done():
                         fut.set_result((r, model.version, took))
             except Exception as e:
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                self._fail(batch, e, model)
+
+    @staticmethod
+    def _fail(batch: list, e: Exception, model: "Loaded | None") -> None:
+        """Every request of a failed batch gets an OpenAI-shaped error; the loop goes on with the next batch.
+        A model failure is a 500 ("server_error"). The exception's text may quote the input, so neither the
+        response nor the log carries it: the response names its class, the log its class and where it was raised."""
+        if not isinstance(e, APIError):
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+            log.error(json.dumps({"event": "inference_failed", "error": type(e).__name__, "batch": len(batch),
+                                  "at": f"{Path(where.filename).name}:{where.lineno} in {where.name}" if where else None,
+                                  "model_version": model.version if model else None}))
+        for _, _, fut in batch:
+            if fut.done():
+                continue
+            fut.set_exception(e if isinstance(e, APIError) else APIError(
+                500, f"transcription failed inside the model ({type(e).__name__}, batch of {len(batch)}); "
+                     "nothing was transcribed for this request: retry it, and report the X-Request-ID if it persists",
+                "server_error", code="inference_failed"))
 
 
 # -- traffic and feedback records (drift monitoring) ------------------------------------------------
@@ -345,8 +372,8 @@ def create_app(cfg: ServeConfig | None = None):
         except APIError as e:
             response = JSONResponse(e.body(), status_code=e.status)
         response.headers["X-Request-ID"] = rid
-        if holder.current:
-            response.headers["X-Model-Version"] = holder.current.version
+        if holder.current and "x-model-version" not in response.headers:   # the endpoint's own (the model that
+            response.headers["X-Model-Version"] = holder.current.version      # answered) wins over a later switch
         if request.url.path == "/v1/audio/transcriptions":
             took = time.perf_counter() - t0
             metrics.requests.labels(str(response.status_code)).inc()

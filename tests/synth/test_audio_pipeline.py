@@ -129,6 +129,33 @@ def test_dataset_manifests_card_and_quarantine(built):
     assert (out / "coverage.png").stat().st_size > 5000
 
 
+def test_a_build_where_every_utterance_is_quarantined_fails_naming_the_file_and_the_reasons(tmp_path):
+    """A duration limit no sentence meets, plus a transcript the TTS cannot speak: every row is quarantined, and the
+    stage fails with the count, the reasons and the quarantine file (which lists every row) instead of writing an
+    empty dataset; the manifests of an earlier build in the same directory do not survive to pass for this one."""
+    import re
+
+    lex = load_lexicon()
+    utts = [u.to_dict() for u in generate_transcripts(lex, load_terms(["warfarin"], lex), 3, seed=4)["utterances"]]
+    utts.append({**utts[0], "utt_id": "empty-text", "text": "  "})
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "train_manifest.jsonl").write_text('{"audio_filepath": "audio/old.wav", "text": "an earlier build"}\n')
+    cfg = load_config(overrides={"limits": {"max_duration_s": 0.5}})
+    n = len(utts)
+    with pytest.raises(ValueError, match=rf"^every utterance was quarantined \({n}\), so there is no dataset: "
+                                         rf"{n - 1} x 'audio too long \(Ns > Ns\) \(after N attempts\)'; "
+                                         rf"1 x 'empty text \(after N attempts\)' — every row and its reason: "
+                                         rf"{re.escape(str(out / 'quarantine.jsonl'))}$"):
+        build_dataset(out, utts, config=cfg, seed=4, workers=1, augment_on=False, accent_profiles=["native"],
+                      progress=False)
+    quarantined = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted(q["utt_id"] for q in quarantined) == sorted(u["utt_id"] for u in utts)
+    assert all(q["stage"] == "tts" and q["quarantine"] for q in quarantined)
+    assert not (out / "train_manifest.jsonl").exists() and not (out / "val_manifest.jsonl").exists()
+    assert not list(out.glob("audio/*.wav"))
+
+
 def test_rebuild_is_idempotent(built, tmp_path):
     out, r, utts = built
     before = (out / "train_manifest.jsonl").read_text()

@@ -36,9 +36,10 @@ def test_sagemaker_request_shape():
     assert inner["dataset"] == "/opt/ml/input/data/train" and inner["resume"] is True and inner["base"] == ARGS["base"]
 
 
-@pytest.mark.parametrize("bad", [dict(instance_count=9), dict(spot=True, max_wait_s=10)])
-def test_bad_launch_config_is_rejected(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, why", [(dict(instance_count=9), r"instance_count must be within 1\.\.8"),
+                                      (dict(spot=True, max_wait_s=10), "spot training needs max_wait_s >= max_runtime_s")])
+def test_bad_launch_config_is_rejected(bad, why):
+    with pytest.raises(ValueError, match=why):
         sagemaker_request("j", DS, ARGS, AWSLaunchConfig(**bad))
 
 
@@ -95,7 +96,7 @@ def test_waiting_for_a_sagemaker_job(aws):
 
 def test_ec2_instances_are_terminated_when_waiting_fails(aws):
     h = launch("ec2", ARGS, DS, "run-4", aws=AWSLaunchConfig(instance_count=2))
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"EC2 job .* still running after 0s"):
         wait_for_job(h, poll_s=0.1, timeout_s=0.2, log=lambda m: None)
     states = boto3.client("ec2").describe_instances(InstanceIds=h["instance_ids"])
     assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} <= {"shutting-down", "terminated"}

@@ -288,7 +288,7 @@ def build_dataset(out_dir: Path, utterances: list[dict], *, config: dict, seed: 
     if real_manifest:
         rows += mix_real(real_manifest, len(rows), real_ratio, out_dir, quarantine)
     if not rows:
-        raise ValueError(f"every utterance was quarantined ({len(quarantine)}); first reason: {quarantine[0]['quarantine']}")
+        raise ValueError(_all_quarantined(out_dir, quarantine))
     rows.sort(key=lambda r: r["utt_id"])
     train, val = split_by_text(rows, val_fraction, seed)
     write_manifest(out_dir / "train_manifest.jsonl", train)
@@ -304,6 +304,26 @@ def build_dataset(out_dir: Path, utterances: list[dict], *, config: dict, seed: 
             p.unlink()
     return {"dataset_dir": str(out_dir), "train_manifest": str(out_dir / "train_manifest.jsonl"),
             "val_manifest": str(out_dir / "val_manifest.jsonl"), "card": card}
+
+
+def _all_quarantined(out_dir: Path, quarantine: list[dict]) -> str:
+    """Nothing was rendered: keep the quarantine file (it says why, row by row), remove the manifests of an earlier
+    build (a stale dataset must not pass for this one) and return the error: the count, the commonest reasons and
+    where the file is."""
+    import re
+
+    path = out_dir / "quarantine.jsonl"
+    write_manifest(path, sorted(quarantine, key=lambda q: q["utt_id"]))
+    for stale in ("train_manifest.jsonl", "val_manifest.jsonl", "dataset_card.json", "dataset_card.md"):
+        (out_dir / stale).unlink(missing_ok=True)
+    reasons: dict[str, int] = {}
+    for q in quarantine:    # numbers vary row by row ("audio too long (3.1s > 0.5s)"): one reason, counted once
+        key = re.sub(r"\d+(\.\d+)?", "N", q["quarantine"])[:120]
+        reasons[key] = reasons.get(key, 0) + 1
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+    return (f"every utterance was quarantined ({len(quarantine)}), so there is no dataset: "
+            + "; ".join(f"{n} x {k!r}" for k, n in top) + (f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else "")
+            + f" — every row and its reason: {path}")
 
 
 def _render_all(todo, config, out_dir, cache, augment_on, seed, workers, babble_path, rows, quarantine, bar,

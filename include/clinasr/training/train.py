@@ -354,6 +354,26 @@ def _frozen_eval_callback():
     return KeepFrozenEval()
 
 
+def _finite_loss_callback():
+    """Stops the run at its first non-finite loss, before that step's backward pass: a diverged run (learning rate
+    too high, a corrupt clip) otherwise trains on to max_steps on NaN weights. Every process takes the same decision
+    (a poisoned batch may reach only one rank), so none is left waiting in a collective."""
+    import lightning.pytorch as pl
+
+    class FiniteLoss(pl.Callback):
+        def on_before_backward(self, trainer, module, loss):
+            value = float(loss.detach())
+            if trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
+                lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+                raise TrainingError(
+                    f"training loss is {value if not math.isfinite(value) else 'non-finite on another process'} at step "
+                    f"{trainer.global_step + 1} (learning rate {lr:.2e}): the run diverged; lower the learning rate or "
+                    "check the data, and start from a fresh output_dir (its checkpoints may hold the diverged weights); "
+                    "nothing registered")
+
+    return FiniteLoss()
+
+
 def encoder_param_groups(model_cfg: dict | None, tcfg: dict) -> dict | None:
     """Trainer option ``encoder_lr_scale: s``: NeMo's ``optim_param_groups`` puts the encoder in its own
     parameter group at s x the base learning rate (decoder and joint keep it)."""
@@ -591,7 +611,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             val_check_interval=min(int(tcfg["val_check_interval"]), int(tcfg["max_steps"])),
             check_val_every_n_epoch=None, log_every_n_steps=log_every, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers,
-            callbacks=[ckpt, progress, mirror.callback(), _frozen_eval_callback(), *(callbacks or [])],
+            callbacks=[ckpt, progress, mirror.callback(), _frozen_eval_callback(), _finite_loss_callback(),
+                       *(callbacks or [])],
             # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
             # (so does lhotse's, for batch_duration)
             default_root_dir=str(out),
