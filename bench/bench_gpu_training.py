@@ -74,7 +74,8 @@ def make_dataset(d: Path, n: int, seed: int = 0) -> Path:
     return d
 
 
-def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_from: Path | None = None) -> dict:
+def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_from: Path | None = None,
+            nproc: int = 1) -> dict:
     # a checkpoint at the end only (a 617 M model's is 7 GB; the throughput figures leave out its interval anyway).
     # Fixed clip counts (--batch) unless the config names a duration, though gpu_finetune.yaml batches by duration;
     # a duration config's own batch_size, the clip cap, wins over --batch
@@ -86,12 +87,16 @@ def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_
     af, rf = out / f"{name}.args.json", out / f"{name}.result.json"
     af.write_text(json.dumps(args))
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "clinasr.cli", "ml-stage", "train", "--args-json", str(af),
+    # nproc > 1: one process per GPU under torchrun (DDP or ZeRO-2 across GPUs), clinasr's own entry point
+    launcher = ([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(nproc)]
+                if nproc > 1 else [sys.executable])
+    p = subprocess.run([*launcher, "-m", "clinasr.cli", "ml-stage", "train", "--args-json", str(af),
                         "--result-json", str(rf)], capture_output=True, text=True)
     (out / f"{name}.log").write_text(p.stdout[-20000:] + p.stderr[-20000:])
     res = json.loads(rf.read_text()) if rf.exists() else {"error": p.stderr[-2000:]}
     res["wall_s"] = round(time.time() - t0, 1)
-    res["config"] = name
+    res["config"] = name if nproc == 1 else f"{name}@{nproc}gpu"
+    res["nproc"] = nproc
     return res
 
 
@@ -105,6 +110,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="also: stop plain at steps, resume to 2*steps")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--keep", action="store_true", help="keep each run's checkpoints and .nemo (default: delete them)")
+    ap.add_argument("--nproc", default="1", help="GPUs (processes) per config, comma list, e.g. 1,2: each config "
+                                                  "runs once per count; rates are summed over ranks")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,14 +127,22 @@ def main() -> None:
         summary = []
         for r in rows:
             m = r.get("metrics", {})
-            row = {"config": r["config"], "global_step": r.get("global_step"), "error": r.get("error"),
-                   "s_per_step": m.get("median_s_per_step"), "audio_s_per_s": m.get("steady_audio_s_per_s"),
+            # rank 0 counts its own batches; with fixed-duration batches every rank's batch holds the same audio,
+            # so the job's rate is rank 0's times the number of ranks
+            n = r.get("nproc", 1)
+            rate = m.get("steady_audio_s_per_s")
+            row = {"config": r["config"], "nproc": n, "global_step": r.get("global_step"), "error": r.get("error"),
+                   "s_per_step": m.get("median_s_per_step"), "audio_s_per_s": rate * n if rate else None,
+                   "audio_s_per_s_per_gpu": rate,
                    "steady_steps": m.get("steady_steps"),
                    "peak_gpu_gib": m.get("peak_gpu_mem_gib"), "n_params": r.get("n_params"), "wall_s": r["wall_s"],
                    "final_loss": m.get("train_loss"), "resumed_from_step": r.get("resumed_from_step")}
             if base and row["audio_s_per_s"]:
                 row["throughput_vs_baseline"] = round(row["audio_s_per_s"] / base["metrics"]["steady_audio_s_per_s"], 3)
                 row["memory_vs_baseline"] = round(row["peak_gpu_gib"] / base["metrics"]["peak_gpu_mem_gib"], 3)
+            one = next((x for x in rows if x["config"] == r["config"].split("@")[0] and "metrics" in x), None)
+            if n > 1 and one and row["audio_s_per_s"]:   # scaling efficiency: n-GPU rate / (n x 1-GPU rate)
+                row["scaling_efficiency"] = round(row["audio_s_per_s"] / (n * one["metrics"]["steady_audio_s_per_s"]), 3)
             summary.append(row)
         (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
                                                            "steps": a.steps, "batch": a.batch,
@@ -135,10 +150,11 @@ def main() -> None:
         print(json.dumps(summary[-1]), flush=True)
 
     for c in filter(None, a.configs.split(",")):
-        rows.append(run_one(c, ds, out, a.steps, a.batch))
-        report()
-        if not (a.keep or (a.resume and c == "plain")):   # a 617 M run leaves ~10 GB (checkpoint + .nemo)
-            shutil.rmtree(out / c, ignore_errors=True)
+        for n in map(int, a.nproc.split(",")):
+            rows.append(run_one(c, ds, out, a.steps, a.batch, nproc=n))
+            report()
+            if not (a.keep or (a.resume and c == "plain")):   # a 617 M run leaves ~10 GB (checkpoint + .nemo)
+                shutil.rmtree(out / c, ignore_errors=True)
     if a.resume:
         first = next((r for r in rows if r["config"] == "plain"), None) or run_one("plain", ds, out, a.steps, a.batch)
         rows.append(run_one("plain_resume", ds, out, 2 * a.steps, a.batch, resume_from=out / "plain"))

@@ -41,7 +41,7 @@ def main() -> int:
         sc = metrics.score_rows(scored)
         said = sum(len(r["text"].split()) for r in scored)
         wrote = sum(len(r["hypothesis"].split()) for r in scored)
-        res[name] = {"wer": sc["wer"], "term_accuracy": sc.get("term_accuracy"), "words_written_per_word_said": wrote / said,
+        res[name] = {"wer": sc["wer"], "term_accuracy": 1 - sc["ker"] if sc.get("ker") is not None else float("nan"), "words_written_per_word_said": wrote / said,
                      "max_ratio_one_utterance": max(len(r["hypothesis"].split()) / max(1, len(r["text"].split())) for r in scored),
                      "seconds": took, "rows": len(scored)}
         print(name, json.dumps(res[name]))
