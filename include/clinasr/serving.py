@@ -23,10 +23,13 @@ import os
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from clinasr import audio
 
@@ -295,204 +298,236 @@ def subtitles(segs: list[dict], kind: str) -> str:
     return "WEBVTT\n\n" + "".join(f"{_ts(s['start'], '.')} --> {_ts(s['end'], '.')}\n{s['text']}\n\n" for s in segs)
 
 
-# -- the app ------------------------------------------------------------------------------------------
-def create_app(cfg: ServeConfig | None = None):
-    from contextlib import asynccontextmanager
+# -- the app: shared state, middleware, routes ---------------------------------------------------------
+class Service:
+    """What one app serves from, kept on ``app.state.service``: the config, the model holder, the batcher,
+    the metrics and the traffic recorder. The middleware and the routes below read it from the request."""
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.holder, self.metrics = ModelHolder(cfg), Metrics()
+        self.recorder = Recorder(cfg.work_dir, cfg.record_traffic)
+        self.batcher = Batcher(self.holder, self.metrics, cfg.max_batch, cfg.max_wait_ms)
 
-    cfg = cfg or ServeConfig.from_env()
-    holder, metrics = ModelHolder(cfg), Metrics()
-    recorder = Recorder(cfg.work_dir, cfg.record_traffic)
-    batcher = Batcher(holder, metrics, cfg.max_batch, cfg.max_wait_ms)
+    def set_model_gauges(self) -> None:
+        self.metrics.model_info.clear()
+        if self.holder.current:
+            self.metrics.model_info.labels(self.holder.current.version).set(1)
+        self.metrics.ready.set(1 if self.holder.current else 0)
 
-    def _set_model_gauges():
-        metrics.model_info.clear()
-        if holder.current:
-            metrics.model_info.labels(holder.current.version).set(1)
-        metrics.ready.set(1 if holder.current else 0)
-
-    async def _initial_load():
-        if not cfg.model:
+    async def initial_load(self) -> None:
+        if not self.cfg.model:
             log.info(json.dumps({"event": "waiting_for_deploy"}))
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(None, holder.load, cfg.model)
+            await asyncio.get_running_loop().run_in_executor(None, self.holder.load, self.cfg.model)
         except APIError as e:
-            log.warning(json.dumps({"event": "initial_model_unavailable", "ref": cfg.model, "error": e.message[:300]}))
-        _set_model_gauges()
+            log.warning(json.dumps({"event": "initial_model_unavailable", "ref": self.cfg.model, "error": e.message[:300]}))
+        self.set_model_gauges()
 
-    @asynccontextmanager
-    async def lifespan(app):
-        task = asyncio.create_task(batcher.run())
-        loader = asyncio.create_task(_initial_load())
-        yield
-        loader.cancel()
-        task.cancel()
 
-    app = FastAPI(title="clinasr transcription", version="1", lifespan=lifespan,
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    svc: Service = app.state.service
+    task = asyncio.create_task(svc.batcher.run())
+    loader = asyncio.create_task(svc.initial_load())
+    yield
+    loader.cancel()
+    task.cancel()
+
+
+async def _api_error(request: Request, e: APIError):
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def _check_access(request: Request, cfg: ServeConfig) -> None:
+    """The keys (admin key on /admin/*, API key on /v1/*) and the upload size; raises an APIError."""
+    path = request.url.path
+    if path.startswith("/admin/"):
+        admin_key = cfg.admin_key or cfg.api_key
+        if not admin_key:      # loading a model unpickles it: never without a key
+            raise APIError(403, "admin endpoints are disabled: start the service with CLINASR_SERVE_ADMIN_KEY "
+                                "(or CLINASR_SERVE_API_KEY) set", "invalid_request_error", code="admin_disabled")
+        if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {admin_key}"):
+            raise APIError(401, "invalid or missing admin key (Authorization: Bearer <key>)",
+                           "invalid_request_error", code="invalid_api_key")
+    elif cfg.api_key and path.startswith("/v1/"):
+        if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {cfg.api_key}"):
+            raise APIError(401, "invalid or missing API key (Authorization: Bearer <key>)",
+                           "invalid_request_error", code="invalid_api_key")
+    if path == "/v1/audio/transcriptions":
+        size = int(request.headers.get("content-length") or 0)
+        if size > cfg.max_upload_mb * 2**20:
+            raise APIError(413, f"upload of {size / 2**20:.1f} MB exceeds the {cfg.max_upload_mb:g} MB limit",
+                           param="file", code="file_too_large")
+
+
+async def _envelope(request: Request, call_next):
+    """Every request: access checks, X-Request-ID, X-Model-Version; for transcriptions also the request metrics
+    and a PHI-free log line."""
+    svc = _service(request)
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request.state.rid = rid
+    t0 = time.perf_counter()
+    try:
+        _check_access(request, svc.cfg)
+        response = await call_next(request)
+    except APIError as e:
+        response = JSONResponse(e.body(), status_code=e.status)
+    response.headers["X-Request-ID"] = rid
+    holder = svc.holder
+    if holder.current and "x-model-version" not in response.headers:   # the endpoint's own (the model that
+        response.headers["X-Model-Version"] = holder.current.version      # answered) wins over a later switch
+    if request.url.path == "/v1/audio/transcriptions":
+        took = time.perf_counter() - t0
+        svc.metrics.requests.labels(str(response.status_code)).inc()
+        svc.metrics.latency.observe(took)
+        # structured, PHI-free: no transcript text, no audio, no file name
+        log.info(json.dumps({"event": "transcription", "request_id": rid, "status": response.status_code,
+                             "seconds": round(took, 4), "audio_s": getattr(request.state, "audio_s", None),
+                             "model_version": getattr(request.state, "model_version", None)}))
+    return response
+
+
+async def live():
+    return {"status": "alive"}
+
+
+async def ready(request: Request):
+    holder = _service(request).holder
+    if holder.current is None:
+        return JSONResponse({"status": "not ready", "reason": holder.last_error or "no model loaded yet"}, 503)
+    return {"status": "ready", "model_version": holder.current.version, "device": holder.current.transcriber.device}
+
+
+async def prom(request: Request):
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def models(request: Request):
+    data = []
+    if c := _service(request).holder.current:
+        data.append({"id": c.name, "object": "model", "created": int(c.loaded_at), "owned_by": "clinasr",
+                     "version": c.version, "source": c.ref})
+    return {"object": "list", "data": data}
+
+
+async def reload(request: Request):
+    svc = _service(request)
+    try:
+        body = await request.json()
+    except Exception:
+        body = {}
+    ref = (body or {}).get("model")
+    if not ref:
+        raise APIError(400, "body must be JSON {\"model\": \"models:/name/N | s3://... | /path.nemo\"}", param="model")
+    prev = svc.holder.current.version if svc.holder.current else None
+    new = await asyncio.get_running_loop().run_in_executor(None, svc.holder.load, ref)
+    svc.set_model_gauges()
+    return {"version": new.version, "previous": prev, "device": new.transcriber.device}
+
+
+async def feedback(request: Request):
+    """A clinician's corrected transcript for an earlier request (X-Request-ID of its response)."""
+    try:
+        body = await request.json()
+    except Exception:
+        body = None
+    if not isinstance(body, dict) or not body.get("request_id") or not isinstance(body.get("corrected_text"), str):
+        raise APIError(400, 'body must be JSON {"request_id": "...", "corrected_text": "..."}', param="request_id")
+    if not body["corrected_text"].strip():
+        raise APIError(400, "corrected_text is empty", param="corrected_text")
+    _service(request).recorder.append("feedback", {"request_id": str(body["request_id"])[:200],
+                                                   "corrected_text": body["corrected_text"][:20000],
+                                                   "source": str(body.get("source", ""))[:100]})
+    return JSONResponse({"status": "recorded", "request_id": body["request_id"]}, status_code=202)
+
+
+async def transcriptions(request: Request):
+    svc = _service(request)
+    cfg, holder, metrics = svc.cfg, svc.holder, svc.metrics
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or not hasattr(upload, "read"):
+        raise APIError(400, "missing multipart field 'file' (the audio to transcribe)", param="file")
+    if not form.get("model"):
+        raise APIError(400, "missing field 'model'", param="model")
+    fmt = form.get("response_format") or "json"
+    if fmt not in FORMATS:
+        raise APIError(400, f"response_format must be one of {', '.join(FORMATS)}", param="response_format")
+    try:
+        temperature = float(form.get("temperature") or 0)     # accepted; decoding is greedy
+    except ValueError:
+        raise APIError(400, "temperature must be a number", param="temperature") from None
+    if not 0 <= temperature <= 1:
+        raise APIError(400, "temperature must be within 0..1", param="temperature")
+    language = (form.get("language") or "en").strip().lower()
+    if language not in LANGUAGES:
+        raise APIError(400, f"language {language!r} is not supported: this model transcribes English "
+                            f"({', '.join(LANGUAGES)}; ISO-639-1)", param="language", code="unsupported_language")
+    granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
+    data = await upload.read()
+    if len(data) > cfg.max_upload_mb * 2**20:
+        raise APIError(413, f"file exceeds the {cfg.max_upload_mb:g} MB limit", param="file", code="file_too_large")
+    try:
+        x = await asyncio.get_running_loop().run_in_executor(None, audio.decode_bytes, data)
+        audio.check(x, min_s=0.05, max_s=cfg.max_audio_s, min_rms=0.0)
+    except audio.AudioError as e:
+        raise APIError(400, f"could not use the audio: {e}", param="file", code="invalid_audio") from None
+    if holder.current is None:
+        raise APIError(503, "no model is loaded yet (waiting for a deployment)", "service_unavailable")
+    duration = len(x) / audio.TARGET_SR
+    want_words = fmt in ("verbose_json", "srt", "vtt")
+    result, version, took = await svc.batcher.submit(x, want_words)
+    request.state.audio_s, request.state.model_version = round(duration, 3), version
+    metrics.audio.inc(duration)
+    metrics.rtfx.observe(duration / max(took, 1e-6))
+    text = result["text"]
+    svc.recorder.append("traffic", {"request_id": request.state.rid, "model_version": version,
+                                    "sample_rate": audio.probe_rate(data), **audio.stats(x), "hypothesis": text})
+    headers = {"X-Model-Version": version}
+    if fmt == "text":
+        return PlainTextResponse(text, headers=headers)
+    if fmt == "json":
+        return JSONResponse({"text": text}, headers=headers)
+    segs = segments_from_words(result.get("words", []), text, duration)
+    if fmt in ("srt", "vtt"):
+        return PlainTextResponse(subtitles(segs, fmt), headers=headers)
+    body = {"task": "transcribe", "language": language, "duration": round(duration, 3),
+            "text": text, "segments": segs, "model_version": version}
+    if "word" in granularities or not granularities:
+        body["words"] = result.get("words", [])
+    return JSONResponse(body, headers=headers)
+
+
+ROUTES = (("GET", "/health/live", live), ("GET", "/health/ready", ready), ("GET", "/metrics", prom),
+          ("GET", "/v1/models", models), ("POST", "/admin/reload", reload), ("POST", "/v1/feedback", feedback),
+          ("POST", "/v1/audio/transcriptions", transcriptions))
+
+
+def create_app(cfg: ServeConfig | None = None) -> FastAPI:
+    """The service's app: its :class:`Service` on ``app.state`` (also ``holder``, ``metrics`` and ``cfg`` there),
+    CORS when origins are configured, the envelope middleware, the OpenAI-shaped error handler and the routes."""
+    svc = Service(cfg or ServeConfig.from_env())
+    app = FastAPI(title="clinasr transcription", version="1", lifespan=_lifespan,
                   description="OpenAI-compatible speech-to-text for clinical dictation")
-    app.state.holder, app.state.metrics, app.state.cfg = holder, metrics, cfg
-    if cfg.cors_origins:
+    app.state.service = svc
+    app.state.holder, app.state.metrics, app.state.cfg = svc.holder, svc.metrics, svc.cfg
+    if svc.cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=svc.cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.middleware("http")
-    async def _envelope(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.rid = rid
-        t0 = time.perf_counter()
-        try:
-            path = request.url.path
-            if path.startswith("/admin/"):
-                admin_key = cfg.admin_key or cfg.api_key
-                if not admin_key:      # loading a model unpickles it: never without a key
-                    raise APIError(403, "admin endpoints are disabled: start the service with CLINASR_SERVE_ADMIN_KEY "
-                                        "(or CLINASR_SERVE_API_KEY) set", "invalid_request_error", code="admin_disabled")
-                if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {admin_key}"):
-                    raise APIError(401, "invalid or missing admin key (Authorization: Bearer <key>)",
-                                   "invalid_request_error", code="invalid_api_key")
-            elif cfg.api_key and path.startswith("/v1/"):
-                if not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {cfg.api_key}"):
-                    raise APIError(401, "invalid or missing API key (Authorization: Bearer <key>)",
-                                   "invalid_request_error", code="invalid_api_key")
-            if request.url.path == "/v1/audio/transcriptions":
-                size = int(request.headers.get("content-length") or 0)
-                if size > cfg.max_upload_mb * 2**20:
-                    raise APIError(413, f"upload of {size / 2**20:.1f} MB exceeds the {cfg.max_upload_mb:g} MB limit",
-                                   param="file", code="file_too_large")
-            response = await call_next(request)
-        except APIError as e:
-            response = JSONResponse(e.body(), status_code=e.status)
-        response.headers["X-Request-ID"] = rid
-        if holder.current and "x-model-version" not in response.headers:   # the endpoint's own (the model that
-            response.headers["X-Model-Version"] = holder.current.version      # answered) wins over a later switch
-        if request.url.path == "/v1/audio/transcriptions":
-            took = time.perf_counter() - t0
-            metrics.requests.labels(str(response.status_code)).inc()
-            metrics.latency.observe(took)
-            # structured, PHI-free: no transcript text, no audio, no file name
-            log.info(json.dumps({"event": "transcription", "request_id": rid, "status": response.status_code,
-                                 "seconds": round(took, 4), "audio_s": getattr(request.state, "audio_s", None),
-                                 "model_version": getattr(request.state, "model_version", None)}))
-        return response
-
-    @app.get("/health/live")
-    async def live():
-        return {"status": "alive"}
-
-    @app.get("/health/ready")
-    async def ready():
-        if holder.current is None:
-            return JSONResponse({"status": "not ready", "reason": holder.last_error or "no model loaded yet"}, 503)
-        return {"status": "ready", "model_version": holder.current.version, "device": holder.current.transcriber.device}
-
-    @app.get("/metrics")
-    async def prom():
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models")
-    async def models():
-        data = []
-        if holder.current:
-            c = holder.current
-            data.append({"id": c.name, "object": "model", "created": int(c.loaded_at), "owned_by": "clinasr",
-                         "version": c.version, "source": c.ref})
-        return {"object": "list", "data": data}
-
-    @app.post("/admin/reload")
-    async def reload(request: Request):
-        try:
-            body = await request.json()
-        except Exception:
-            body = {}
-        ref = (body or {}).get("model")
-        if not ref:
-            raise APIError(400, "body must be JSON {\"model\": \"models:/name/N | s3://... | /path.nemo\"}", param="model")
-        prev = holder.current.version if holder.current else None
-        new = await asyncio.get_running_loop().run_in_executor(None, holder.load, ref)
-        _set_model_gauges()
-        return {"version": new.version, "previous": prev, "device": new.transcriber.device}
-
-    @app.post("/v1/feedback")
-    async def feedback(request: Request):
-        """A clinician's corrected transcript for an earlier request (X-Request-ID of its response)."""
-        try:
-            body = await request.json()
-        except Exception:
-            body = None
-        if not isinstance(body, dict) or not body.get("request_id") or not isinstance(body.get("corrected_text"), str):
-            raise APIError(400, 'body must be JSON {"request_id": "...", "corrected_text": "..."}', param="request_id")
-        if not body["corrected_text"].strip():
-            raise APIError(400, "corrected_text is empty", param="corrected_text")
-        recorder.append("feedback", {"request_id": str(body["request_id"])[:200], "corrected_text": body["corrected_text"][:20000],
-                                     "source": str(body.get("source", ""))[:100]})
-        return JSONResponse({"status": "recorded", "request_id": body["request_id"]}, status_code=202)
-
-    @app.post("/v1/audio/transcriptions")
-    async def transcriptions(request: Request):
-        form = await request.form()
-        upload = form.get("file")
-        if upload is None or not hasattr(upload, "read"):
-            raise APIError(400, "missing multipart field 'file' (the audio to transcribe)", param="file")
-        if not form.get("model"):
-            raise APIError(400, "missing field 'model'", param="model")
-        fmt = form.get("response_format") or "json"
-        if fmt not in FORMATS:
-            raise APIError(400, f"response_format must be one of {', '.join(FORMATS)}", param="response_format")
-        try:
-            temperature = float(form.get("temperature") or 0)     # accepted; decoding is greedy
-        except ValueError:
-            raise APIError(400, "temperature must be a number", param="temperature") from None
-        if not 0 <= temperature <= 1:
-            raise APIError(400, "temperature must be within 0..1", param="temperature")
-        language = (form.get("language") or "en").strip().lower()
-        if language not in LANGUAGES:
-            raise APIError(400, f"language {language!r} is not supported: this model transcribes English "
-                                f"({', '.join(LANGUAGES)}; ISO-639-1)", param="language", code="unsupported_language")
-        granularities = form.getlist("timestamp_granularities[]") or form.getlist("timestamp_granularities")
-        data = await upload.read()
-        if len(data) > cfg.max_upload_mb * 2**20:
-            raise APIError(413, f"file exceeds the {cfg.max_upload_mb:g} MB limit", param="file", code="file_too_large")
-        try:
-            x = await asyncio.get_running_loop().run_in_executor(None, audio.decode_bytes, data)
-            audio.check(x, min_s=0.05, max_s=cfg.max_audio_s, min_rms=0.0)
-        except audio.AudioError as e:
-            raise APIError(400, f"could not use the audio: {e}", param="file", code="invalid_audio") from None
-        if holder.current is None:
-            raise APIError(503, "no model is loaded yet (waiting for a deployment)", "service_unavailable")
-        duration = len(x) / audio.TARGET_SR
-        want_words = fmt in ("verbose_json", "srt", "vtt")
-        result, version, took = await batcher.submit(x, want_words)
-        request.state.audio_s, request.state.model_version = round(duration, 3), version
-        metrics.audio.inc(duration)
-        metrics.rtfx.observe(duration / max(took, 1e-6))
-        text = result["text"]
-        recorder.append("traffic", {"request_id": request.state.rid, "model_version": version,
-                                    "sample_rate": audio.probe_rate(data), **audio.stats(x), "hypothesis": text})
-        headers = {"X-Model-Version": version}
-        if fmt == "text":
-            return PlainTextResponse(text, headers=headers)
-        if fmt == "json":
-            return JSONResponse({"text": text}, headers=headers)
-        segs = segments_from_words(result.get("words", []), text, duration)
-        if fmt in ("srt", "vtt"):
-            return PlainTextResponse(subtitles(segs, fmt), headers=headers)
-        body = {"task": "transcribe", "language": language, "duration": round(duration, 3),
-                "text": text, "segments": segs, "model_version": version}
-        if "word" in granularities or not granularities:
-            body["words"] = result.get("words", [])
-        return JSONResponse(body, headers=headers)
-
+    app.add_exception_handler(APIError, _api_error)
+    app.middleware("http")(_envelope)
+    for method, path, endpoint in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method])
     return app
 
 
