@@ -3,7 +3,7 @@
 Runs clinasr's own training entry point (clinasr.training.train) for a few dozen steps per strategy, each
 in its own process, on random-noise audio of 2-12 s with lexicon sentences (no TTS on the GPU machine),
 and reports s/step, steady audio-seconds/s (after warm-up, leaving out the step that wrote a checkpoint: see
-clinasr.training.train's Progress.steady) and peak GPU memory, as ratios against --baseline (plain
+clinasr.training.progress's Progress.steady) and peak GPU memory, as ratios against --baseline (plain
 single-GPU bf16) in the same run. Also checkpoint + resume (a run stopped at N steps continues to 2N from
 last.ckpt). Training-batch WER (a greedy decode) runs every log_every_n_steps of gpu_finetune.yaml (50).
 
@@ -34,6 +34,8 @@ CONFIGS = {
     "plain_sorted": {"strategy": "auto", "precision": "bf16-mixed", "semi_sorted_batching": True},   # duration bucketing
     # fixed-duration batches (lhotse dynamic bucketing): up to 600 s of audio per batch, at most 512 clips
     "plain_duration": {"strategy": "auto", "precision": "bf16-mixed", **DURATION},
+    # the same global batch as plain_duration on one GPU, split over two (loss parity between 1 and 2 GPUs)
+    "plain_duration_300": {"strategy": "auto", "precision": "bf16-mixed", **DURATION, "batch_duration": 300},
     "plain_duration_1200": {"strategy": "auto", "precision": "bf16-mixed", **DURATION, "batch_duration": 1200},
     # activation checkpointing (each encoder layer recomputes its activations in backward): bigger batches fit
     "plain_ckpt": {"strategy": "auto", "precision": "bf16-mixed", "activation_checkpointing": True},
@@ -75,14 +77,16 @@ def make_dataset(d: Path, n: int, seed: int = 0) -> Path:
 
 
 def run_one(name: str, dataset: Path, out: Path, steps: int, batch: int, resume_from: Path | None = None,
-            nproc: int = 1) -> dict:
+            nproc: int = 1, model: str = "configs/model/parakeet_tdt_0.6b.yaml") -> dict:
     # a checkpoint at the end only (a 617 M model's is 7 GB; the throughput figures leave out its interval anyway).
     # Fixed clip counts (--batch) unless the config names a duration, though gpu_finetune.yaml batches by duration;
     # a duration config's own batch_size, the clip cap, wins over --batch
-    overrides = {"batch_size": batch, "batch_duration": None, **CONFIGS[name.replace("_resume", "")], "max_steps": steps,
+    # no general-English replay here: the data is random noise and the replay set lives in the platform's store
+    overrides = {"batch_size": batch, "batch_duration": None, "replay": {"ratio": 0},
+                 **CONFIGS[name.replace("_resume", "")], "max_steps": steps,
                  "val_check_interval": 10**6, "checkpoint_every_n_steps": steps}
     args = {"dataset": str(dataset), "output_dir": str(resume_from or out / name), "trainer": "configs/trainer/gpu_finetune.yaml",
-            "trainer_overrides": overrides, "base": {"config": "configs/model/parakeet_tdt_0.6b.yaml"},
+            "trainer_overrides": overrides, "base": {"config": model},
             "mlflow": {"enabled": False}, "resume": resume_from is not None}
     af, rf = out / f"{name}.args.json", out / f"{name}.result.json"
     af.write_text(json.dumps(args))
@@ -110,6 +114,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="also: stop plain at steps, resume to 2*steps")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--keep", action="store_true", help="keep each run's checkpoints and .nemo (default: delete them)")
+    ap.add_argument("--model", default="configs/model/parakeet_tdt_0.6b.yaml", help="model config (random init)")
     ap.add_argument("--nproc", default="1", help="GPUs (processes) per config, comma list, e.g. 1,2: each config "
                                                   "runs once per count; rates are summed over ranks")
     a = ap.parse_args()
@@ -144,14 +149,14 @@ def main() -> None:
             if n > 1 and one and row["audio_s_per_s"]:   # scaling efficiency: n-GPU rate / (n x 1-GPU rate)
                 row["scaling_efficiency"] = round(row["audio_s_per_s"] / (n * one["metrics"]["steady_audio_s_per_s"]), 3)
             summary.append(row)
-        (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__,
+        (out / "gpu_training.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "model": a.model,
                                                            "steps": a.steps, "batch": a.batch,
                                                            "baseline": a.baseline, "rows": summary}, indent=1))
         print(json.dumps(summary[-1]), flush=True)
 
     for c in filter(None, a.configs.split(",")):
         for n in map(int, a.nproc.split(",")):
-            rows.append(run_one(c, ds, out, a.steps, a.batch, nproc=n))
+            rows.append(run_one(c, ds, out, a.steps, a.batch, nproc=n, model=a.model))
             report()
             if not (a.keep or (a.resume and c == "plain")):   # a 617 M run leaves ~10 GB (checkpoint + .nemo)
                 shutil.rmtree(out / c, ignore_errors=True)

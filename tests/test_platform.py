@@ -45,7 +45,7 @@ def test_status_and_idempotent_start(platform_settings):
     assert all("already running" in m for m in msgs)
 
 
-def test_trigger_dag_through_rest_api_with_params(platform_settings):
+def step_trigger_dag_through_rest_api_with_params(platform_settings):
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     client.wait_for_dag("clinasr_synthetic_data")
@@ -77,7 +77,7 @@ def test_trigger_dag_through_rest_api_with_params(platform_settings):
     assert snap["uri"] in V.downstream(V.lineage_graph(recs), mine[0]["outputs"][0]["uri"])
 
 
-def test_qa_review_waits_for_a_person_and_records_the_decision(platform_settings):
+def step_qa_review_waits_for_a_person_and_records_the_decision(platform_settings):
     """qa_review on: the QA sample page is published, approve_qa waits for input; Reject stops the run before
     synthesis, Approve lets it finish with the page kept in the snapshot; both decisions are in provenance."""
     from clinasr import provenance as V
@@ -109,7 +109,7 @@ def test_qa_review_waits_for_a_person_and_records_the_decision(platform_settings
     assert V.verify(V.ProvenanceLog(s).records()) == []
 
 
-def test_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_settings):
+def step_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_settings):
     """clinasr_evaluation_sets renders the held-out sets and the replay set, stages each as a snapshot indexed by
     its config hash, and records provenance; a second run finds them current and builds nothing."""
     from clinasr import evalsets
@@ -137,7 +137,7 @@ def test_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_se
     assert len(recs) == 3 and not any(r["evaluation_set"]["built"] for r in recs)
 
 
-def test_training_dag_registers_a_candidate(platform_settings):
+def step_training_dag_registers_a_candidate(platform_settings):
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     runs = client.runs("clinasr_synthetic_data")
@@ -168,7 +168,7 @@ def test_training_dag_registers_a_candidate(platform_settings):
     assert snap["uri"] in up and any(u.endswith("transcripts.jsonl") for u in up)
 
 
-def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_override(platform_settings):
+def step_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_override(platform_settings):
     s = platform_settings
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     from mlflow import MlflowClient
@@ -257,7 +257,7 @@ def test_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     assert f"{s.serve_url}/v1/audio/transcriptions" in down and "clinasr_evaluate_promote › promote" in down
 
 
-def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platform_settings, tmp_path):
+def step_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platform_settings, tmp_path):
     """Feedback where "warfarin" is misheard triggers clinasr_synthetic_data with warfarin as the priority term;
     steady feedback does not. (The production model here is a 4-step toy that never got warfarin right, so the
     test policy judges terms on their own KER, without the increase-over-promotion condition.)"""
@@ -335,7 +335,7 @@ def test_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
     client.pause("clinasr_synthetic_data")      # the retraining it started is not part of this test
 
 
-def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
+def step_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
     """backend=sagemaker: the amazon provider's SageMakerTrainingOperator sends our request (to the platform's
     loopback AWS server, through the clinasr_aws connection); the candidate task finds the version the job
     registered. moto accepts the job but runs no container, so this test plays the container's part."""
@@ -368,6 +368,28 @@ def test_training_dag_sagemaker_backend_runs_the_providers_operator(platform_set
     assert job["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == snap["uri"] + "/"
     out = client.xcom("clinasr_training", run_id, "candidate")
     assert out["backend"] == "sagemaker" and out["model_version"] == str(mv.version)
+
+
+STEPS = [step_trigger_dag_through_rest_api_with_params, step_qa_review_waits_for_a_person_and_records_the_decision,
+         step_evaluation_sets_are_built_once_staged_and_indexed_by_config, step_training_dag_registers_a_candidate,
+         step_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_override,
+         step_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback,
+         step_training_dag_sagemaker_backend_runs_the_providers_operator]
+
+
+def test_the_flywheel_scenario(platform_settings, tmp_path):
+    """The platform's flywheel as one explicit scenario, in the order a data engineer runs it: each step uses what
+    the steps before it made (a dataset, the evaluation sets, a candidate, a production model), so they are steps
+    of one test, not tests that silently depend on each other's order. A failure names its step."""
+    import inspect
+
+    for i, step in enumerate(STEPS, 1):
+        args = [platform_settings] + ([tmp_path] if "tmp_path" in inspect.signature(step).parameters else [])
+        try:
+            step(*args)
+        except Exception as e:
+            raise AssertionError(f"flywheel step {i}/{len(STEPS)} {step.__name__.removeprefix('step_')} failed: "
+                                 f"{type(e).__name__}: {str(e)[:2000]}") from e
 
 
 def test_port_taken_is_a_clear_message(tmp_path, monkeypatch):

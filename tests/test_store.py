@@ -130,14 +130,23 @@ def _wav_dataset(root, n=40, size=512 * 1024, seed=0):
     return root
 
 
-def test_a_snapshot_survives_a_restart_of_the_store(own_store, tmp_path):
+def test_a_snapshot_and_the_provenance_mirror_survive_a_restart_of_the_store(own_store, tmp_path):
+    from clinasr import provenance as V
+    from clinasr.platform import prepare_buckets
+
     settings, start, stack = own_store
+    prepare_buckets(settings)
     ds = _wav_dataset(tmp_path / "ds", n=5)
     snap = ObjectStore(settings).stage_snapshot(ds)
+    plog = V.ProvenanceLog(settings)
+    for i in range(3):
+        plog.append(plog.new_record(dag_id="d", run_id="r", task_id=f"t{i}", try_number=1, state="success"))
+    assert not (plog.dir / "mirror-errors.log").exists() and V.verify_mirror(plog) == []
     stack.close()                                   # platform down
     start()                                         # platform up: same data directory
     out = ObjectStore(settings).fetch_snapshot(snap.uri, tmp_path / "copy")   # checks every sha256
     assert sorted(p.name for p in (out / "audio").iterdir()) == [f"{i:03d}.wav" for i in range(5)]
+    assert V.verify_mirror(plog) == []              # every locked copy is still there and matches
 
 
 def test_a_store_killed_mid_upload_leaves_no_usable_snapshot_and_the_retry_finishes(own_store, tmp_path):
