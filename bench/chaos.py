@@ -44,7 +44,7 @@ def main() -> int:
     os.environ.update(CLINASR_S3_ENDPOINT=s.s3_endpoint, MLFLOW_TRACKING_URI=s.mlflow_uri)
     t_start = time.time()
     P.up(s, log=lambda m: None)
-    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
+    client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s), timeout=120)
     for d in ("clinasr_evaluation_sets", "clinasr_synthetic_data", "clinasr_training", "clinasr_evaluate_promote"):
         client.wait_for_dag(d)
     client.pause("clinasr_training")          # each DAG is triggered explicitly, with a kill scheduled inside it
@@ -71,13 +71,25 @@ def main() -> int:
         th.start()
         return th
 
+    def wait(dag, run_id, timeout=1800):
+        """The run's final state; the API server may be the one killed: keep asking until it answers."""
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                return client.wait(dag, run_id, timeout=max(1, deadline - time.time()), log=lambda m: None)["state"]
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(5)
+        return "timeout"
+
     def run(dag, conf, kills):
         before = objects()
-        threads = [kill_later(svc, after) for svc, after in kills]
         run_id = client.trigger(dag, conf)
+        threads = [kill_later(svc, after) for svc, after in kills]
         for th in threads:
             th.join()
-        state = client.wait(dag, run_id, timeout=1800, log=lambda m: None)["state"]
+        state = wait(dag, run_id)
         lost = sorted(before - objects())
         tries = {t["task_id"]: t.get("try_number") for t in client.task_instances(dag, run_id)}
         return {"dag": dag, "run_id": run_id, "state": state, "killed": [k for k, _ in kills], "objects_lost": lost,
