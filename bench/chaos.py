@@ -85,6 +85,7 @@ def main() -> int:
 
     def run(dag, conf, kills):
         before = objects()
+        client.pause(dag, False)
         run_id = client.trigger(dag, conf)
         threads = [kill_later(svc, after) for svc, after in kills]
         for th in threads:

@@ -300,7 +300,10 @@ def init_airflow(s: Settings, log=print) -> None:
         "clinasr_mlflow": {"conn_type": "http", "host": s.mlflow_uri},
         # SageMaker/EC2 for the training DAG. Locally moto's server answers those APIs, so the AWS backends run
         # their real request path against it; on AWS, replace this with real credentials/role.
-        "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.aws_endpoint, "region_name": s.aws_region},
+        # S3 calls through it (the SageMaker operator checks its input channel exists) go to the object store
+        # (the provider's per-service endpoint), so locally its key is the store's; moto accepts any key.
+        "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.aws_endpoint, "region_name": s.aws_region,
+                                                       "service_config": {"s3": {"endpoint_url": s.s3_endpoint or None}}},
                         "login": "clinasr-local", "password": "clinasr-local"},
     }
     from clinasr.store import _is_loopback
@@ -308,6 +311,7 @@ def init_airflow(s: Settings, log=print) -> None:
     if s.s3_endpoint and _is_loopback(s.s3_endpoint):
         key, secret = s.local_s3_credentials(create=True)
         conns["clinasr_s3"].update(login=key, password=secret)
+        conns["clinasr_aws"].update(login=key, password=secret)
     r = subprocess.run([_bin("airflow"), "pools", "set", "clinasr_evaluation", "1",
                         "one model evaluation at a time, so each model's latency is measured alone"],
                        env=env, capture_output=True, text=True)
@@ -327,8 +331,9 @@ def up(s: Settings | None = None, only: list[str] | None = None, log=print) -> N
     if any(v.name.startswith("airflow") for v in svcs) and not running_pid(s, "airflow-api-server"):
         init_airflow(s, log)
     for svc in svcs:
-        log(start_service(s, svc, log))
-        if svc.name == "s3" and s.s3_endpoint:
+        msg = start_service(s, svc, log)
+        log(msg)
+        if svc.name == "s3" and s.s3_endpoint and "already running" not in msg:
             log(prepare_buckets(s))
 
 

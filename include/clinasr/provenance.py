@@ -149,14 +149,30 @@ class ProvenanceLog:
         return record
 
     def _mirror(self, record: dict) -> None:
+        """Copy the record to the locked mirror. A copy that cannot be written (the store is down) is queued in
+        ``mirror-pending`` and written with the next record that gets through, so an outage leaves no gap."""
         from clinasr.store import ObjectStore, StoreError
 
+        pending = self.dir / "mirror-pending"
+        with self._locked():
+            todo = sorted({int(x) for x in pending.read_text().split()} if pending.exists() else set())
         try:
             store = ObjectStore(self.settings)
             bucket = store.ensure_lock_bucket()
+            by_seq = {r["seq"]: r for r in self.records()} if todo else {}
+            for seq in todo:
+                if seq in by_seq and not store.exists(f"s3://{bucket}/{mirror_key(by_seq[seq])}"):
+                    store.put_locked(canonical(by_seq[seq]), f"s3://{bucket}/{mirror_key(by_seq[seq])}")
             store.put_locked(canonical(record), f"s3://{bucket}/{mirror_key(record)}")
         except (StoreError, OSError) as e:  # the local chain is the primary copy; say so loudly, don't fail the task
-            (self.dir / "mirror-errors.log").open("a").write(f"{record['seq']}: {e}\n")
+            with self._locked():
+                (self.dir / "mirror-errors.log").open("a").write(f"{record['seq']}: {e}\n")
+                pending.open("a").write(f"{record['seq']}\n")
+            return
+        if todo:
+            with self._locked():
+                left = {int(x) for x in pending.read_text().split()} - set(todo) if pending.exists() else set()
+                pending.write_text("".join(f"{x}\n" for x in sorted(left)))
 
     def head(self) -> str | None:
         """``<seq>:<hash>`` of the chain's last record: stamped on registered model versions and gate reports,

@@ -72,11 +72,13 @@ class ObjectStore:
             kwargs = {}
             if self.settings.s3_endpoint:
                 kwargs["endpoint_url"] = self.settings.s3_endpoint
-                # The embedded server's generated key (settings.local_s3_credentials); real endpoints need
-                # real credentials.
-                if _is_loopback(self.settings.s3_endpoint) and not os.environ.get("AWS_ACCESS_KEY_ID"):
-                    key, secret = self.settings.local_s3_credentials()
-                    kwargs.update(aws_access_key_id=key, aws_secret_access_key=secret)
+                # The embedded server's generated key (settings.local_s3_credentials) wins over AWS_* variables
+                # meant for somewhere else; a loopback server of a test or bench (no key file) takes the
+                # environment's or a fixed local pair; real endpoints need real credentials.
+                if _is_loopback(self.settings.s3_endpoint):
+                    if (self.settings.home / "s3" / "credentials.json").exists() or not os.environ.get("AWS_ACCESS_KEY_ID"):
+                        key, secret = self.settings.local_s3_credentials()
+                        kwargs.update(aws_access_key_id=key, aws_secret_access_key=secret)
             self._client = boto3.client(
                 "s3",
                 region_name=self.settings.aws_region,
