@@ -395,6 +395,7 @@ def test_the_flywheel_scenario(platform_settings, tmp_path):
 
 def test_port_taken_is_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("CLINASR_HOME", str(tmp_path))
+    monkeypatch.delenv("CLINASR_S3_ENDPOINT", raising=False)
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
@@ -406,6 +407,7 @@ def test_port_taken_is_a_clear_message(tmp_path, monkeypatch):
 
 def test_stopping_twice_is_fine(tmp_path, monkeypatch):
     monkeypatch.setenv("CLINASR_HOME", str(tmp_path))
+    monkeypatch.delenv("CLINASR_S3_ENDPOINT", raising=False)     # the module's platform set it: use this one's store
     monkeypatch.setenv("CLINASR_S3_PORT", str(free_port()))
     s = Settings.from_env()
     P.up(s, only=["s3"])

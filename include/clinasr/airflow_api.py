@@ -13,7 +13,9 @@ class AirflowAPIError(RuntimeError):
 
 
 class AirflowClient:
-    def __init__(self, base_url: str, username: str, password: str, timeout: float = 30):
+    # longer than the metadata DB's own lock wait (60 s, settings.AIRFLOW_SQLITE_CONNECT_ARGS): a call that meets a
+    # busy scheduler waits for it instead of timing out first
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 90):
         self.base, self.timeout = base_url.rstrip("/"), timeout
         r = requests.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=timeout)
         if r.status_code >= 400:
