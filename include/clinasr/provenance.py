@@ -155,7 +155,7 @@ class ProvenanceLog:
 
         pending = self.dir / "mirror-pending"
         with self._locked():
-            todo = sorted({int(x) for x in pending.read_text().split()} if pending.exists() else set())
+            todo = sorted(_seqs(pending))
         try:
             store = ObjectStore(self.settings)
             bucket = store.ensure_lock_bucket()
@@ -171,7 +171,7 @@ class ProvenanceLog:
             return
         if todo:
             with self._locked():
-                left = {int(x) for x in pending.read_text().split()} - set(todo) if pending.exists() else set()
+                left = _seqs(pending) - set(todo)
                 pending.write_text("".join(f"{x}\n" for x in sorted(left)))
 
     def head(self) -> str | None:
@@ -206,6 +206,11 @@ def verify(records: list[dict]) -> list[str]:
             problems.append(f"position {i} (seq {r.get('seq')}): content does not match its hash (edited)")
         prev = r.get("hash")
     return problems
+
+
+def _seqs(pending: Path) -> set[int]:
+    """The sequence numbers queued in a ``mirror-pending`` file (none when it does not exist)."""
+    return {int(x) for x in pending.read_text().split()} if pending.exists() else set()
 
 
 def mirror_key(record: dict) -> str:

@@ -108,9 +108,14 @@ def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / which
     report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False},
                              settings, log=log.info)
+    _declare_evaluation(ref, sets, report)
+    return report
+
+
+def _declare_evaluation(ref: str, sets: list[dict], report: dict) -> None:
+    """Provenance of one model's evaluation: the model and sets it read, the report it wrote."""
     declare(inputs=[{"uri": ref, "kind": "model"}] + [{"uri": s["manifest"], "kind": "evaluation-set"} for s in sets],
             outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
-    return report
 
 
 def evaluate_references(specs: list[str], sets: list[dict], run_id: str) -> list[dict]:
@@ -141,8 +146,7 @@ def _cached_reference(spec: str, sets: list[dict], which: str, run_id: str) -> d
         report = json.loads(cache.read_text())
         if Path(report.get("report_path", "")).exists():
             log.info("reference %s: scores reused from %s (same sets, same scoring)", spec, report["report_path"])
-            declare(inputs=[{"uri": spec, "kind": "model"}] + [{"uri": s["manifest"], "kind": "evaluation-set"} for s in sets],
-                    outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
+            _declare_evaluation(spec, sets, report)
             return report
     report = evaluate_model(spec, sets, which, run_id)
     cache.write_text(json.dumps(report))
