@@ -333,7 +333,10 @@ def step_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
     review = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == run_id and r["task_id"] == "approve_lexicon"][0]
     assert review["lexicon_review"]["decision"] == "Approve" and review["lexicon_review"]["added"] == ["zilebesiran"]
     assert review["lexicon_review"]["lexicon_version"] == load_lexicon().version != review["lexicon_review"]["lexicon_version_before"]
-    client.pause("clinasr_synthetic_data")      # the retraining it started is not part of this test
+    # the retraining it started is not part of this test: stop it before it makes a dataset that starts a training run
+    client.pause("clinasr_synthetic_data")
+    for dag_id in ("clinasr_synthetic_data", "clinasr_training"):
+        client.stop_active(dag_id)
 
 
 def step_training_dag_sagemaker_backend_runs_the_providers_operator(platform_settings):
@@ -351,6 +354,7 @@ def step_training_dag_sagemaker_backend_runs_the_providers_operator(platform_set
     snap = client.xcom("clinasr_synthetic_data", done[0]["dag_run_id"], "stage_snapshot")
     run_id = "manual__sagemaker-backend-test"
     client.pause("clinasr_evaluate_promote")    # the job's "model" is an empty registry entry: nothing to evaluate
+    client.stop_active("clinasr_training")      # a retraining an earlier step started would hold max_active_runs=1
     ml = MlflowClient(s.mlflow_uri)
     ml.create_registered_model("clinasr-sm-test")
     job_run = ml.create_run(ml.get_experiment_by_name("Default").experiment_id)

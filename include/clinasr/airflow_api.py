@@ -61,6 +61,19 @@ class AirflowClient:
     def runs(self, dag_id: str) -> list[dict]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date", "limit": 20})["dag_runs"]
 
+    def stop(self, dag_id: str, run_id: str) -> None:
+        """Mark a run failed, as *Mark run as failed* in the UI does: its running tasks are stopped, the rest skipped,
+        and it emits no asset event (so it starts nothing downstream)."""
+        self._req("PATCH", f"/dags/{dag_id}/dagRuns/{requests.utils.quote(run_id, safe='')}", json={"state": "failed"})
+
+    def stop_active(self, dag_id: str, keep: set[str] = frozenset()) -> list[str]:
+        """Stop every queued or running run of ``dag_id`` except those in ``keep``; the ids it stopped."""
+        stopped = [r["dag_run_id"] for r in self.runs(dag_id)
+                   if r["state"] in ("queued", "running") and r["dag_run_id"] not in keep]
+        for run_id in stopped:
+            self.stop(dag_id, run_id)
+        return stopped
+
     def pause(self, dag_id: str, paused: bool = True) -> None:
         self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
 
@@ -103,4 +116,8 @@ class AirflowClient:
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(3)
-        raise AirflowAPIError(f"{dag_id} run {run_id} did not finish in {timeout:.0f}s")
+        others = [r["dag_run_id"] for r in self.runs(dag_id)
+                  if r["state"] in ("queued", "running") and r["dag_run_id"] != run_id]
+        raise AirflowAPIError(f"{dag_id} run {run_id} did not finish in {timeout:.0f}s (state {run['state']}: {summary}"
+                              + (f"; other active runs of this DAG, which may hold its max_active_runs: {others}"
+                                 if others else "") + ")")
