@@ -156,6 +156,15 @@ def tiny_model(tiny_dataset, tmp_path_factory):
     return r["nemo_path"]
 
 
+@pytest.fixture(scope="session")
+def wav(tiny_dataset):
+    """(ML runtime) the tiny dataset's first validation clip."""
+    import json
+
+    row = json.loads((tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[0])
+    return tiny_dataset / row["audio_filepath"]
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

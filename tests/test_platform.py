@@ -237,6 +237,12 @@ def step_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     oa = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=s.serve_api_key(), max_retries=0)
     raw = oa.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("a.wav", audio))
     assert raw.headers["x-model-version"] == version and isinstance(raw.parse().text, str)
+    from clinasr.tracing import find_trace      # the platform's service traces each request into its MLflow
+
+    trace = find_trace(s.mlflow_uri, raw.headers["x-trace-id"], {"inference"}, timeout=60)
+    assert trace is not None, "the request's trace did not reach the platform's MLflow"
+    root = next(sp for sp in trace.data.spans if sp.parent_id is None)
+    assert root.attributes["model.version"] == version and root.attributes["request_id"] == raw.headers["x-request-id"]
     with pytest.raises(openai.AuthenticationError):     # the platform's service requires its generated key
         openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key="guess", max_retries=0).audio.transcriptions.create(
             model="clinasr-asr", file=("a.wav", audio))

@@ -17,12 +17,6 @@ pytestmark = pytest.mark.ml
 KEY = "test-key-123"
 
 
-@pytest.fixture(scope="module")
-def wav(tiny_dataset):
-    row = json.loads((tiny_dataset / "val_manifest.jsonl").read_text().splitlines()[0])
-    return tiny_dataset / row["audio_filepath"]
-
-
 def _serve(tmp, model=None, **env):
     port = free_port()
     argv = [sys.executable, "-m", "clinasr.serving", "--port", str(port)] + (["--model", str(model)] if model else [])

@@ -91,6 +91,9 @@ def run_demo(quick: bool = False, log=print) -> int:
     log(f"  API key: {s.serve_api_key()}  (Authorization: Bearer ...; kept in {s.home / 'serve' / 'api_key'})")
     log(f"  said:  {heard['reference']}")
     log(f"  heard: {heard['text']}")
+    log(f"  streamed (stream=True): first text after {heard['streamed_ttft_s'] or float('nan'):.2f}s; live audio: "
+        f"ws://{s.serve_url.split('://', 1)[1]}/v1/realtime (examples/realtime_client.py)")
+    log(f"  trace: {heard['trace'] or 'not in MLflow yet (experiment clinasr-serving)'}")
     from clinasr import lineage
     from clinasr.provenance import ProvenanceLog
 
@@ -131,4 +134,12 @@ def _transcribe_one(s: Settings, snapshot_uri: str) -> dict:
     audio = store.get_bytes(f"{snapshot_uri}/{row['audio_filepath']}")
     client = openai.OpenAI(base_url=f"{s.serve_url}/v1", api_key=s.serve_api_key(), max_retries=2)
     raw = client.audio.transcriptions.with_raw_response.create(model="clinasr-asr", file=("utterance.wav", audio))
-    return {"reference": row["text"], "text": raw.parse().text, "version": raw.headers.get("x-model-version")}
+    t0, first = time.perf_counter(), None      # the same clip streamed: text deltas as chunks are decoded
+    for event in client.audio.transcriptions.create(model="clinasr-asr", file=("utterance.wav", audio), stream=True):
+        if event.type == "transcript.text.delta" and first is None:
+            first = time.perf_counter() - t0
+    from clinasr.tracing import find_trace, trace_url
+
+    trace = find_trace(s.mlflow_uri, raw.headers.get("x-trace-id", ""), {"inference"}, timeout=30)
+    return {"reference": row["text"], "text": raw.parse().text, "version": raw.headers.get("x-model-version"),
+            "streamed_ttft_s": first, "trace": trace_url(s.mlflow_uri, trace) if trace else None}

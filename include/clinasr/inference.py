@@ -8,9 +8,11 @@ back to the original timeline) and the chunk texts are joined, so memory stays b
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,36 @@ SAMPLE_RATE = 16000
 
 class InferenceError(RuntimeError):
     pass
+
+
+@dataclass
+class StreamState:
+    """One live stream's decoding state: the audio not yet needed for left context, how far it is decoded, and
+    the transducer's partial hypothesis (decoder state + tokens). Text only ever grows: each step appends the
+    tokens of one new chunk, so deltas are never revised."""
+    chunk: int                       # samples decoded per step (a multiple of the encoder frame)
+    left: int                        # samples of left context re-encoded with each chunk
+    right: int                       # samples of look-ahead a chunk waits for
+    max_chunk: int = 0               # the chunk may grow up to this (uploads: fast first delta, then less overhead)
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    base: int = 0                    # absolute sample index of audio[0]
+    decoded: int = 0                 # absolute samples decoded so far
+    hyp: object = None
+    n_tokens: int = 0
+    text: str = ""
+    words: list = field(default_factory=list)
+
+    @property
+    def received(self) -> int:
+        return self.base + len(self.audio)
+
+    def feed(self, x: np.ndarray) -> None:
+        self.audio = np.concatenate([self.audio, np.asarray(x, np.float32)])
+
+    def ready(self, final: bool) -> bool:
+        """Whether a step can decode: a whole chunk plus its look-ahead has arrived, or the stream ends."""
+        pending = self.received - self.decoded
+        return pending > 0 if final else pending >= self.chunk + self.right
 
 
 class WarmUp:
@@ -91,6 +123,83 @@ class Transcriber(WarmUp):
             model.encoder = torch.compile(model.encoder, backend="inductor" if flag in ("1", "true", "yes") else flag)
         self._lock = threading.Lock()    # one forward pass at a time per model (callers batch instead)
 
+    # -- streaming: chunked encoding with left context and look-ahead, the transducer's state carried over ------
+    def frame_samples(self) -> int:
+        """Samples per encoder frame (80 ms for FastConformer: 10 ms hop x 8 subsampling)."""
+        return int(round(self.stride_s * SAMPLE_RATE))
+
+    def new_stream(self, chunk_s: float = 1.0, left_s: float = 4.0, right_s: float = 0.5,
+                   max_chunk_s: float | None = None) -> StreamState:
+        if getattr(self.model.decoding.decoding, "decoding_computer", None) is None:
+            raise InferenceError("streaming needs the batched greedy (label-looping) transducer decoder "
+                                 f"(decoding strategy greedy_batch); this model uses {type(self.model.decoding.decoding).__name__}")
+        f = self.frame_samples()
+        frames = lambda s: max(0, int(round(s * SAMPLE_RATE / f))) * f
+        chunk = max(f, frames(chunk_s))
+        return StreamState(chunk=chunk, left=frames(left_s), right=frames(right_s),
+                           max_chunk=max(chunk, frames(max_chunk_s or chunk_s)))
+
+    def stream_step(self, steps: list[tuple[StreamState, bool]]) -> list[str]:
+        """Decode one chunk of each stream (batched); ``final`` streams decode what is left without look-ahead.
+        Returns the text each step appended (possibly empty)."""
+        import torch
+
+        f = self.frame_samples()
+        windows, spans = [], []
+        for st, final in steps:
+            end = min(st.received, st.decoded + st.chunk)
+            ahead = min(st.right, st.received - end) if final else st.right
+            start = max(st.base, st.decoded - st.left)
+            windows.append(st.audio[start - st.base:end + ahead - st.base])
+            spans.append(((st.decoded - start) // f, math.ceil((end - st.decoded) / f), end))
+        with self._lock, torch.inference_mode():
+            lens = torch.tensor([len(w) for w in windows], device=self.device)
+            sig = torch.zeros(len(windows), int(lens.max()), device=self.device)
+            for k, w in enumerate(windows):
+                sig[k, :len(w)] = torch.from_numpy(w)
+            enc, enc_len = self.model.forward(input_signal=sig, input_signal_length=lens)
+            take = [max(0, min(n, int(enc_len[k]) - a)) for k, (a, n, _) in enumerate(spans)]
+            x = torch.zeros(enc.shape[0], enc.shape[1], max(1, max(take)), device=self.device, dtype=enc.dtype)
+            for k, (a, _, _) in enumerate(spans):
+                x[k, :, :take[k]] = enc[k, :, a:a + take[k]]
+            partial = [st.hyp for st, _ in steps]
+            if all(h is None for h in partial):
+                partial = None
+            hyps = self.model.decoding.decoding(encoder_output=x, encoded_lengths=torch.tensor(take, device=self.device),
+                                                partial_hypotheses=partial)[0]
+        deltas = []
+        for (st, _), hyp, (_, _, end) in zip(steps, hyps, spans):
+            ids = hyp.y_sequence.tolist() if hasattr(hyp.y_sequence, "tolist") else list(hyp.y_sequence)
+            ts = hyp.timestamp.tolist() if hasattr(hyp.timestamp, "tolist") else list(hyp.timestamp or [])
+            new_ids, new_ts = ids[st.n_tokens:], ts[st.n_tokens:]
+            pieces = self.model.tokenizer.ids_to_tokens(new_ids) if new_ids else []
+            delta = "".join(pieces).replace("▁", " ")
+            if not st.text:
+                delta = delta.lstrip()
+            # the label-looping state counts frames from the stream's start: its timestamps are absolute
+            self._add_pieces(st.words, pieces, [t * self.stride_s for t in new_ts] if len(new_ts) == len(new_ids)
+                             else [st.decoded / SAMPLE_RATE] * len(new_ids))
+            st.hyp, st.n_tokens, st.text = hyp, len(ids), st.text + delta
+            st.decoded = end
+            keep_from = max(st.base, st.decoded - st.left)           # drop audio no later chunk needs
+            st.audio, st.base = st.audio[keep_from - st.base:], keep_from
+            st.chunk = min(st.max_chunk, st.chunk * 2)
+            deltas.append(delta)
+        return deltas
+
+    def _add_pieces(self, words: list[dict], pieces: list[str], starts: list[float]) -> None:
+        """Extend word timings with sentencepiece pieces ("▁" opens a word) that start at ``starts`` (s)."""
+        for piece, start in zip(pieces, starts):
+            if piece.startswith("▁") or not words:
+                # a new word; a lone "▁" (a space token) opens one that the next pieces fill
+                words.append({"word": piece.lstrip("▁"), "start": round(start, 3), "end": round(start + self.stride_s, 3)})
+            else:
+                words[-1]["word"] += piece
+                words[-1]["end"] = round(start + self.stride_s, 3)
+
+    def stream_words(self, st: StreamState) -> list[dict]:
+        return [w for w in st.words if w["word"]]
+
     def _chunks(self, x: np.ndarray) -> list[np.ndarray]:
         if len(x) <= self.max_chunk:
             return [x]
@@ -144,15 +253,6 @@ class Transcriber(WarmUp):
         steps = hyp.timestamp.tolist() if hasattr(hyp.timestamp, "tolist") else list(hyp.timestamp or [])
         if not tokens or len(steps) != len(tokens):
             return []
-        tok = self.model.tokenizer
         out: list[dict] = []
-        for t, step in zip(tokens, steps):
-            piece = tok.ids_to_tokens([t])[0]
-            start = offset_s + step * self.stride_s
-            if piece.startswith("▁") or not out:
-                # a new word; a lone "▁" (a space token) opens one that the next pieces fill
-                out.append({"word": piece.lstrip("▁"), "start": round(start, 3), "end": round(start + self.stride_s, 3)})
-            else:
-                out[-1]["word"] += piece
-                out[-1]["end"] = round(start + self.stride_s, 3)
+        self._add_pieces(out, self.model.tokenizer.ids_to_tokens(tokens), [offset_s + s * self.stride_s for s in steps])
         return [w for w in out if w["word"]]
