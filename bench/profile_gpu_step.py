@@ -24,6 +24,13 @@ bench_gpu_training.py's measured rate is Lightning, logging and the loader.
     python bench/profile_gpu_step.py --out $OUT
 
 Writes <out>/gpu_step_profile.json and <out>/gpu_step_kernels.txt (torch.profiler's top kernels for b64).
+
+``--count-flops`` instead counts a training step's FLOPs per audio-second (torch.utils.flop_counter on one clip
+at a time, so no padding is counted: forward, TDT loss and backward; matrix multiplies, convolutions and attention,
+not elementwise work), the numerator of MFU. It runs on a CPU in a couple of minutes (the count does not depend
+on the device or dtype):
+
+    python bench/profile_gpu_step.py --count-flops --device cpu --out bench/out/flops
 """
 
 from __future__ import annotations
@@ -182,6 +189,45 @@ def model_flops_per_audio_s(model) -> float:
     return 6 * enc * 12.5
 
 
+def count_flops(model, vocab: int, dev: str, seconds=(4.0, 8.0, 12.0)) -> dict:
+    """FLOPs of one training step (forward + loss + backward, no optimizer) per clip length, counted by
+    torch.utils.flop_counter.FlopCounterMode on a batch of one clip; the slope over the lengths is the
+    training cost per audio-second, split into encoder and the rest."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rows = []
+    for s in seconds:
+        batch = make_batch([s], vocab, dev, gen)
+        model.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) as fc:
+            sig, lens, tr, tl = batch
+            proc, plen = model.preprocessor(input_signal=sig, length=lens)
+            enc, elen = model.encoder(audio_signal=proc, length=plen)
+            dec, tlen, _ = model.decoder(targets=tr, target_length=tl)
+            if model.joint.fuse_loss_wer:
+                loss = model.joint(encoder_outputs=enc, decoder_outputs=dec, encoder_lengths=elen, transcripts=tr,
+                                   transcript_lengths=tlen, compute_wer=False)[0]
+            else:
+                loss = model.loss(log_probs=model.joint(encoder_outputs=enc, decoder_outputs=dec), targets=tr,
+                                  input_lengths=elen, target_lengths=tlen)
+            loss.backward()
+        per_module = fc.get_flop_counts()
+        total = fc.get_total_flops()
+        encoder = sum(per_module.get("EncDecRNNTBPEModel.encoder", per_module.get("ConformerEncoder", {})).values())
+        row = {"seconds": s, "frames": int(elen[0]), "tokens": int(tl[0]), "train_flops": total,
+               "encoder_flops": encoder, "by_op": {str(k): v for k, v in per_module.get("Global", {}).items()}}
+        print(json.dumps({k: v for k, v in row.items() if k != "by_op"}), flush=True)
+        rows.append(row)
+    slope = (rows[-1]["train_flops"] - rows[0]["train_flops"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+    enc_slope = (rows[-1]["encoder_flops"] - rows[0]["encoder_flops"]) / (rows[-1]["seconds"] - rows[0]["seconds"])
+    mean = sum(r["train_flops"] for r in rows) / sum(r["seconds"] for r in rows)
+    return {"clips": rows, "train_flops_per_audio_s_slope": slope, "encoder_flops_per_audio_s_slope": enc_slope,
+            "train_flops_per_audio_s_mean": mean,
+            "estimate_6_x_encoder_params_x_12.5_frames": model_flops_per_audio_s(model)}
+
+
 def loader_rates(model, manifest: str, batches: int) -> list[dict]:
     from omegaconf import OmegaConf
 
@@ -217,6 +263,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/model/parakeet_tdt_0.6b.yaml")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --config, --scale 0.1)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every variant's batch size")
+    ap.add_argument("--count-flops", action="store_true", help="only count a training step's FLOPs per audio-second")
     a = ap.parse_args()
     dev = a.device
     out = Path(a.out)
@@ -236,6 +283,16 @@ def main() -> None:
 
     install_cpu_tdt_loss(model, dev)
     vocab = model.tokenizer.vocab_size
+    if a.count_flops:
+        import platform
+
+        res = count_flops(model, vocab, dev)
+        (out / "gpu_flops.json").write_text(json.dumps(
+            {"config": a.config, "device": dev, "machine": platform.machine(), "torch": torch.__version__,
+             "n_params": sum(p.numel() for p in model.parameters()),
+             "encoder_params": sum(p.numel() for p in model.encoder.parameters()), "vocab": vocab,
+             "fused_batch_size": model.joint._fused_batch_size, **res}, indent=1))
+        return
     optim = _with_optimizer(cfg, tcfg)["optim"]
 
     def make_opt(fused: bool):

@@ -347,3 +347,55 @@ def test_deepspeed_strategy_names_its_micro_batch(monkeypatch):
     assert strategy.config["train_micro_batch_size_per_gpu"] == 512
     zero = strategy.config["zero_optimization"]
     assert zero["stage"] == 2 and zero["overlap_comm"] is False and zero["contiguous_gradients"] is True  # merged
+
+
+def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
+    """Issue 27's step levers: fused AdamW reaches the torch optimizer through NeMo's optim config on a GPU and is
+    refused with a reason elsewhere; the TDT joint runs over sub-batches of N clips or the whole batch; the encoder
+    layers compile in place (parameter names unchanged) on a GPU and stay eager on CPU. Unset, nothing changes."""
+    import torch
+    from nemo.collections.asr.models import ASRModel
+    from omegaconf import open_dict
+
+    from clinasr.experiment import BASE_MODEL
+    from clinasr.training.common import TrainingError
+    from clinasr.training.strategy import fused_adam_callback, step_levers
+
+    model = ASRModel.restore_from(str(BASE_MODEL), map_location="cpu")
+    with open_dict(model.cfg):
+        model.cfg.optim = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3}
+    keys = list(model.state_dict())
+    logs = []
+    assert step_levers(model, {}, "gpu", logs.append) == {} and not logs and "fused" not in model.cfg.optim
+
+    assert step_levers(model, {"fused_adam": True}, "cpu", logs.append) == {}
+    assert "fused" not in model.cfg.optim and "needs CUDA" in logs[-1]
+    assert step_levers(model, {"fused_adam": True, "strategy": "deepspeed_stage_2",
+                               "deepspeed_config": "configs/deepspeed/zero2_offload.json"}, "gpu", logs.append) == {}
+    assert "ZeRO-Offload" in logs[-1]
+    assert step_levers(model, {"fused_adam": True}, "gpu", logs.append) == {"fused_adam": True}
+    opt, _ = model.setup_optimization(model.cfg.optim)     # what Lightning's configure_optimizers builds
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    # Lightning refuses to clip with it (it claims to unscale itself) unless there is no GradScaler
+    import types
+
+    trainer = types.SimpleNamespace(precision_plugin=types.SimpleNamespace(scaler=None), optimizers=[opt, object()])
+    assert opt._step_supports_amp_scaling
+    fused_adam_callback().on_train_start(trainer, model)
+    assert not opt._step_supports_amp_scaling
+
+    joint = model.joint
+    with open_dict(model.cfg):
+        model.cfg.joint.fuse_loss_wer = True
+    joint._fuse_loss_wer, joint._fused_batch_size = True, 16     # as the Parakeet configs have it
+    assert step_levers(model, {"joint_fused_batch_size": 32}, "cpu", logs.append) == {"joint_fused_batch_size": 32}
+    assert joint._fused_batch_size == 32 == model.cfg.joint.fused_batch_size
+    assert step_levers(model, {"joint_fused_batch_size": "whole", "batch_size": 512}, "cpu", logs.append)[
+        "joint_fused_batch_size"] == 512 and "whole batch" in logs[-1]
+    with pytest.raises(TrainingError):
+        step_levers(model, {"joint_fused_batch_size": 0}, "cpu", logs.append)
+
+    assert step_levers(model, {"compile_encoder": True}, "cpu", logs.append) == {} and "not applied on CPU" in logs[-1]
+    n = len(model.encoder.layers)
+    assert step_levers(model, {"compile_encoder": True}, "gpu", logs.append) == {"compile_encoder": n}
+    assert list(model.state_dict()) == keys     # compiled in place: checkpoints and the .nemo keep their names

@@ -124,33 +124,53 @@ def _frozen_eval_callback():
 def _usable_checkpoint(ckpt_dir: Path, log) -> None:
     """A ``last.ckpt`` that does not load (a crash mid-write, a truncated copy) is moved aside as
     ``last.ckpt.corrupt`` and the newest periodic checkpoint that loads takes its place; with none, the run
-    starts over. Either way the log says so — a resume never fails on a broken file."""
+    starts over. Either way the log says so — a resume never fails on a broken file. A DeepSpeed checkpoint is a
+    directory: it loads when its model states and every optimizer shard open."""
     import shutil
 
-    import torch
-
-    def loads(p: Path) -> bool:
-        try:
-            torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-            return True
-        except Exception:
-            return False
+    from clinasr.training.checkpoints import loads
 
     last = ckpt_dir / "last.ckpt"
     if loads(last):
         return
     bad = last.with_suffix(".ckpt.corrupt")
+    if bad.is_dir():
+        shutil.rmtree(bad)
     last.replace(bad)
     for p in sorted(ckpt_dir.glob("step*.ckpt"), reverse=True):
         if loads(p):
-            shutil.copyfile(p, last)
+            (shutil.copytree if p.is_dir() else shutil.copyfile)(p, last)
             log(f"[train] {last} does not load (moved to {bad.name}); resuming from {p.name} instead")
             return
     log(f"[train] {last} does not load (moved to {bad.name}) and no earlier checkpoint does: starting over")
 
 
+def _model_checkpoint(**kwargs):
+    """Lightning's ModelCheckpoint that can overwrite a checkpoint of the other form: a run resumed across
+    strategies (a ZeRO-2 directory into DDP, a single file into ZeRO-2) writes its ``last.ckpt`` where the other
+    form lies; the old one is removed first (by rank 0, the others wait), then every rank saves."""
+    import shutil
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    class Checkpoint(ModelCheckpoint):
+        def _save_checkpoint(self, trainer, filepath):
+            p = Path(filepath)
+            writes_dir = isinstance(trainer.strategy, DeepSpeedStrategy)
+            if trainer.is_global_zero and p.exists() and p.is_dir() != writes_dir:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            trainer.strategy.barrier("clinasr_checkpoint_form")
+            super()._save_checkpoint(trainer, filepath)
+
+    return Checkpoint(**kwargs)
+
+
 class _CheckpointMirror:
-    """Keeps ``last.ckpt`` (and the MLflow run id) mirrored at an s3:// prefix, so any machine can resume.
+    """Keeps ``last.ckpt`` (and the MLflow run id) mirrored at an s3:// prefix, so any machine can resume. A
+    DeepSpeed checkpoint is a directory: each of its files goes up, then ``last.ckpt.manifest`` names the current
+    form and files (a restore takes only those). Only rank 0 uploads: across several nodes with node-local disks
+    the other nodes' optimizer shards are not mirrored.
 
     Lightning runs ModelCheckpoint after other callbacks, so a checkpoint written at step N is uploaded at
     step N+1 (and at the end of training or on an exception); the upload is skipped when unchanged."""
@@ -163,34 +183,51 @@ class _CheckpointMirror:
     def restore(self) -> None:
         if not self.uri:
             return
+        import json
+
         from clinasr.store import ObjectStore
 
         store = ObjectStore()
-        if not store.exists(f"{self.uri}/last.ckpt"):
+        # last.ckpt.manifest (written after each upload) names the form and files of the newest last.ckpt: a
+        # single file, or a DeepSpeed directory (whose older shards may still lie under the prefix)
+        manifest = (json.loads(store.get_bytes(f"{self.uri}/last.ckpt.manifest"))
+                    if store.exists(f"{self.uri}/last.ckpt.manifest") else {"files": ["last.ckpt"]})
+        if not all(store.exists(f"{self.uri}/{f}") for f in manifest["files"]):
             self.log(f"[train] no checkpoint at {self.uri}: starting fresh")
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in ("mlflow_run_id", "last.ckpt"):
-            if store.exists(f"{self.uri}/{name}"):
-                store.download(f"{self.uri}/{name}", self.dir / name)
-        self.log(f"[train] restored last.ckpt from {self.uri}")
+        if store.exists(f"{self.uri}/mlflow_run_id"):
+            store.download(f"{self.uri}/mlflow_run_id", self.dir / "mlflow_run_id")
+        for f in manifest["files"]:
+            store.download(f"{self.uri}/{f}", self.dir / f)
+        self.log(f"[train] restored last.ckpt from {self.uri}"
+                 f"{' (a DeepSpeed directory)' if manifest.get('form') == 'directory' else ''}")
 
     def upload(self) -> None:
         last = self.dir / "last.ckpt"
         if not self.uri or not last.exists():
             return
-        stamp = (last.stat().st_mtime_ns, last.stat().st_size)
+        files = sorted(p for p in last.rglob("*") if p.is_file()) if last.is_dir() else [last]
+        stamp = tuple((p.as_posix(), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
         if stamp == self._sent:
             return
+        import json
+
         from clinasr.store import ObjectStore
 
         t0 = time.time()
         store = ObjectStore()
         if (self.dir / "mlflow_run_id").exists():
             store.put_file(self.dir / "mlflow_run_id", f"{self.uri}/mlflow_run_id")
-        store.put_file(last, f"{self.uri}/last.ckpt")
+        rel = [p.relative_to(self.dir).as_posix() for p in files]
+        for p, r in zip(files, rel):
+            store.put_file(p, f"{self.uri}/{r}")
+        store.put_bytes(json.dumps({"form": "directory" if last.is_dir() else "file", "files": rel}).encode(),
+                        f"{self.uri}/last.ckpt.manifest")
         self._sent = stamp
-        self.log(f"[train] mirrored last.ckpt ({stamp[1] / 2**20:.1f} MiB) to {self.uri} in {time.time() - t0:.1f}s")
+        size = sum(s for _, _, s in stamp)
+        self.log(f"[train] mirrored last.ckpt ({size / 2**20:.1f} MiB{f', {len(files)} files' if last.is_dir() else ''}) "
+                 f"to {self.uri} in {time.time() - t0:.1f}s")
 
     def callback(self):
         from lightning.pytorch.callbacks import Callback

@@ -36,20 +36,43 @@ def choose_strategy(tcfg: dict, log) -> tuple[object, str, int, int]:
         return "auto", "cpu", 1, 1
     n = local if world > 1 else torch.cuda.device_count()
     if want == "deepspeed_stage_2":
-        from lightning.pytorch.strategies import DeepSpeedStrategy
-
-        ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
         # trainer option deepspeed_overrides: deep-merged over the checked-in JSON (bucket sizes, overlap, ...)
-        ds_cfg = deep_merge(ds_cfg, tcfg.get("deepspeed_overrides") or {})
+        ds_cfg = _deepspeed_cfg(tcfg)
         # DeepSpeed's throughput logging wants a clip count; Lightning reads it off the loader's batch sampler, which
         # fixed-duration (lhotse) loaders do not have ('NoneType' object has no attribute 'batch_size')
         ds_cfg.setdefault("train_micro_batch_size_per_gpu", int(tcfg.get("batch_size", 1)))
-        return DeepSpeedStrategy(config=ds_cfg), "gpu", n, nodes
+        return _deepspeed_strategy(ds_cfg, log), "gpu", n, nodes
     if (want == "ddp" and n > 1) or world > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(gradient_as_bucket_view=True), "gpu", n, nodes
     return "auto", "gpu", 1, 1
+
+
+def _deepspeed_strategy(ds_cfg: dict, log):
+    """Lightning's DeepSpeedStrategy that also resumes a single-file checkpoint (a run on another strategy, or a
+    ZeRO-2 checkpoint of another GPU count converted by clinasr.training.checkpoints): its weights, fp32 masters
+    and Adam state go into this run's partitions. DeepSpeed's own directories load as before."""
+    from pathlib import Path
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    class ClinasrDeepSpeed(DeepSpeedStrategy):
+        def load_checkpoint(self, checkpoint_path, *args, **kwargs):
+            if not Path(checkpoint_path).is_file():
+                return super().load_checkpoint(checkpoint_path, *args, **kwargs)
+            import torch
+
+            from clinasr.training.checkpoints import load_full_into_zero
+
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            module = self.lightning_module
+            n = load_full_into_zero(self.deepspeed_engine.optimizer, module, ckpt, strict=module.strict_loading)
+            log(f"[train] {checkpoint_path} loaded into ZeRO-2 over {self.world_size} GPU(s): weights"
+                f"{f', Adam state of {n} parameters' if n else ' only (no Adam state in it: Adam restarts)'}")
+            return ckpt
+
+    return ClinasrDeepSpeed(config=ds_cfg)
 
 
 def _with_optimizer(model_cfg: dict | None, tcfg: dict) -> dict | None:
@@ -168,3 +191,99 @@ def _restore_tdt_loss(model) -> None:
                           loss_kwargs=kwargs, reduction=model.cfg.get("rnnt_reduction", "mean_batch"))
     if getattr(model.joint, "fuse_loss_wer", False):
         model.joint.set_loss(model.loss)
+
+
+def step_levers(model, tcfg: dict, accelerator: str, log) -> dict:
+    """The training-step levers of issue 27, each a trainer option whose default keeps the model's own behaviour
+    (measured in docs/benchmarks.md, "A faster training step"). Applied after the model is built or loaded and
+    before Lightning asks it for an optimizer. Returns what was applied (for the run's parameters).
+
+    ``fused_adam: true``            torch AdamW/Adam with ``fused=True`` (one CUDA kernel for all parameters,
+                                    instead of the multi-tensor ``foreach`` path). CUDA only: on CPU, with
+                                    DeepSpeed's CPU Adam or with ZeRO-Offload (the optimizer state lives on the
+                                    host) it is not applied, and the log says so.
+    ``joint_fused_batch_size: N``   the TDT joint + loss run over sub-batches of N clips (NeMo's
+                                    ``joint.fused_batch_size``; the Parakeet configs say 16); ``whole``: over the
+                                    whole batch at once (N = the trainer's clip cap ``batch_size``). Unset: the
+                                    model's own.
+    ``compile_encoder: true``       ``torch.compile`` of each conformer layer's forward (regional compilation, in place:
+                                    parameter names, checkpoints and the .nemo stay the same), dynamic shapes; GPU
+                                    only (on CPU it is logged and skipped). The first steps pay the compilation.
+    """
+    from omegaconf import open_dict
+
+    applied: dict = {}
+    if tcfg.get("fused_adam"):
+        name = str(model.cfg.get("optim", {}).get("name", "")).lower()
+        offload = bool(_deepspeed_cfg(tcfg).get("zero_optimization", {}).get("offload_optimizer")) \
+            if tcfg.get("strategy") == "deepspeed_stage_2" else False
+        why = ("needs CUDA (CPU training keeps the foreach AdamW)" if accelerator != "gpu" else
+               "not with optimizer: cpu_adam (DeepSpeed's CPU Adam is already vectorised)" if tcfg.get("optimizer") == "cpu_adam" else
+               "not with ZeRO-Offload (the optimizer state lives in host memory)" if offload else
+               f"the model's optimizer is {name!r}, not adam/adamw" if name not in ("adam", "adamw") else None)
+        with open_dict(model.cfg):
+            if why:
+                if "optim" in model.cfg:
+                    model.cfg.optim.pop("fused", None)
+                log(f"[train] fused_adam: not applied: {why}")
+            else:
+                model.cfg.optim.fused = True      # NeMo passes unknown optim keys to the torch optimizer
+                model.cfg.optim.pop("foreach", None)
+                applied["fused_adam"] = True
+                log("[train] fused_adam: torch AdamW(fused=True)")
+    n = tcfg.get("joint_fused_batch_size")
+    if n is not None:
+        joint = model.joint
+        if not getattr(joint, "fuse_loss_wer", False):
+            log("[train] joint_fused_batch_size: the model's joint is not fused (fuse_loss_wer false): it already "
+                "runs over the whole batch")
+        else:
+            size = int(tcfg.get("batch_size", 1)) if str(n) == "whole" else int(n)
+            if size < 1:
+                raise TrainingError(f"joint_fused_batch_size must be a positive number of clips or 'whole' (got {n!r})")
+            joint.set_fused_batch_size(size)
+            with open_dict(model.cfg):
+                model.cfg.joint.fused_batch_size = size
+            applied["joint_fused_batch_size"] = size
+            log(f"[train] TDT joint + loss over sub-batches of {size} clips"
+                f"{' (the whole batch)' if str(n) == 'whole' else ''}")
+    if tcfg.get("compile_encoder"):
+        if accelerator != "gpu":
+            log("[train] compile_encoder: not applied on CPU (torch.compile pays off on GPUs; eager here)")
+        else:
+            import torch
+
+            # regional compilation: each conformer layer in place (nn.Module.compile: state_dict keys unchanged). The
+            # layers share one code object, so dynamo/inductor compile it once and reuse it, where compiling the
+            # whole encoder compiles 24 layers' worth of graph (minutes; 204 s at two shapes for inference)
+            layers = list(getattr(model.encoder, "layers", None) or [])
+            for layer in layers:
+                layer.compile(dynamic=True)
+            applied["compile_encoder"] = len(layers)
+            log(f"[train] compile_encoder: torch.compile of {len(layers)} encoder layers (inductor, dynamic shapes), "
+                f"torch {torch.__version__}")
+    return applied
+
+
+def _deepspeed_cfg(tcfg: dict) -> dict:
+    """The run's DeepSpeed config: the checked-in JSON with the trainer's ``deepspeed_overrides`` over it."""
+    ds_cfg = json.loads((REPO_ROOT / tcfg.get("deepspeed_config", "configs/deepspeed/zero2_offload.json")).read_text())
+    return deep_merge(ds_cfg, tcfg.get("deepspeed_overrides") or {})
+
+
+def fused_adam_callback():
+    """With ``fused_adam``: Lightning refuses gradient clipping with any optimizer that says it unscales gradients
+    itself (torch's fused Adam/AdamW set ``_step_supports_amp_scaling``), "HINT: Are you using a 'fused'
+    optimizer?" (found on the H200). That only matters with fp16's GradScaler; under bf16 or fp32 there is no
+    scaler, so the flag is cleared and Lightning clips as usual. With a scaler the run keeps the refusal."""
+    from lightning.pytorch.callbacks import Callback
+
+    class FusedAdamClipping(Callback):
+        def on_train_start(self, trainer, module):
+            if getattr(trainer.precision_plugin, "scaler", None) is not None:
+                return
+            for opt in trainer.optimizers:
+                if getattr(opt, "defaults", {}).get("fused") and getattr(opt, "_step_supports_amp_scaling", False):
+                    opt._step_supports_amp_scaling = False
+
+    return FusedAdamClipping()

@@ -34,8 +34,10 @@ Returns the MLflow run id, the registered model version (alias ``candidate``), m
 
 This module is the orchestration (load the model, build the trainer, fit, save, register); its parts live
 beside it: ``common`` (TrainingError, load_yaml), ``data`` (manifests, replay, tokenizer, data-loader config),
-``strategy`` (strategy and the model/optimiser adjustments of the trainer options) and ``progress`` (callbacks,
-checkpoint mirror and resume check, the no-tracking stand-in).
+``strategy`` (strategy and the model/optimiser adjustments of the trainer options, the step levers
+``joint_fused_batch_size`` / ``fused_adam`` / ``compile_encoder``), ``checkpoints`` (resuming across strategies
+and GPU counts: ZeRO-2 directories and single files) and ``progress`` (callbacks, checkpoint mirror and resume
+check, the no-tracking stand-in).
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ import time
 from pathlib import Path
 
 from clinasr.mlenv import launched_processes
+from clinasr.training.checkpoints import full_optimizer_callback, resume_path
 from clinasr.training.common import TrainingError, load_yaml
 from clinasr.training.data import _dataset_cfg, prepare_dataset, replay_spec, train_tokenizer
 from clinasr.training.progress import (_CheckpointMirror, _finite_loss_callback, _frozen_eval_callback,
-                                       _progress_callback, _Tracking, _usable_checkpoint)
+                                       _model_checkpoint, _progress_callback, _Tracking, _usable_checkpoint)
 from clinasr.training.strategy import (_restore_tdt_loss, _spec_augment_switch, _with_optimizer,
                                        activation_checkpointing, choose_strategy, encoder_param_groups,
-                                       freeze_encoder_layers, merge_with_base)
+                                       freeze_encoder_layers, fused_adam_callback, merge_with_base, step_levers)
 
 
 def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: dict, work: Path, trainer):
@@ -122,7 +125,6 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
     it is registered; ``callbacks`` are extra Lightning callbacks."""
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     out = Path(args["output_dir"])
@@ -153,6 +155,11 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
     if args.get("resume", True) and last.exists():
         _usable_checkpoint(ckpt_dir, log)
     resume = bool(args.get("resume", True)) and last.exists()
+    # a ZeRO-2 directory of another GPU count, or resumed by another strategy, goes through its full single-file form
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    ckpt_path = (resume_path(last, isinstance(strategy, DeepSpeedStrategy), devices * nodes, work, log)
+                 if resume else None)
 
     mlflow_cfg = args.get("mlflow") or {}
     # benchmarks on machines without a tracking server run with {"enabled": false}: no tracking, no registry
@@ -178,7 +185,7 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
                         super().log_hyperparams(params)
 
             loggers.append(_Logger(experiment_name=exp.name, run_id=run.info.run_id, tracking_uri=mlflow.get_tracking_uri()))
-        ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
+        ckpt = _model_checkpoint(dirpath=str(ckpt_dir), every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
                                save_top_k=int(tcfg.get("keep_last_k", 2)), monitor="step", mode="max",
                                save_last=True, filename="step{step:06d}", auto_insert_metric_name=False)
         # one cadence for the progress line, Lightning's logging and NeMo's training-batch WER (a greedy decode)
@@ -195,7 +202,7 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             check_val_every_n_epoch=None, log_every_n_steps=log_every, num_sanity_val_steps=0, enable_progress_bar=False,
             enable_model_summary=False, logger=loggers,
             callbacks=[ckpt, progress, mirror.callback(), _frozen_eval_callback(), _finite_loss_callback(),
-                       *(callbacks or [])],
+                       full_optimizer_callback(log), fused_adam_callback(), *(callbacks or [])],
             # the semi-sorted sampler shards by rank itself; Lightning's distributed sampler would replace it
             # (so does lhotse's, for batch_duration)
             default_root_dir=str(out),
@@ -213,12 +220,14 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         if n_frozen := freeze_encoder_layers(model, tcfg):
             log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
                 f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+        levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
             log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
         n_params = sum(p.numel() for p in model.parameters())
         params = {"base": base_desc, "dataset": args["dataset"], "n_params": n_params, "seed": seed,
                   "strategy": str(tcfg.get("strategy")), "accelerator": accelerator, "devices": devices, "nodes": nodes,
-                  "resumed": resume, **{f"trainer.{k}": v for k, v in tcfg.items()}}
+                  "resumed": resume, **{f"lever.{k}": v for k, v in levers.items()},
+                  **{f"trainer.{k}": v for k, v in tcfg.items()}}
         if not resume:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             mlflow.log_dict(model_cfg or {}, "config/model.yaml")
@@ -229,7 +238,7 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             f"{' (resuming from ' + str(last) + ')' if resume else ''}")
         t0 = time.time()
         try:
-            trainer.fit(model, ckpt_path=str(last) if resume else None)
+            trainer.fit(model, ckpt_path=str(ckpt_path) if ckpt_path else None)
         except torch.OutOfMemoryError:
             size = f"batch_duration {tcfg['batch_duration']} s" if tcfg.get("batch_duration") else f"batch_size {tcfg['batch_size']}"
             raise TrainingError(f"out of GPU memory at {size}: lower it, set activation_checkpointing: true (on an "
@@ -258,7 +267,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         mlflow.log_metrics({"train_seconds": elapsed, "global_step": trainer.global_step})
         result = {"mlflow_run_id": run.info.run_id, "mlflow_experiment_id": exp.experiment_id, "nemo_path": str(nemo_path), "global_step": trainer.global_step,
                   "metrics": metrics, "train_seconds": round(elapsed, 1), "n_params": n_params,
-                  "checkpoint_dir": str(ckpt_dir), "data": data["report"], "dataset": args["dataset"]}
+                  "checkpoint_dir": str(ckpt_dir), "data": data["report"], "dataset": args["dataset"],
+                  "levers": levers, "resumed_from": str(ckpt_path) if ckpt_path else None}
         if (name := mlflow_cfg.get("register_as")) and not isinstance(mlflow, _Tracking):
             from clinasr.registry import register_candidate
 
