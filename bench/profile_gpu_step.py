@@ -113,6 +113,16 @@ class _Clock:
         return {p: self.marks[i + 1] - self.marks[i] for i, p in enumerate(PARTS)}
 
 
+def tdt_loss(model, enc, elen, dec, tr, tlen):
+    """The TDT loss the way the model computes it in training: through the fused joint (in sub-batches) or the
+    joint's full logits and the loss."""
+    if model.joint.fuse_loss_wer:
+        return model.joint(encoder_outputs=enc, decoder_outputs=dec, encoder_lengths=elen, transcripts=tr,
+                           transcript_lengths=tlen, compute_wer=False)[0]
+    return model.loss(log_probs=model.joint(encoder_outputs=enc, decoder_outputs=dec), targets=tr,
+                      input_lengths=elen, target_lengths=tlen)
+
+
 def step(model, opt, batch, fp32: bool) -> dict:
     import torch
 
@@ -128,12 +138,7 @@ def step(model, opt, batch, fp32: bool) -> dict:
         ev.record(2)
         dec, tlen, _ = model.decoder(targets=tr, target_length=tl)
         ev.record(3)
-        if model.joint.fuse_loss_wer:
-            loss = model.joint(encoder_outputs=enc, decoder_outputs=dec, encoder_lengths=elen, transcripts=tr,
-                               transcript_lengths=tlen, compute_wer=False)[0]
-        else:
-            loss = model.loss(log_probs=model.joint(encoder_outputs=enc, decoder_outputs=dec), targets=tr,
-                              input_lengths=elen, target_lengths=tlen)
+        loss = tdt_loss(model, enc, elen, dec, tr, tlen)
         ev.record(4)
     loss.backward()
     ev.record(5)
@@ -206,13 +211,7 @@ def count_flops(model, vocab: int, dev: str, seconds=(4.0, 8.0, 12.0)) -> dict:
             proc, plen = model.preprocessor(input_signal=sig, length=lens)
             enc, elen = model.encoder(audio_signal=proc, length=plen)
             dec, tlen, _ = model.decoder(targets=tr, target_length=tl)
-            if model.joint.fuse_loss_wer:
-                loss = model.joint(encoder_outputs=enc, decoder_outputs=dec, encoder_lengths=elen, transcripts=tr,
-                                   transcript_lengths=tlen, compute_wer=False)[0]
-            else:
-                loss = model.loss(log_probs=model.joint(encoder_outputs=enc, decoder_outputs=dec), targets=tr,
-                                  input_lengths=elen, target_lengths=tlen)
-            loss.backward()
+            tdt_loss(model, enc, elen, dec, tr, tlen).backward()
         per_module = fc.get_flop_counts()
         total = fc.get_total_flops()
         encoder = sum(per_module.get("EncDecRNNTBPEModel.encoder", per_module.get("ConformerEncoder", {})).values())
