@@ -88,13 +88,16 @@ class AirflowClient:
         raise AirflowAPIError(f"no new run of {dag_id} appeared in {timeout:.0f}s")
 
     def respond(self, dag_id: str, run_id: str, task_id: str, option: str, timeout: float = 600,
-                settle_s: float = 5) -> dict:
+                settle_s: float = 5, follow_s: float = 90) -> dict:
         """Answer a human-in-the-loop task (e.g. approve_qa: "Approve" or "Reject") once it waits for input,
         as a reviewer does under *Required actions* in the UI.
 
         Airflow 3.3 races a reply that comes within a moment of the pause: the scheduler then sees the pausing
-        process's exit after the task was re-queued and retries it. A person is never that fast; this client
-        waits ``settle_s`` after the task reaches ``awaiting_input``."""
+        process's exit after the task was re-queued and retries it, and the retry waits for input again although
+        the first try already acted on the answer. A person is never that fast, so this client waits
+        ``settle_s`` after the task reaches ``awaiting_input``; and since that has not always been enough, it
+        then follows the task for ``follow_s`` and, as the reviewer would when the action reappears, gives the
+        same answer to a retry that waits again."""
         ti = f"/dags/{dag_id}/dagRuns/{requests.utils.quote(run_id, safe='')}/taskInstances/{task_id}"
         deadline = time.time() + timeout
         while self._req("GET", ti).get("state") != "awaiting_input":
@@ -102,7 +105,24 @@ class AirflowClient:
                 raise AirflowAPIError(f"{dag_id} {run_id}: {task_id} never waited for input")
             time.sleep(2)
         time.sleep(settle_s)
-        return self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+        answered = self._req("GET", ti).get("try_number")
+        reply = self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+        follow, done_since = time.time() + follow_s, None
+        while time.time() < follow:
+            t = self._req("GET", ti)
+            if t.get("state") in ("success", "failed", "skipped", "upstream_failed"):
+                done_since = done_since or time.time()
+                # finished and still so after the scheduler's next loops: the stale exit event (if any) was seen
+                if time.time() - done_since >= 10 or self.run(dag_id, run_id)["state"] in ("success", "failed"):
+                    break
+            else:
+                done_since = None
+            if t.get("state") == "awaiting_input" and (t.get("try_number") or 0) > (answered or 0):
+                time.sleep(settle_s)
+                answered = t["try_number"]
+                self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+            time.sleep(2)
+        return reply
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 1800, log=print) -> dict:
         deadline, last = time.time() + timeout, None
