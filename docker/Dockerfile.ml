@@ -1,7 +1,9 @@
 # ML image: TTS, NeMo, DeepSpeed, training, evaluation and serving. The same entry point as locally:
 #   clinasr ml-stage <stage> --args-json ... --result-json ...     (SageMaker / EC2 / Airflow tasks)
 # Build for GPUs with a CUDA torch: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
-FROM python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG CLINASR_CODE_VERSION=unknown
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng sox ffmpeg libsndfile1 g++ git \
     && rm -rf /var/lib/apt/lists/*
@@ -13,5 +15,5 @@ COPY pyproject.toml README.md ./
 COPY include ./include
 COPY configs ./configs
 RUN pip install --no-cache-dir --no-deps -e .
-ENV PYTHONPATH=/opt/clinasr/include CLINASR_HOME=/var/lib/clinasr
+ENV PYTHONPATH=/opt/clinasr/include CLINASR_HOME=/var/lib/clinasr CLINASR_CODE_VERSION=${CLINASR_CODE_VERSION}
 ENTRYPOINT ["clinasr"]

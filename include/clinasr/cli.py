@@ -36,6 +36,8 @@ def cmd_platform(a) -> int:
         print(f"MLflow UI   {s.mlflow_uri}\nS3 endpoint {s.s3_endpoint}  bucket {s.bucket}")
     elif a.action == "down":
         P.down(s)
+    elif a.action == "init":
+        P.init_deployment(s)
     else:
         for r in P.status(s):
             print(f"{r['service']:<24} {r['state']:<10} pid={r['pid'] or '-':<8} {r['url']}")
@@ -287,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("platform", help="start/stop/inspect the local platform",
                         description="Start, stop or inspect the local services (S3 server, MLflow, Airflow).")
-    pl.add_argument("action", choices=["up", "down", "status"])
+    pl.add_argument("action", choices=["up", "down", "status", "init"],
+                    help="init: the one-shot setup of a team deployment (metadata DB, pool, connections, buckets; "
+                         "docker compose runs it in airflow-init)")
     pl.add_argument("--only", nargs="*", help="service name prefixes, e.g. s3 mlflow airflow")
     pl.set_defaults(fn=cmd_platform)
 

@@ -3,6 +3,8 @@ by ``clinasr registry rollback``)."""
 
 from __future__ import annotations
 
+import os
+
 from clinasr.settings import Settings
 
 
@@ -13,7 +15,7 @@ def deploy(model_uri: str, settings: Settings | None = None, log=print, timeout_
 
     settings = settings or Settings.from_env()
     url = settings.serve_url.rstrip("/")
-    key = settings.serve_api_key()
+    key = os.environ.get("CLINASR_SERVE_ADMIN_KEY") or settings.serve_api_key()   # /admin/* takes the admin key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         r = requests.post(f"{url}/admin/reload", json={"model": model_uri}, headers=headers, timeout=timeout_s)

@@ -294,12 +294,19 @@ def init_airflow(s: Settings, log=print) -> None:
         if r.returncode:
             raise PlatformError(f"airflow db migrate failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
         stamp.write_text("ok")
+    airflow_objects(s, env)
+
+
+def airflow_connections(s: Settings, environ=os.environ) -> dict:
+    """The Airflow connections clinasr's DAGs use, for ``s``: on the local platform with the embedded store's
+    generated key and moto's endpoint for SageMaker/EC2; in a deployment (compose) with the store's key from
+    the environment and, with ``CLINASR_AWS_ENDPOINT=aws``, no key for AWS (the role or the team's keys)."""
     conns = {
         "clinasr_s3": {"conn_type": "aws", "extra": {"endpoint_url": s.s3_endpoint or None,
                                                       "region_name": s.aws_region, "bucket": s.bucket}},
         "clinasr_mlflow": {"conn_type": "http", "host": s.mlflow_uri},
         # SageMaker/EC2 for the training DAG. Locally moto's server answers those APIs, so the AWS backends run
-        # their real request path against it; on AWS, replace this with real credentials/role.
+        # their real request path against it; a deployment sets CLINASR_AWS_ENDPOINT=aws (the real endpoints).
         # S3 calls through it (the SageMaker operator checks its input channel exists) go to the object store
         # (the provider's per-service endpoint), so locally its key is the store's; moto accepts any key.
         "clinasr_aws": {"conn_type": "aws", "extra": {"endpoint_url": s.aws_endpoint, "region_name": s.aws_region,
@@ -312,17 +319,54 @@ def init_airflow(s: Settings, log=print) -> None:
         key, secret = s.local_s3_credentials(create=True)
         conns["clinasr_s3"].update(login=key, password=secret)
         conns["clinasr_aws"].update(login=key, password=secret)
+    elif environ.get("AWS_ACCESS_KEY_ID"):      # a deployment's store (compose): its key, from the environment
+        conns["clinasr_s3"].update(login=environ["AWS_ACCESS_KEY_ID"],
+                                   password=environ.get("AWS_SECRET_ACCESS_KEY", ""))
+        if s.aws_endpoint is None:                # real AWS: the role or the team's own keys, never the store's
+            del conns["clinasr_aws"]["login"], conns["clinasr_aws"]["password"]
+    return conns
+
+
+def airflow_objects(s: Settings, env: dict) -> None:
+    """The Airflow pool and connections clinasr's DAGs use, created (or updated) through the ``airflow`` CLI
+    run with ``env`` (the local platform's, or a container's own)."""
+    conns = airflow_connections(s, env)
     r = subprocess.run([_bin("airflow"), "pools", "set", "clinasr_evaluation", "1",
                         "one model evaluation at a time, so each model's latency is measured alone"],
                        env=env, capture_output=True, text=True)
     if r.returncode:
         raise PlatformError(f"creating the Airflow pool clinasr_evaluation failed:\n{r.stderr[-2000:]}")
-    f = s.home / "airflow" / "connections.json"
-    f.write_text(json.dumps(conns, indent=1))
-    r = subprocess.run([_bin("airflow"), "connections", "import", str(f), "--overwrite"], env=env,
-                       capture_output=True, text=True)
+    f = s.home / "airflow" / "connections.json"          # holds the store's key: owner-only, removed after import
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.unlink(missing_ok=True)
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(conns, indent=1))
+    try:
+        r = subprocess.run([_bin("airflow"), "connections", "import", str(f), "--overwrite"], env=env,
+                           capture_output=True, text=True)
+    finally:
+        f.unlink(missing_ok=True)
     if r.returncode:
         raise PlatformError(f"creating Airflow connections failed:\n{r.stderr[-2000:]}")
+
+
+def init_deployment(s: Settings | None = None, log=print) -> None:
+    """The one-shot init of a team deployment (docker compose's ``airflow-init``), idempotent: the metadata DB,
+    the evaluation pool and the connections (the store's key from the environment), then the buckets — data
+    (versioned, default encryption), provenance mirror (Object Lock) and MLflow's artifacts."""
+    s = s or Settings.from_env()
+    log("airflow: migrating the metadata database")
+    r = subprocess.run([_bin("airflow"), "db", "migrate"], capture_output=True, text=True)
+    if r.returncode:
+        raise PlatformError(f"airflow db migrate failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    airflow_objects(s, dict(os.environ))
+    log("airflow: pool clinasr_evaluation, connections clinasr_s3, clinasr_mlflow, clinasr_aws")
+    log(prepare_buckets(s))
+    from clinasr.store import ObjectStore
+
+    artifacts = os.environ.get("CLINASR_MLFLOW_BUCKET", "clinasr-mlflow")
+    log(f"s3: MLflow artifact bucket {ObjectStore(s).ensure_bucket(artifacts)}")
 
 
 def up(s: Settings | None = None, only: list[str] | None = None, log=print) -> None:
