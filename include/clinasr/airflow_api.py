@@ -104,9 +104,12 @@ class AirflowClient:
             if time.time() > deadline or self.run(dag_id, run_id)["state"] in ("success", "failed"):
                 raise AirflowAPIError(f"{dag_id} {run_id}: {task_id} never waited for input")
             time.sleep(2)
+        def answer() -> dict:
+            return self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+
         time.sleep(settle_s)
         answered = self._req("GET", ti).get("try_number")
-        reply = self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+        reply = answer()
         follow, done_since = time.time() + follow_s, None
         while time.time() < follow:
             t = self._req("GET", ti)
@@ -120,7 +123,7 @@ class AirflowClient:
             if t.get("state") == "awaiting_input" and (t.get("try_number") or 0) > (answered or 0):
                 time.sleep(settle_s)
                 answered = t["try_number"]
-                self._req("PATCH", f"{ti}/-1/hitlDetails", json={"chosen_options": [option], "params_input": {}})
+                answer()
             time.sleep(2)
         return reply
 

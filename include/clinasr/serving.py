@@ -532,9 +532,9 @@ def _sse(event: dict) -> str:
     return f"data: {json.dumps(event)}\n\n"
 
 
-def _usage(st, audio_s: float) -> dict:
+def _usage(st, audio_s: float, frame_s: float) -> dict:
     """OpenAI's token usage shape for a stream: encoder frames as audio tokens, transducer tokens as output."""
-    frames = int(round(audio_s / 0.08))
+    frames = int(round(audio_s / frame_s))
     return {"type": "tokens", "input_tokens": frames, "output_tokens": st.n_tokens, "total_tokens": frames + st.n_tokens,
             "input_token_details": {"audio_tokens": frames, "text_tokens": 0}, "seconds": round(audio_s, 3)}
 
@@ -653,7 +653,7 @@ async def _upload_stream(svc: "Service", request: Request, model: Loaded, x: np.
         metrics.audio.inc(duration)
         svc.recorder.append("traffic", {"request_id": request.state.rid, "model_version": model.version, "stream": True,
                                         "sample_rate": audio.probe_rate(data), **audio.stats(x), "hypothesis": text})
-        yield _sse({"type": "transcript.text.done", "text": text, "usage": _usage(st, duration)})
+        yield _sse({"type": "transcript.text.done", "text": text, "usage": _usage(st, duration, model.transcriber.stride_s)})
     except Exception as e:
         err = e if isinstance(e, APIError) else APIError(500, f"transcription failed inside the model ({type(e).__name__})"
                                                               "; the stream stops here: retry the request", "server_error",
@@ -687,8 +687,7 @@ class Realtime:
     def __init__(self, svc: "Service", ws: WebSocket, model: Loaded):
         self.svc, self.ws, self.model, self.cfg = svc, ws, model, svc.cfg
         self.session_id = "sess_" + uuid.uuid4().hex[:20]
-        self.vad = {"type": "server_vad", "silence_duration_ms": self.cfg.vad_silence_ms,
-                    "threshold_db": self.cfg.vad_threshold_db}
+        self.vad = self._default_vad()
         self.total_s, self.n_items, self.prev_item = 0.0, 0, None
         self._new_item()
 
@@ -701,11 +700,15 @@ class Realtime:
         self.speech, self.silence, self.compute = False, 0, 0.0
         self.trace = None
 
+    def _default_vad(self) -> dict:
+        return {"type": "server_vad", "silence_duration_ms": self.cfg.vad_silence_ms,
+                "threshold_db": self.cfg.vad_threshold_db}
+
     async def send(self, event: dict) -> None:
         await self.ws.send_text(json.dumps(event))
 
     async def error(self, message: str, code: str, type_: str = "invalid_request_error") -> None:
-        await self.send({"type": "error", "error": {"type": type_, "code": code, "message": message, "param": None}})
+        await self.send(_ws_error(message, code, type_))
 
     def session(self) -> dict:
         return {"id": self.session_id, "object": "realtime.transcription_session", "input_audio_format": "pcm16",
@@ -766,9 +769,7 @@ class Realtime:
             return
         if "turn_detection" in session:
             td = session["turn_detection"]
-            self.vad = None if td is None else {**(self.vad or {"type": "server_vad",
-                                                                "silence_duration_ms": self.cfg.vad_silence_ms,
-                                                                "threshold_db": self.cfg.vad_threshold_db}),
+            self.vad = None if td is None else {**(self.vad or self._default_vad()),
                                                 **{k: v for k, v in td.items() if k in ("silence_duration_ms", "threshold_db")}}
         await self.send({"type": "transcription_session.updated", "session": self.session()})
 
@@ -870,6 +871,11 @@ class Realtime:
             self.trace.end(error=f"client disconnected ({reason})")
 
 
+def _ws_error(message: str, code: str, type_: str = "invalid_request_error") -> dict:
+    """An ``error`` event: the realtime API's envelope around the same error object as the HTTP API's."""
+    return {"type": "error", **APIError(0, message, type_, code=code).body()}
+
+
 def _ws_key(ws: WebSocket) -> str | None:
     """A Bearer header, or (browsers cannot set headers) the subprotocol ``openai-insecure-api-key.<key>``."""
     auth = ws.headers.get("authorization", "")
@@ -894,8 +900,7 @@ async def realtime(ws: WebSocket):
               f"the service holds its limit of {cfg.max_streams} live sessions: retry shortly"
               if svc.streams >= cfg.max_streams else None)
     if refuse:
-        await ws.send_text(json.dumps({"type": "error", "error": {"type": "service_unavailable", "code": "unavailable",
-                                                                  "message": refuse, "param": None}}))
+        await ws.send_text(json.dumps(_ws_error(refuse, "unavailable", "service_unavailable")))
         await ws.close(code=1013, reason="try again later")
         return
     svc.streams += 1
@@ -911,9 +916,8 @@ async def realtime(ws: WebSocket):
                               "session_id": session.session_id if session else None}))
         session and session.drop(type(e).__name__)
         try:
-            await ws.send_text(json.dumps({"type": "error", "error": {
-                "type": "server_error", "code": "inference_failed", "param": None,
-                "message": f"transcription failed inside the model ({type(e).__name__}); the session is closed"}}))
+            await ws.send_text(json.dumps(_ws_error(f"transcription failed inside the model ({type(e).__name__}); "
+                                                    "the session is closed", "inference_failed", "server_error")))
             await ws.close(code=1011)
         except Exception:
             pass
