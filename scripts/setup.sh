@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything clinasr needs on a Debian machine with Python 3.11, idempotently:
-#   1. system packages (espeak-ng for TTS, sox/ffmpeg for audio, libsndfile, chromium for page tests,
-#      wamerican: an English word list for drift's lexicon proposals),
+#   1. system packages (espeak-ng and flite for TTS, sox/ffmpeg for audio, libsndfile, chromium for page tests,
+#      wamerican: an English word list for drift's lexicon proposals, wordnet-base fortunes-min fortunes:
+#      the sources of the general-English text v2, clinasr.synth.general.write_v2),
 #   2. the orchestration runtime  .venv/orch  (Airflow 3, MLflow, boto3, openai, moto server),
 #   3. the ML runtime             .venv/ml    (torch CPU, NeMo ASR, DeepSpeed, TTS engines).
 # The two runtimes cannot be one environment (NeMo pins packaging<25 through lightning 2.4; Airflow 3
@@ -19,7 +20,7 @@ step() { printf '\n\033[1m[setup] %s\033[0m\n' "$*"; }
 pipq() { "$@" 2>&1 | grep -vE "^WARNING: Location|^WARNING: Skipping" || true; return "${PIPESTATUS[0]}"; }
 
 # ---- 1. system packages -------------------------------------------------------------------------
-APT_PKGS="espeak-ng sox ffmpeg libsndfile1 chromium wamerican"
+APT_PKGS="espeak-ng flite sox ffmpeg libsndfile1 chromium wamerican wordnet-base fortunes-min fortunes"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -196,12 +196,12 @@ def eval_sentences(path: str | Path) -> list[str]:
 
 def check_general_text(sentences: list[str]) -> dict:
     """An everyday-English evaluation text must share no sentence with any training text (the base model's
-    general_en text, the clinical grammar cannot produce such sentences) and name no lexicon term (a term in
+    general_en texts, v1 and v2; the clinical grammar cannot produce such sentences) and name no lexicon term (a term in
     the reference would hide a phantom)."""
     from clinasr import metrics
     from clinasr.synth import general
 
-    training = set(general.load())
+    training = set(general.load()) | (set(general.load(general.TEXT_V2_PATH)) if general.TEXT_V2_PATH.exists() else set())
     overlap = [s for s in sentences if s in training]
     if overlap:
         raise EvalSetError(f"{len(overlap)} general evaluation sentences are in the base model's training text, e.g. "
