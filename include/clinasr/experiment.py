@@ -17,6 +17,8 @@ Everything a phase writes goes to its output directory (results JSON, a Markdown
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -30,7 +32,7 @@ import yaml
 from clinasr.settings import REPO_ROOT
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "flywheel.yaml"
-BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-small"
+BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-multi"
 BASE_MODEL = BASE_MODEL_DIR / "model.nemo"
 
 
@@ -38,13 +40,18 @@ def load_config(path: str | Path | None = None) -> dict:
     return yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
 
 
-def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmentation: dict | None = None) -> dict:
-    """The synthesis stage's config with the experiment's voices (and augmentation changes)."""
+def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmentation: dict | None = None,
+                     variation: dict | None = None) -> dict:
+    """The synthesis stage's config with the experiment's voices (``engine:voice``; no engine: espeak-ng),
+    voice variation and augmentation changes."""
     from clinasr.synth import pipeline
 
     cfg = pipeline.load_config()
-    cfg["accent_profiles"] = {p: [{"engine": "espeak", "voice": v} for v in vs] for p, vs in voices.items()}
+    cfg["accent_profiles"] = {p: [dict(zip(("engine", "voice"), v.split(":", 1))) if ":" in v
+                                  else {"engine": "espeak", "voice": v} for v in vs] for p, vs in voices.items()}
     cfg["accent_mix"] = {p: mix.get(p, 1.0) for p in voices}
+    if variation:
+        cfg["voice_variation"] = {**cfg.get("voice_variation", {}), **variation}
     for k, v in (augmentation or {}).items():
         cfg["augmentation"][k] = {**cfg["augmentation"].get(k, {}), **v}
     return cfg
@@ -56,18 +63,33 @@ def workers() -> int:
 
 def build_general(cfg: dict, out: Path, log=print) -> dict:
     """General-English speech in shards until ``utterances`` or the data time budget; returns the dataset
-    and the measured synthesis rate (audio-hours per hour on this machine's cores)."""
+    and the measured synthesis rate (audio-hours per hour on this machine's cores). Rows already rendered (an
+    earlier call on the same disk) are reused; a set finished for the same recipe is returned as it is."""
     from clinasr.synth import general, pipeline
 
     b = cfg["base"]
-    utts = general.utterances(int(b["utterances"]), seed=int(cfg["seed"]))
-    scfg = synthesis_config(cfg["voices"]["train"], cfg["accent_mix"])
-    t0, n, res = time.time(), 0, None
+    text = Path(b["text"]) if b.get("text") else general.TEXT_PATH
+    text = text if text.is_absolute() else REPO_ROOT / text
+    utts = general.utterances(int(b["utterances"]), seed=int(cfg["seed"]), path=text)
+    scfg = synthesis_config(cfg["voices"]["train"], cfg["accent_mix"], variation=cfg.get("voice_variation"))
+    from clinasr import evalsets
+
+    evalsets.check_training_voices(scfg)   # the base must not hear what the gate's sets speak in
+    recipe = hashlib.sha256(json.dumps([len(utts), general.source_version(text), scfg, cfg["seed"]],
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
+    done = out.parent / f"{out.name}-complete.json"
+    if done.exists() and (prev := json.loads(done.read_text())).get("recipe") == recipe:
+        log(f"[experiment] general speech: reusing the finished set ({prev['synthesis']['audio_hours']} h)")
+        return prev["result"]
+    shard = int(b.get("shard", 2000))
+    cache = out.parent / f".{out.name}-rows"     # rows rendered by an earlier call: a prefix of ``utts``
+    cached = sum(1 for _ in cache.glob("*.json")) if cache.is_dir() else 0
+    t0, n, res = time.time(), min(len(utts) - 1, cached // shard * shard), None
     while n < len(utts):
-        n = min(len(utts), n + int(b.get("shard", 2000)))
+        n = min(len(utts), n + shard)
         res = pipeline.build_dataset(out, utts[:n], config=scfg, seed=int(cfg["seed"]), workers=workers(),
-                                     val_fraction=0.15, meta={"name": "general-en", "generator": general.GENERATOR,
-                                                              "lexicon_version": general.source_version()},
+                                     val_fraction=0.15, meta={"name": "general-en", "generator": utts[0]["generator"],
+                                                              "lexicon_version": general.source_version(text)},
                                      progress=False)
         took = time.time() - t0
         hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
@@ -79,7 +101,9 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
     res["synthesis"] = {"utterances": n, "audio_hours": round(hours, 3), "seconds": round(took, 1),
                         "workers": workers(), "audio_hours_per_hour": round(hours * 3600 / took, 1),
-                        "quarantined": res["card"]["counts"]["quarantined"]}
+                        "quarantined": res["card"]["counts"]["quarantined"], "complete": n == len(utts)}
+    if n == len(utts):
+        done.write_text(json.dumps({"recipe": recipe, "synthesis": res["synthesis"], "result": res}, default=str))
     return res
 
 
@@ -168,18 +192,21 @@ def _in_fresh_interpreter(mode: str, args: dict, what: str) -> dict:
         return json.loads(r.read_text())
 
 
-def _train(args: dict, log, score_on: dict | None = None) -> dict:
+def _train(args: dict, log, score_on: dict | None = None, resume: bool = False) -> dict:
     """Train in a fresh interpreter (``python -m clinasr.experiment train ARGS RESULT``) and, with
     ``score_on`` ({manifest, out, name}), score the trained model there, in memory (result["score"]).
     On the GPU machine (torch 2.11) a second NeMo restore in one process failed inside NeMo's loader
     ('tuple' object is not callable), and processes spawned through multiprocessing after NeMo's import
     died before running; a plain subprocess per run, which never restores what it trained, avoids both."""
-    return _in_fresh_interpreter("train", {**args, "mlflow": {"enabled": False}, "resume": False, "_score_on": score_on},
+    return _in_fresh_interpreter("train", {**args, "mlflow": {"enabled": False}, "resume": resume, "_score_on": score_on},
                                  f"training {args.get('output_dir')}")
 
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
-               log=print) -> dict:
+               log=print, resume: bool = False) -> dict:
+    """Synthesise the general set (or reuse it), train the base model from its config within the deadline
+    (``resume``: continue the checkpoint an earlier call left in ``work``), score it on the validation rows and
+    export it in float16 with its card."""
     t0 = time.time()
     b = cfg["base"]
     data = build_general(cfg, work / "general", log)
@@ -191,20 +218,32 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
         tover["max_minutes"] = min(float(tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes") or 1e9)), budget)
         log(f"[experiment] training budget {tover['max_minutes']:.1f} min")
     tr = _train({"dataset": data["dataset_dir"], "base": {"config": b["model"]}, "trainer": b["trainer"],
-                 "trainer_overrides": tover, "output_dir": str(work / "base_train"), "seed": int(cfg["seed"])}, log)
+                 "trainer_overrides": tover, "output_dir": str(work / "base_train"), "seed": int(cfg["seed"])}, log,
+                resume=resume)
     ev = score(tr["nemo_path"], Path(data["val_manifest"]), work / "base_eval", "general_heldout", int(b.get("eval_rows", 600)))
     ev.pop("per_row")
-    exp = export_half(Path(tr["nemo_path"]), out / "model.nemo")
-    card = {"name": "clinasr-base-en-small", "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
+    try:
+        exp = export_half(Path(tr["nemo_path"]), out / "model.nemo")
+    except Exception as e:   # the float32 model still leaves the machine (in parts), and the card says why
+        import shutil
+        import traceback
+
+        log(f"[experiment] float16 export failed, keeping float32: {traceback.format_exc()}")
+        shutil.copyfile(tr["nemo_path"], out / "model.nemo")
+        exp = {"path": str(out / "model.nemo"), "bytes": (out / "model.nemo").stat().st_size, "float16_parameters": 0,
+               "float16_error": f"{type(e).__name__}: {e}"}
+    card = {"name": b.get("name", "clinasr-base-en-multi"), "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
             "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
             "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
             "throughput_audio_s_per_s": tr["metrics"].get("steady_audio_s_per_s"),
             "peak_gpu_mem_gib": tr["metrics"].get("peak_gpu_mem_gib"),
-            "data": {"source": "CPython documentation sentences (clinasr/data/general_en.txt.gz)",
+            "data": {"source": _text_source(b),
                      "source_version": data["card"].get("lexicon_version"),
                      "train_hours": data["card"]["hours"]["train"], "heldout_hours": data["card"]["hours"]["val"],
                      "rows": data["card"]["counts"], "voices": cfg["voices"]["train"],
-                     "per_accent_profile": data["card"]["per_accent_profile"], "per_noise_band": data["card"]["per_noise_band"],
+                     "per_accent_profile": data["card"]["per_accent_profile"],
+                     "per_voice": data["card"].get("per_voice"), "voice_variation": cfg.get("voice_variation"),
+                     "heldout": cfg["voices"].get("heldout"), "per_noise_band": data["card"]["per_noise_band"],
                      "augmentation": "synthesis config defaults (noise 10-25 dB SNR, reverb, telephony, far-field, speed, gain)",
                      "synthesis": data["synthesis"]},
             "general_heldout": {k: ev[k] for k in ("wer", "ci", "rows", "slices", "latency")},
@@ -215,6 +254,16 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     log(f"[experiment] base model: {tr['n_params'] / 1e6:.1f} M parameters, {tr['global_step']} steps, general held-out "
         f"WER {ev['wer']:.3f} {ev['ci'].get('wer')}; exported {exp['bytes'] / 2**20:.1f} MiB")
     return card
+
+
+def _text_source(b: dict) -> str:
+    from clinasr.synth import general
+
+    text = Path(b.get("text") or general.TEXT_PATH)
+    text = text if text.is_absolute() else REPO_ROOT / text
+    with gzip.open(text, "rt") as f:
+        header = f.readline().lstrip("# ").strip()
+    return f"{text.name}: {header}"
 
 
 def _provenance(cfg: dict) -> dict:
@@ -244,20 +293,31 @@ def model_card_md(card: dict) -> str:
         f"| architecture | {card['architecture']}, {card['n_params'] / 1e6:.1f} M parameters ({card['model_config']}) |",
         f"| training | from scratch, {card['global_step']} steps in {card['train_seconds'] / 60:.1f} min on "
         f"{card['provenance']['device']} ({card['trainer_config']}) |",
-        f"| data | {d['train_hours']:.1f} h synthetic general English ({d['rows']['train']} utterances), "
-        f"espeak-ng voices in {len(d['voices'])} accent profiles, augmented |",
+        f"| data | {d['train_hours']:.1f} h synthetic general English ({d['rows']['train']} utterances; "
+        f"{d['heldout_hours']:.1f} h validation), {_engines(d['voices'])} voices in {len(d['voices'])} accent profiles, "
+        "augmented |",
         f"| text | {d['source']}, {d['source_version']} |",
         f"| general held-out WER | {g['wer']:.3f} (95% CI {_fmt_ci(g['ci'].get('wer'))}), {g['rows']['scored']} utterances, "
         "text-disjoint, same voices |",
-        f"| stored | {card['export']['bytes'] / 2**20:.1f} MiB; weights in float16 (loading casts to float32) |",
+        f"| stored | {card['export']['bytes'] / 2**20:.1f} MiB; " + ("weights in float16 (loading casts to float32) |"
+                                                                   if card["export"].get("float16_parameters") else
+                                                                   "weights in float32 |"),
         f"| synthesis rate | {s['audio_hours_per_hour']:.0f} audio-hours per hour on {s['workers']} CPU workers |",
         f"| code | {card['provenance']['code_version']}, Python {card['provenance']['python']}, torch "
         f"{card['provenance']['torch']} |", "",
-        "Voices (espeak-ng): " + "; ".join(f"{p}: {', '.join(v)}" for p, v in d["voices"].items()) + ".", "",
-        "Limits: synthetic speech only (robotic espeak-ng voices); no real speakers, so its WER on human",
+        "Voices (engine:voice; no engine: espeak-ng): " + "; ".join(f"{p}: {', '.join(v)}" for p, v in d["voices"].items())
+        + ".", "",
+        *([f"Held out of training (scored on, never trained on): {json.dumps(d['heldout'])}.", ""] if d.get("heldout") else []),
+        f"Limits: synthetic speech only ({_engines(d['voices'])}); no real speakers, so its WER on human",
         "speech is far worse than on its own held-out set. Not for clinical use on its own.", "",
     ]
     return "\n".join(lines)
+
+
+def _engines(voices: dict) -> str:
+    names = {"espeak": "espeak-ng", "flite": "CMU Flite", "piper": "Piper"}
+    found = sorted({v.split(":", 1)[0] if ":" in v else "espeak" for vs in voices.values() for v in vs})
+    return " and ".join(names.get(e, e) for e in found)
 
 
 def phase_finetune(cfg: dict, base_nemo: Path, work: Path, out: Path, only: list[str] | None = None,

@@ -1,0 +1,171 @@
+"""Base models side by side on sets none of them trained on (issue 21): the gate's evaluation sets
+(configs/evalsets.yaml) split by what the issue bounds — unseen espeak-ng voices vs the held-out engine
+(Piper), clean vs noisy (hospital noise at SNR 10-25 dB) on everyday English, and the clinical held-out set —,
+with paired bootstrap CIs of each model against the first.
+
+    .venv/ml/bin/python bench/base_model_eval.py --models old=models/clinasr-base-en-small/model.nemo \\
+        new=models/clinasr-base-en-multi/model.nemo whisper=whisper:tiny.en [--out bench/results/base-models]
+
+The sets are built here (CPU, ~2 min on 2 cores) into --work and reused while their config is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from clinasr import evalsets, metrics  # noqa: E402
+from clinasr.experiment import workers  # noqa: E402
+
+# the issue's bounds on the new base (general English, WER)
+BOUNDS = {"general/espeak-heldout/clean": 0.25, "general/piper/clean": 0.40,
+          "general/espeak-heldout/noisy": 0.35, "general/piper/noisy": 0.50}
+
+
+def split_sets(work: Path, log) -> dict[str, Path]:
+    """{part name: manifest}: general_heldout by engine x condition, clinical_heldout by engine."""
+    cfg = evalsets.load_config()
+    parts: dict[str, list[dict]] = {}
+    for name in ("general_heldout", "clinical_heldout"):
+        s = evalsets.build_set(name, work / name, cfg, workers=workers(), progress=False, log=log)
+        d = Path(s["dir"])
+        for line in (d / evalsets.TEST_MANIFEST).read_text().splitlines():
+            r = json.loads(line)
+            r["audio_filepath"] = str(d / r["audio_filepath"])
+            engine = r["voice"].split(":", 1)[0]
+            who = "piper" if engine == "piper" else f"{engine}-heldout"
+            key = f"general/{who}/{r['condition']}" if name == "general_heldout" else f"clinical/{who}"
+            parts.setdefault(key, []).append(r)
+    out = {}
+    for key, rows in sorted(parts.items()):
+        p = work / "parts" / (key.replace("/", "__") + ".jsonl")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out[key] = p
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", required=True, metavar="NAME=SPEC",
+                    help="a .nemo path or a reference spec (whisper:tiny.en); the first is the baseline of the CIs")
+    ap.add_argument("--work", default="/tmp/clinasr-base-eval")
+    ap.add_argument("--out", default="bench/results/base-models")
+    ap.add_argument("--card", metavar="DIR", help="a model directory (model_card.json) whose card gets the table; "
+                                                   "the model named 'new' is the one it describes")
+    a = ap.parse_args(argv)
+    from clinasr.evaluate import evaluate_set
+    from clinasr.reference import make_transcriber
+
+    t0 = time.time()
+
+    def log(m):
+        print(f"[{time.time() - t0:5.0f}s] {m}", flush=True)
+
+    work, out = Path(a.work), Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = split_sets(work, log)
+    results: dict = {"sets": {k: sum(1 for _ in open(p)) for k, p in parts.items()}, "bounds": BOUNDS, "models": {}}
+    per_row: dict = {}
+    first = None
+    for item in a.models:
+        name, _, spec = item.partition("=")
+        t = make_transcriber(spec, work / "fetch")
+        t.warm_up()
+        res, per_row[name] = {}, {}
+        for key, manifest in parts.items():
+            r = evaluate_set(t, key, manifest, work / "scored" / name, progress=False, keep_per_row=True)
+            per_row[name][key] = r.pop("per_row")
+            res[key] = {"wer": r["wer"], "ci": r["ci"].get("wer"), "rows": r["rows"]["scored"],
+                        "term_accuracy": None if r["ker"] is None else 1 - r["ker"],
+                        "phantoms_per_100": r["phantom_terms"]["per_100_utterances"],
+                        "latency_p95_s": r["latency"]["p95_s"]}
+            if first and first != name:
+                res[key]["vs_" + first] = metrics.paired_reduction_ci(per_row[first][key], per_row[name][key])
+            log(f"{name} {key}: WER {r['wer']:.3f} ({r['rows']['scored']} rows)")
+        results["models"][name] = {"spec": spec, "sets": res, "latency_10s_clip": clip_latency(t, work)}
+        log(f"{name}: 10 s clip p95 {results['models'][name]['latency_10s_clip']['p95_s']:.3f} s")
+        first = first or name
+        Path(f"{out}.json").write_text(json.dumps(results, indent=1, default=str))
+    Path(f"{out}.md").write_text(table(results))
+    print(table(results))
+    if a.card:
+        write_card(Path(a.card), results)
+    return 0
+
+
+def clip_latency(t, work: Path, runs: int = 20) -> dict:
+    """Seconds to transcribe one 10 s clip (one request, this machine's CPU), after a warm-up: p50 / p95."""
+    import numpy as np
+
+    from clinasr import audio
+    from clinasr.synth import tts
+
+    clip = work / "clip10s.npy"
+    if not clip.exists():
+        e, parts, n = tts.engine("espeak"), [], 0
+        for s in ("the train to the city leaves at half past seven", "please bring a warm coat and an umbrella",
+                  "we will meet at the corner of the market square", "after lunch the children played in the garden"):
+            parts.append(e.synthesize(s, "gmw/en-us"))
+        x = np.concatenate(parts)
+        x = np.pad(x, (0, max(0, 10 * audio.TARGET_SR - len(x))))[: 10 * audio.TARGET_SR]
+        np.save(clip, x.astype(np.float32))
+    x = np.load(clip)
+    t.transcribe([x])
+    lat = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        t.transcribe([x])
+        lat.append(time.perf_counter() - t0)
+    return {"p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)), "runs": runs}
+
+
+def write_card(model_dir: Path, results: dict) -> None:
+    """The card of ``model_dir`` with every model's figures on the held-out sets (JSON and the MD table)."""
+    import hashlib
+
+    from clinasr.experiment import model_card_md
+
+    path = model_dir / "model_card.json"
+    card = json.loads(path.read_text())
+    card["export"]["sha256"] = hashlib.sha256((model_dir / "model.nemo").read_bytes()).hexdigest()
+    card["heldout_eval"] = results
+    path.write_text(json.dumps(card, indent=1, default=str))
+    (model_dir / "MODEL_CARD.md").write_text(
+        model_card_md(card) + "\n## On sets no model here trained on (bench/base_model_eval.py)\n\n" + table(results)
+        + f"\nsha256 of model.nemo: `{card['export']['sha256']}`.\n")
+
+
+def table(results: dict) -> str:
+    names = list(results["models"])
+    keys = list(results["sets"])
+    lines = ["| set | rows | bound | " + " | ".join(f"{n} WER" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for k in keys:
+        cells = []
+        for n in names:
+            s = results["models"][n]["sets"][k]
+            ci = s.get("ci")
+            cells.append(f"{s['wer']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        bound = results["bounds"].get(k)
+        lines.append(f"| {k} | {results['sets'][k]} | {'≤ ' + format(bound, '.2f') if bound else ''} | " + " | ".join(cells) + " |")
+    lines.append("| one 10 s clip, p95 seconds (CPU) | | ≤ 1.00 | " + " | ".join(
+        f"{results['models'][n]['latency_10s_clip']['p95_s']:.3f}" for n in names) + " |")
+    clin = [k for k in keys if k.startswith("clinical/")]
+    if clin:
+        lines += ["", "Clinical held-out (no model here has heard a drug name): term accuracy / phantom terms per 100",
+                  "", "| set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for k in clin:
+            lines.append(f"| {k} | " + " | ".join(
+                f"{results['models'][n]['sets'][k]['term_accuracy'] or 0:.3f} / {results['models'][n]['sets'][k]['phantoms_per_100']:.1f}"
+                for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
