@@ -36,6 +36,30 @@ def test_the_config_hash_changes_with_what_the_audio_depends_on_and_only_then(cf
     assert evalsets.config_hash(other, "general_heldout") != before                   # the text's content counts
 
 
+def test_replay_speaks_in_the_base_models_voices_and_follows_its_config(cfg, tmp_path):
+    """general_replay replays what the base heard: its voices (engines, variants) from the base config, and a
+    change there rebuilds the set; a missing base config is a clear error."""
+    import yaml
+
+    s = evalsets.spec(cfg, "general_replay")
+    assert s["voices"] == "base"
+    scfg = evalsets.synthesis_config(cfg, s, {})
+    base = yaml.safe_load((evalsets.REPO_ROOT / s["base_config"]).read_text())
+    assert {f"{v['engine']}:{v['voice']}" for v in scfg["accent_profiles"]["native"]} == \
+        {v if ":" in v else f"espeak:{v}" for v in base["voices"]["train"]["native"]}
+    assert scfg["voice_variation"]["espeak_variants"] == base["voice_variation"]["espeak_variants"]
+    evalsets.check_training_voices(scfg, cfg=cfg)      # the base's voices are no held-out ones
+    h = evalsets.config_hash(cfg, "general_replay")
+    base["voices"]["train"]["native"].pop()
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    other = copy.deepcopy(cfg)
+    other["replay"]["general_replay"]["base_config"] = str(tmp_path / "base.yaml")
+    assert evalsets.config_hash(other, "general_replay") != h
+    other["replay"]["general_replay"]["base_config"] = str(tmp_path / "nope.yaml")
+    with pytest.raises(evalsets.EvalSetError, match="nope.yaml, which does not exist"):
+        evalsets.config_hash(other, "general_replay")
+
+
 def test_training_data_may_not_speak_in_held_out_voices_or_engines(cfg):
     from clinasr.synth.pipeline import load_config
 

@@ -30,6 +30,8 @@ import shutil
 import time
 from pathlib import Path
 
+import yaml
+
 from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml
 
 DEFAULT_CONFIG = "configs/evalsets.yaml"
@@ -81,6 +83,8 @@ def config_hash(cfg: dict, name: str) -> str:
         deps["heldout"] = cfg["heldout"]
     if s.get("text"):
         deps["text"] = _file_sha(s["text"])
+    if s.get("voices") == "base":
+        deps["base_voices"] = {k: _base_config(s).get(k) for k in ("voices", "accent_mix", "voice_variation")}
     return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -250,12 +254,28 @@ def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
     from clinasr.synth import pipeline
 
     scfg = pipeline.load_config()
-    if s.get("voices", "heldout") != "training":
+    if s.get("voices") == "base":   # the base model's own voices and variation (replay of what the base heard)
+        from clinasr.synth import tts
+
+        base = _base_config(s)
+        scfg["accent_profiles"] = tts.profile_entries(base["voices"]["train"])
+        scfg["accent_mix"] = {p: base["accent_mix"].get(p, 1.0) for p in scfg["accent_profiles"]}
+        scfg["voice_variation"] = {**scfg.get("voice_variation", {}), **(base.get("voice_variation") or {})}
+    elif s.get("voices", "heldout") != "training":
         scfg["accent_profiles"] = {p: list(vs) for p, vs in cfg["heldout"]["voices"].items()}
         scfg["accent_mix"] = dict(cfg["heldout"].get("accent_mix") or {p: 1.0 for p in scfg["accent_profiles"]})
     for k, v in (condition.get("augmentation") or {}).items():
         scfg["augmentation"][k] = {**scfg["augmentation"].get(k, {}), **v}
     return scfg
+
+
+def _base_config(s: dict) -> dict:
+    """The base model's experiment config that a replay set with ``voices: base`` speaks like."""
+    p = Path(s.get("base_config") or "configs/experiment/base_multi.yaml")
+    p = p if p.is_absolute() else REPO_ROOT / p
+    if not p.exists():
+        raise EvalSetError(f"replay voices come from the base model's config {p}, which does not exist")
+    return yaml.safe_load(p.read_text())
 
 
 def build_set(name: str, out_dir: Path, cfg: dict | None = None, workers: int = 2, progress: bool = True,

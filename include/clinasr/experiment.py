@@ -44,11 +44,10 @@ def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmen
                      variation: dict | None = None) -> dict:
     """The synthesis stage's config with the experiment's voices (``engine:voice``; no engine: espeak-ng),
     voice variation and augmentation changes."""
-    from clinasr.synth import pipeline
+    from clinasr.synth import pipeline, tts
 
     cfg = pipeline.load_config()
-    cfg["accent_profiles"] = {p: [dict(zip(("engine", "voice"), v.split(":", 1))) if ":" in v
-                                  else {"engine": "espeak", "voice": v} for v in vs] for p, vs in voices.items()}
+    cfg["accent_profiles"] = tts.profile_entries(voices)
     cfg["accent_mix"] = {p: mix.get(p, 1.0) for p in voices}
     if variation:
         cfg["voice_variation"] = {**cfg.get("voice_variation", {}), **variation}

@@ -229,6 +229,12 @@ def engine(name: str):
     return _ENGINES[name]
 
 
+def profile_entries(voices: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """{profile: ["engine:voice" | espeak-ng voice]} -> the synthesis config's accent_profiles entries."""
+    return {p: [dict(zip(("engine", "voice"), v.split(":", 1))) if ":" in v else {"engine": "espeak", "voice": v}
+                for v in vs] for p, vs in voices.items()}
+
+
 def voices_from_config(cfg: dict, profiles: list[str] | None = None) -> dict[str, list[Voice]]:
     out = {}
     for prof, entries in cfg["accent_profiles"].items():
