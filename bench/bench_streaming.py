@@ -9,7 +9,7 @@
    to first text (from the moment the utterance starts, each 100 ms frame sent once it has been spoken) and final latency (from the commit), p50/p95, and the
    service's compute per audio second.
 
-    .venv/ml/bin/python bench/bench_streaming.py --model <candidate .nemo> --base models/clinasr-base-en-small/model.nemo \\
+    .venv/ml/bin/python bench/bench_streaming.py --model <candidate .nemo> --base models/clinasr-base-en-multi/model.nemo \\
         --sets <dir with clinical_heldout/ and general_heldout/> --out bench/results/streaming_cpu.json
 
 ``--sets`` defaults to the newest evaluation-set copy under .run/work (``make demo`` makes them).
@@ -193,7 +193,7 @@ def live(model: str, sets: Path, levels: list[int], clips_per_client: int) -> li
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="streaming accuracy (offline vs chunked) and live WebSocket latency")
     p.add_argument("--model", required=True, help="the fine-tuned .nemo (the candidate)")
-    p.add_argument("--base", default=str(REPO / "models" / "clinasr-base-en-small" / "model.nemo"))
+    p.add_argument("--base", default=str(REPO / "models" / "clinasr-base-en-multi" / "model.nemo"))
     p.add_argument("--sets", type=Path, help="a directory with clinical_heldout/ and general_heldout/ (default: newest under .run/work)")
     p.add_argument("--rows", type=int, default=40)
     p.add_argument("--levels", default="1,4,16")

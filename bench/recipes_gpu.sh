@@ -17,7 +17,7 @@ first=$1; shift
 # file in the experiment's processes failed inside torch 2.11's unpickler there ("'str' object is not callable")
 python3 -c "
 from nemo.collections.asr.models import ASRModel
-ASRModel.restore_from('models/clinasr-base-en-small/model.nemo', map_location='cpu').save_to('/tmp/base_fp32.nemo')
+ASRModel.restore_from('models/clinasr-base-en-multi/model.nemo', map_location='cpu').save_to('/tmp/base_fp32.nemo')
 " > /tmp/convert.log 2>&1 || { tail -20 /tmp/convert.log; exit 5; }
 # the first recipe builds the sets and the clinical training set (16 CPU workers) and scores the base
 python3 bench/recipes_experiment.py --only "$first" --base /tmp/base_fp32.nemo --steps "$steps" --work /tmp/w2 --out "$out/$first" \

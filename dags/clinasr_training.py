@@ -46,9 +46,9 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
     params={
         "dataset_uri": Param(None, type=["string", "null"],
                              description="s3:// snapshot (default: the one in the triggering asset event)"),
-        # the embedded default: the shipped general-English base model (models/clinasr-base-en-small), fine-tuned on
+        # the embedded default: the shipped general-English base model (models/clinasr-base-en-multi), fine-tuned on
         # CPU; production: pretrained:nvidia/parakeet-tdt-0.6b-v2 (or its .nemo) with configs/trainer/gpu_finetune.yaml
-        "base": Param("nemo:models/clinasr-base-en-small/model.nemo", type="string",
+        "base": Param("nemo:models/clinasr-base-en-multi/model.nemo", type="string",
                       pattern=r"^(config|nemo|pretrained):.+$",
                       description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
         "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string"),

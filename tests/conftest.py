@@ -144,7 +144,7 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dataset, tmp_path_factory):
     """(ML runtime) a .nemo fine-tuned for a few CPU steps from the shipped base model (the embedded default,
-    models/clinasr-base-en-small), no tracking."""
+    models/clinasr-base-en-multi), no tracking."""
     from clinasr.experiment import BASE_MODEL
     from clinasr.training.train import train
 

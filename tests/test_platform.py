@@ -216,7 +216,7 @@ def step_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
     # no production yet: the baseline is the base model the candidate was fine-tuned from (the shipped one)
     assert {r["role"] for r in board.values()} == {"candidate", "base model", "reference"}
     base_row = [r for r in board.values() if r["role"] == "base model"][0]
-    assert base_row["model"].endswith("models/clinasr-base-en-small/model.nemo") and 0 <= base_row["wer"]
+    assert base_row["model"].endswith("models/clinasr-base-en-multi/model.nemo") and 0 <= base_row["wer"]
     prod = ml.get_model_version_by_alias("clinasr-platform-test", "production")
     assert prod.version == cand.version and prod.tags["promoted_by"] == "admin"
     assert prod.tags["promotion_reason"] == "override: platform test: first production model"

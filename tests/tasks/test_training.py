@@ -50,7 +50,7 @@ def test_the_training_plan_resolves_the_replay_set_or_fails_naming_it(s3_env, cf
     from clinasr.tasks import training as A
     from clinasr.store import ObjectStore
 
-    params = {"backend": "local", "base": "nemo:models/clinasr-base-en-small/model.nemo",
+    params = {"backend": "local", "base": "nemo:models/clinasr-base-en-multi/model.nemo",
               "trainer_config": "configs/trainer/cpu_finetune.yaml", "max_steps": 10, "seed": 0,
               "register_as": "clinasr-asr", "instance_count": 1}
     with pytest.raises(ValueError, match="replays 'general_replay' at 1.0:1 but the replay source is not available: "
