@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml
+from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml, repo_path
 
 DEFAULT_CONFIG = "configs/evalsets.yaml"
 BUILDER_VERSION = 1            # bump when build_set changes what it writes: every set is rebuilt
@@ -66,8 +66,7 @@ def spec(cfg: dict, name: str) -> dict:
 
 
 def _file_sha(path: str | Path) -> str:
-    p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
+    p = repo_path(path)
     if not p.exists():
         raise EvalSetError(f"text source {p} does not exist")
     return hashlib.sha256(p.read_bytes()).hexdigest()
@@ -189,8 +188,7 @@ def _read(path: Path) -> list[dict]:
 def eval_sentences(path: str | Path) -> list[str]:
     from clinasr.textnorm import normalize
 
-    p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
+    p = repo_path(path)
     if p.suffix == ".gz":
         from clinasr.synth import general
 
@@ -234,7 +232,7 @@ def _utterances(s: dict, name: str) -> tuple[list[dict], dict]:
     if s["kind"] == "general":
         from clinasr.synth import general
 
-        path = Path(s["text"]) if Path(s["text"]).is_absolute() else REPO_ROOT / s["text"]
+        path = repo_path(s["text"])
         if s["role"] == "replay":
             utts = general.utterances(int(s.get("utterances", 1000)), seed=int(s["seed"]), path=path)
             info = {"text": str(s["text"]), "source_version": general.source_version(path)}
@@ -271,8 +269,7 @@ def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
 
 def _base_config(s: dict) -> dict:
     """The base model's experiment config that a replay set with ``voices: base`` speaks like."""
-    p = Path(s.get("base_config") or "configs/experiment/base_multi.yaml")
-    p = p if p.is_absolute() else REPO_ROOT / p
+    p = repo_path(s.get("base_config") or "configs/experiment/base_multi.yaml")
     if not p.exists():
         raise EvalSetError(f"replay voices come from the base model's config {p}, which does not exist")
     return yaml.safe_load(p.read_text())

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from clinasr.settings import REPO_ROOT
+from clinasr.settings import REPO_ROOT, repo_path
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "flywheel.yaml"
 BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-multi"
@@ -67,8 +67,7 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     from clinasr.synth import general, pipeline
 
     b = cfg["base"]
-    text = Path(b["text"]) if b.get("text") else general.TEXT_PATH
-    text = text if text.is_absolute() else REPO_ROOT / text
+    text = _base_text(b)
     utts = general.utterances(int(b["utterances"]), seed=int(cfg["seed"]), path=text)
     scfg = synthesis_config(cfg["voices"]["train"], cfg["accent_mix"], variation=cfg.get("voice_variation"))
     from clinasr import evalsets
@@ -255,11 +254,15 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     return card
 
 
-def _text_source(b: dict) -> str:
+def _base_text(b: dict) -> Path:
+    """The base model's training text: the config's ``base.text``, else the first general text."""
     from clinasr.synth import general
 
-    text = Path(b.get("text") or general.TEXT_PATH)
-    text = text if text.is_absolute() else REPO_ROOT / text
+    return repo_path(b["text"]) if b.get("text") else general.TEXT_PATH
+
+
+def _text_source(b: dict) -> str:
+    text = _base_text(b)
     with gzip.open(text, "rt") as f:
         header = f.readline().lstrip("# ").strip()
     return f"{text.name}: {header}"
@@ -498,7 +501,7 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
                                        progress=False)
     log(f"[recipes] clinical training set: {train_set['card']['counts']}, {train_set['card']['hours']}")
     manifests = {n: Path(sets[n]["dir"]) / evalsets.TEST_MANIFEST for n in ("clinical_heldout", "general_heldout")}
-    base = Path(cfg["base"]) if Path(cfg["base"]).is_absolute() else REPO_ROOT / cfg["base"]
+    base = repo_path(cfg["base"])
     results: dict = {"config": cfg, "sets": {n: sets[n]["card"] for n in sets}, "train_set": train_set["card"],
                      "runs": {}, "provenance": _provenance(cfg)}
     per_row: dict[str, dict] = {}

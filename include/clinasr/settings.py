@@ -152,6 +152,12 @@ class Settings:
         return p
 
 
+def repo_path(path: str | Path) -> Path:
+    """A path as a checked-in config names it: absolute as it is, else relative to the repository."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
 def load_versioned_yaml(path: str | Path, required: tuple[str, ...], what: str, error=ValueError) -> dict:
     """A checked-in policy file (gate, drift): relative to the repo, with `version`, plus its path and sha256
     so every decision records exactly which criteria it applied."""
@@ -159,8 +165,7 @@ def load_versioned_yaml(path: str | Path, required: tuple[str, ...], what: str, 
 
     import yaml
 
-    p = Path(path)
-    p = p if p.is_absolute() else REPO_ROOT / p
+    p = repo_path(path)
     if not p.exists():
         raise error(f"{what} not found: {p}")
     cfg = yaml.safe_load(p.read_text()) or {}

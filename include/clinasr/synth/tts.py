@@ -68,22 +68,26 @@ class EspeakEngine:
 
         _espeak.SetSynthCallback(on_samples)
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
+        self._variants: set[str] | None = None
 
     def has_voice(self, voice: str) -> bool:
         """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
         base, _, variant = voice.lower().partition("+")
         return base in self._known and (not variant or variant in self.variants())
 
-    @staticmethod
-    def variants() -> set[str]:
-        import os
+    def variants(self) -> set[str]:
+        """The variant names of espeak-ng's ``voices/!v`` (listed once per engine: has_voice runs per utterance)."""
+        if self._variants is None:
+            import os
 
-        for root in filter(None, [os.environ.get("ESPEAK_DATA_PATH"), "/usr/lib/x86_64-linux-gnu",
-                                  "/usr/lib/aarch64-linux-gnu", "/usr/share"]):
-            d = Path(root) / "espeak-ng-data" / "voices" / "!v"
-            if d.is_dir():
-                return {f.name.lower() for f in d.iterdir()}
-        return set()
+            self._variants = set()
+            for root in filter(None, [os.environ.get("ESPEAK_DATA_PATH"), "/usr/lib/x86_64-linux-gnu",
+                                      "/usr/lib/aarch64-linux-gnu", "/usr/share"]):
+                d = Path(root) / "espeak-ng-data" / "voices" / "!v"
+                if d.is_dir():
+                    self._variants = {f.name.lower() for f in d.iterdir()}
+                    break
+        return self._variants
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
         e = self._e
