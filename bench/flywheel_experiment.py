@@ -66,7 +66,12 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU")
     ap.add_argument("--resume", action="store_true",
                     help="base: continue the training an earlier call left in --work (its synthesised rows are reused "
-                         "either way); Lightning's max_time counts the earlier call's training too")
+                         "either way); --deadline-minutes then budgets this call's training on top of the earlier calls'")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="base: start from this .nemo (an earlier base; its tokenizer is kept) instead of from scratch; "
+                         "a checkpoint in --work (--resume) still takes precedence")
+    ap.add_argument("--data-only", action="store_true",
+                    help="base: synthesise (or finish) the general set in --work and stop")
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every run, e.g. precision=32-true num_workers=1 max_minutes=null "
                          "(the same recipe on a CPU); values are read as YAML")
@@ -91,7 +96,11 @@ def main(argv=None) -> int:
         log_file.flush()
 
     if a.phase == "base":
-        card = experiment.phase_base(cfg, work, out, a.deadline_minutes, tover, log=log, resume=a.resume)
+        card = experiment.phase_base(cfg, work, out, a.deadline_minutes, tover, log=log, resume=a.resume,
+                                     init=a.init, data_only=a.data_only)
+        if a.data_only:
+            print(json.dumps(card, default=str))
+            return 0
         model = out / "model.nemo"
         if model.stat().st_size > 15 * 2**20:   # the device tool returns files of at most 16 MiB
             experiment.split_file(model)

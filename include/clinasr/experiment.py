@@ -73,7 +73,9 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     from clinasr import evalsets
 
     evalsets.check_training_voices(scfg)   # the base must not hear what the gate's sets speak in
-    recipe = hashlib.sha256(json.dumps([len(utts), general.source_version(text), scfg, cfg["seed"]],
+    val_fraction = float(b.get("val_fraction", 0.15))
+    recipe = hashlib.sha256(json.dumps([len(utts), general.source_version(text), scfg, cfg["seed"]]
+                                       + ([val_fraction] if val_fraction != 0.15 else []),
                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
     done = out.parent / f"{out.name}-complete.json"
     if done.exists() and (prev := json.loads(done.read_text())).get("recipe") == recipe:
@@ -86,7 +88,7 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     while n < len(utts):
         n = min(len(utts), n + shard)
         res = pipeline.build_dataset(out, utts[:n], config=scfg, seed=int(cfg["seed"]), workers=workers(),
-                                     val_fraction=0.15, meta={"name": "general-en", "generator": utts[0]["generator"],
+                                     val_fraction=val_fraction, meta={"name": "general-en", "generator": utts[0]["generator"],
                                                               "lexicon_version": general.source_version(text)},
                                      progress=False)
         took = time.time() - t0
@@ -201,23 +203,36 @@ def _train(args: dict, log, score_on: dict | None = None, resume: bool = False) 
 
 
 def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = None, trainer_overrides: dict | None = None,
-               log=print, resume: bool = False) -> dict:
+               log=print, resume: bool = False, init: Path | None = None, data_only: bool = False) -> dict:
     """Synthesise the general set (or reuse it), train the base model from its config within the deadline
-    (``resume``: continue the checkpoint an earlier call left in ``work``), score it on the validation rows and
-    export it in float16 with its card."""
+    (``resume``: continue the checkpoint an earlier call left in ``work``; ``init``: start from an earlier base's
+    .nemo, its tokenizer kept, instead of from scratch), score it on the validation rows and export it in float16
+    with its card. ``data_only``: stop after the synthesis (a device call that only makes the data)."""
     t0 = time.time()
     b = cfg["base"]
     data = build_general(cfg, work / "general", log)
+    if data_only:
+        return {"synthesis": data["synthesis"], "hours": data["card"]["hours"]}
+    from clinasr.training.checkpoints import trained_minutes
     from clinasr.training.train import load_yaml
 
-    tover = dict(trainer_overrides or {})
+    tover = {**(b.get("trainer_overrides") or {}), **(trainer_overrides or {})}
+    # Lightning's max_time counts the training an earlier call did (resume): this call adds its own budget
+    before = trained_minutes(work / "base_train" / "checkpoints" / "last.ckpt") if resume else 0.0
     if deadline_min:   # leave 3 minutes for NeMo's import and set-up, then saving, scoring and export
         budget = max(0.5, (deadline_min * 60 - (time.time() - t0) - 180) / 60)
-        tover["max_minutes"] = min(float(tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes") or 1e9)), budget)
-        log(f"[experiment] training budget {tover['max_minutes']:.1f} min")
-    tr = _train({"dataset": data["dataset_dir"], "base": {"config": b["model"]}, "trainer": b["trainer"],
+        total = before + budget
+        cap = tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes"))   # null: the deadline alone
+        tover["max_minutes"] = min(float(cap or 1e9), total)
+        log(f"[experiment] training budget {tover['max_minutes'] - before:.1f} min"
+            + (f" (after {before:.1f} min of earlier calls)" if before else ""))
+    start = ({"nemo": str(init)} if init else {"config": b["model"]})
+    tr = _train({"dataset": data["dataset_dir"], "base": start, "trainer": b["trainer"],
+                 # from a .nemo, the model config's optimiser, schedule and SpecAugment still apply
+                 **({"model_overrides": b["model"]} if init else {}),
                  "trainer_overrides": tover, "output_dir": str(work / "base_train"), "seed": int(cfg["seed"])}, log,
                 resume=resume)
+    tr["train_seconds"] = round(tr["train_seconds"] + 60 * before, 1)   # every call's training, as global_step counts
     ev = score(tr["nemo_path"], Path(data["val_manifest"]), work / "base_eval", "general_heldout", int(b.get("eval_rows", 600)))
     ev.pop("per_row")
     try:
@@ -233,6 +248,7 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     card = {"name": b.get("name", "clinasr-base-en-multi"), "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
             "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
             "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
+            "init": _init_record(init),
             "throughput_audio_s_per_s": tr["metrics"].get("steady_audio_s_per_s"),
             "peak_gpu_mem_gib": tr["metrics"].get("peak_gpu_mem_gib"),
             "data": {"source": _text_source(b),
@@ -252,6 +268,32 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     log(f"[experiment] base model: {tr['n_params'] / 1e6:.1f} M parameters, {tr['global_step']} steps, general held-out "
         f"WER {ev['wer']:.3f} {ev['ci'].get('wer')}; exported {exp['bytes'] / 2**20:.1f} MiB")
     return card
+
+
+def _training_line(card: dict) -> str:
+    """'from scratch, N steps in M min', or for a continued base the earlier run's share and this one's."""
+    now = f"{card['global_step']} steps in {card['train_seconds'] / 60:.1f} min"
+    init = card.get("init")
+    if not init:
+        return f"from scratch, {now}"
+    if init.get("global_step") is None:
+        return f"continued from {init['path']} (sha256 {init['sha256'][:12]}), then {now}"
+    steps = int(init["global_step"]) + int(card["global_step"])
+    mins = (float(init.get("train_seconds") or 0) + float(card["train_seconds"])) / 60
+    return (f"from scratch, {steps} steps in {mins:.1f} min: {init['global_step']} steps ({init.get('name') or init['path']}, "
+            f"sha256 {init['sha256'][:12]}), then {now} more")
+
+
+def _init_record(init: Path | None) -> dict | None:
+    """What a continued base started from: the .nemo's sha256 and, from the card beside it, its steps and time."""
+    if not init:
+        return None
+    from clinasr.store import sha256_file
+
+    card = Path(init).parent / "model_card.json"
+    prev = json.loads(card.read_text()) if card.exists() else {}
+    return {"path": str(init), "sha256": sha256_file(Path(init)), "global_step": prev.get("global_step"),
+            "train_seconds": prev.get("train_seconds"), "name": prev.get("name")}
 
 
 def _base_text(b: dict) -> Path:
@@ -293,8 +335,7 @@ def model_card_md(card: dict) -> str:
         "Parakeet TDT 0.6B v2 instead (configs/model/parakeet_tdt_0.6b.yaml).", "",
         "| | |", "|---|---|",
         f"| architecture | {card['architecture']}, {card['n_params'] / 1e6:.1f} M parameters ({card['model_config']}) |",
-        f"| training | from scratch, {card['global_step']} steps in {card['train_seconds'] / 60:.1f} min on "
-        f"{card['provenance']['device']} ({card['trainer_config']}) |",
+        f"| training | {_training_line(card)} on {card['provenance']['device']} ({card['trainer_config']}) |",
         f"| data | {d['train_hours']:.1f} h synthetic general English ({d['rows']['train']} utterances; "
         f"{d['heldout_hours']:.1f} h validation), {_engines(d['voices'])} voices in {len(d['voices'])} accent profiles, "
         "augmented |",

@@ -74,8 +74,14 @@ def test_split_is_text_disjoint_and_within_bounds():
     train, val = split_by_text(rows, 0.15, seed=0)
     assert not {r["text"] for r in train} & {r["text"] for r in val}
     assert 0.1 <= len({r["text"] for r in val}) / 40 <= 0.2
-    with pytest.raises(ValueError, match="0.10-0.20"):
+    with pytest.raises(ValueError, match="0.01-0.20"):
         split_by_text(rows, 0.5, 0)
+    with pytest.raises(ValueError, match="0.01-0.20"):
+        split_by_text(rows, 0.005, 0)
+    # a large corpus (the base model's 114,000 rows) validates on a smaller share
+    big = [{"text": f"sentence {i}", "utt_id": str(i)} for i in range(1000)]
+    train, val = split_by_text(big, 0.02, seed=0)
+    assert len(val) == 20 and len(train) == 980
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,21 @@ def loads(path: Path) -> bool:
         return False
 
 
+def trained_minutes(path: Path) -> float:
+    """Training wall-clock minutes a checkpoint has behind it (Lightning's ``Timer`` state: ``max_time`` counts
+    them on resume); 0 where there is no checkpoint or no timer state."""
+    import torch
+
+    info = describe(path)
+    f = info["path"] if info["format"] == "lightning" else info["model_states"]
+    try:
+        ck = torch.load(f, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return 0.0
+    timer = next((v for k, v in (ck.get("callbacks") or {}).items() if str(k).startswith("Timer")), None) or {}
+    return float((timer.get("time_elapsed") or {}).get("train", 0.0)) / 60
+
+
 def convert_hint(path: Path) -> str:
     return (f"convert it to a single file with DeepSpeed's script, `python {path}/zero_to_fp32.py {path} full.pt` "
             f"(weights only), or with Lightning, `python -c \"from lightning.pytorch.utilities.deepspeed import "

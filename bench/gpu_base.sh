@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 21's base model on the GPU machine (device tool), across device calls on one warm machine:
+#   bash bench/gpu_base.sh data                  # call 1 (carry .whl and .espeak): wheels, espeak-ng/flite,
+#                                                #   the ~100 h of speech into $WORK (configs/experiment/base_multi.yaml)
+#   bash bench/gpu_base.sh train MINUTES [INIT]  # calls 2..n: train for what MINUTES leaves after set-up, scoring
+#                                                #   and export; continue the checkpoint in $WORK, else start from the
+#                                                #   INIT .nemo (an earlier base), else from scratch
+# The tree with models/ (22 MB) and the wheels (37 MB) and .espeak (18 MB) does not fit one call's 64 MiB:
+# call 1 carries the packages with models/ moved aside, later calls the tree with models/ and nothing carried
+# (what call 1 left in the repository and in /tmp stays while the machine is warm).
+# Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
+set -euo pipefail
+work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=configs/experiment/base_multi.yaml
+if [ ! -f /tmp/site/.installed ]; then
+  [ -d .whl ] || { echo "no /tmp/site and no .whl: the machine is a fresh one; run 'data' with .whl and .espeak carried"; exit 5; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  touch /tmp/site/.installed
+fi
+export PYTHONPATH=/tmp/site:$PWD/include
+eval "$(bash scripts/espeak-portable.sh install)"
+# torch 2.11 there refuses our half-precision .nemo as weights-only; it is our own file
+export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+case ${1:-} in
+data)
+  python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --data-only ;;
+train)
+  init=()
+  if [ -n "${3:-}" ]; then
+    # restoring the float16 .nemo inside the training process failed in torch 2.11's unpickler there: re-save it as
+    # float32 in a clean interpreter first (its card goes beside it, for the new card's record of where it started)
+    if [ ! -f /tmp/init/model.nemo ]; then
+      mkdir -p /tmp/init && cp "$(dirname "$3")/model_card.json" /tmp/init/ 2>/dev/null || true
+      python3 -c "
+import sys
+from nemo.collections.asr.models import ASRModel
+ASRModel.restore_from(sys.argv[1], map_location='cpu').save_to('/tmp/init/model.nemo')" "$3" > /tmp/init.log 2>&1 \
+        || { tail -20 /tmp/init.log; exit 6; }
+    fi
+    init=(--init /tmp/init/model.nemo)
+  fi
+  python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --resume \
+    --deadline-minutes "$2" --trainer-override max_minutes=null "${init[@]}" ;;
+*) echo "usage: $0 data | train MINUTES [INIT.nemo]" >&2; exit 2 ;;
+esac
