@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import platform
 import sys
 import threading
@@ -164,7 +165,9 @@ def live(model: str, sets: Path, levels: list[int], clips_per_client: int) -> li
     out = []
     argv = [sys.executable, "-m", "clinasr.serving", "--port", str(port), "--model", model]
     with _http_service(argv, "/health/live", port, timeout_s=300, log_path=tmp / "serve.log",
-                       env={"PYTHONPATH": str(REPO / "include"), "CLINASR_SERVE_API_KEY": key, "CLINASR_TRACING": "0",
+                       # the caller's PYTHONPATH too: on the GPU machine the wheels live in a --target directory
+                       env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "include"), os.environ.get("PYTHONPATH")])),
+                            "CLINASR_SERVE_API_KEY": key, "CLINASR_TRACING": "0",
                             "CLINASR_SERVE_WORK_DIR": str(tmp / "work"), "CLINASR_SERVE_RECORD_TRAFFIC": "0"}) as url:
         import requests
 
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
     import torch
 
     sets = a.sets or find_sets()
-    res = {"device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+    res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
            "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
            "sets": str(sets), "settings": SETTINGS}
     if not a.skip_accuracy:
