@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -111,3 +112,33 @@ def test_base_config_voices_span_engines_and_never_the_heldout_ones():
     with pytest.raises(Exception, match="piper"):
         evalsets.check_training_voices(bad)
     assert cfg["base"]["text"].endswith("general_en_v2.txt.gz") and (REPO / cfg["base"]["text"]).exists()
+
+
+def test_base_training_continues_across_calls(tmp_path, tiny_model):
+    """bench/gpu_base.sh's chain at smoke size: one call makes the speech only, the next starts from an earlier
+    .nemo (--init), the last resumes that checkpoint; the card counts every call's steps and time and says where
+    the model started."""
+    run = [sys.executable, "bench/flywheel_experiment.py", "base", "--smoke", "--config",
+           "configs/experiment/base_multi.yaml", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+
+    def call(*extra):
+        r = subprocess.run(run + list(extra), cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    data = json.loads(call("--data-only").strip().splitlines()[-1])
+    assert data["synthesis"]["complete"] and not (tmp_path / "work" / "base_train").exists()
+    init = tmp_path / "earlier" / "model.nemo"   # an earlier base with its card beside it
+    init.parent.mkdir()
+    shutil.copyfile(tiny_model, init)
+    (init.parent / "model_card.json").write_text(json.dumps({"name": "tiny", "global_step": 7, "train_seconds": 60}))
+    call("--init", str(init), "--resume", "--trainer-override", "max_steps=2")
+    first = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    out = call("--init", str(init), "--resume", "--deadline-minutes", "6", "--trainer-override", "max_steps=4")
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text())
+    assert "reusing the finished set" in out and "min of earlier calls" in out
+    assert first["global_step"] == 2 and card["global_step"] == 4
+    assert card["train_seconds"] > first["train_seconds"]   # both calls' training
+    assert card["init"]["global_step"] == 7 and card["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    md = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "11 steps" in md and "then 4 steps" in md

@@ -63,7 +63,7 @@ class WhisperTranscriber(WarmUp):
     leaderboard. The fallback samples; CTranslate2's random seed is reset before each utterance, so the same
     clip always gets the same transcript."""
 
-    def __init__(self, name: str, device: str | None = None, version: str = ""):
+    def __init__(self, name: str, device: str | None = None, version: str = "", compute_type: str | None = None):
         try:
             import ctranslate2
             from faster_whisper import WhisperModel
@@ -73,7 +73,9 @@ class WhisperTranscriber(WarmUp):
         path = whisper_model_dir(name)
         threads = int(os.environ.get("CLINASR_REFERENCE_THREADS", "0") or 0)
         try:
-            self.model = WhisperModel(path, device=self.device, compute_type="default", cpu_threads=threads,
+            # CLINASR_REFERENCE_COMPUTE_TYPE: CTranslate2's weight type (default: as the model was saved)
+            compute_type = compute_type or os.environ.get("CLINASR_REFERENCE_COMPUTE_TYPE") or "default"
+            self.model = WhisperModel(path, device=self.device, compute_type=compute_type, cpu_threads=threads,
                                       local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
         except Exception as e:  # hub unreachable, bad directory, unsupported device
             raise ReferenceError(f"cannot load Whisper model {name!r} ({path}): {type(e).__name__}: {e}") from None

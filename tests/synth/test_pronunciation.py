@@ -83,7 +83,9 @@ def test_qa_sample_covers_every_term_and_profile_and_plays_in_a_browser(transcri
     profiles = {"native", "second_language", "regional"}
     assert {(x["term"], x["accent_profile"]) for x in rows} == {(t, p) for t in ("levetiracetam", "warfarin") for p in profiles}
     assert r["clips"] == len(rows) == 6 + 2 and sum(bool(x["augmentations"]) for x in rows) >= 1
-    assert {x["pronunciation"] for x in rows if x["term"] == "levetiracetam"} == {"override"}
+    # espeak-ng reads the override; Flite has no phoneme alphabet and speaks its own letter-to-sound
+    lev = [x for x in rows if x["term"] == "levetiracetam"]
+    assert [x["pronunciation"] for x in lev] == ["engine_default" if x["voice"].startswith("flite:") else "override" for x in lev]
     assert all(x["phonemes"] for x in rows)
     # the flags, worked out here from the clips themselves: the check model's transcript of each clip, and a term
     # flagged when it is a whole word of none of its clips' transcripts

@@ -68,6 +68,14 @@ def phonemes(text: str, engine: str, voice: str) -> str:
         from clinasr.synth.tts import engine as tts_engine
 
         return " ".join("".join(s) for s in tts_engine("piper").voice(voice).phonemize(text))
+    if engine == "flite":   # no override alphabet: its own letter-to-sound, printed as CMU phones (-ps)
+        from clinasr.synth.tts import engine as tts_engine
+
+        p = subprocess.run([tts_engine("flite").exe, "-voice", voice, "-ps", "-t", text, "-o", "none"],
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode:
+            raise PronunciationError(f"flite: {p.stderr.strip()}")
+        return " ".join(w for w in p.stdout.split() if w != "pau")
     raise PronunciationError(f"unknown engine {engine!r}")
 
 
