@@ -24,19 +24,24 @@ case ${1:-} in
 data)
   python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --data-only ;;
 train)
+  [ -n "${2:-}" ] || { echo "usage: $0 train MINUTES [INIT.nemo]" >&2; exit 2; }
   init=()
   if [ -n "${3:-}" ]; then
     # restoring the float16 .nemo inside the training process failed in torch 2.11's unpickler there: re-save it as
-    # float32 in a clean interpreter first (its card goes beside it, for the new card's record of where it started)
-    if [ ! -f /tmp/init/model.nemo ]; then
-      mkdir -p /tmp/init && cp "$(dirname "$3")/model_card.json" /tmp/init/ 2>/dev/null || true
+    # float32 in a clean interpreter first, once per source file; its card and a record of the source (path,
+    # sha256) go beside it, so the new card says what it started from
+    sha=$(sha256sum "$3" | cut -d' ' -f1); dir=/tmp/init-${sha:0:16}
+    if [ ! -f "$dir/model.nemo" ]; then
+      mkdir -p "$dir" && cp "$(dirname "$3")/model_card.json" "$dir/" 2>/dev/null || true
+      printf '{"path": "%s", "sha256": "%s"}\n' "$3" "$sha" > "$dir/source.json"
       python3 -c "
 import sys
 from nemo.collections.asr.models import ASRModel
-ASRModel.restore_from(sys.argv[1], map_location='cpu').save_to('/tmp/init/model.nemo')" "$3" > /tmp/init.log 2>&1 \
+ASRModel.restore_from(sys.argv[1], map_location='cpu').save_to(sys.argv[2])" "$3" "$dir/part.nemo" > /tmp/init.log 2>&1 \
         || { tail -20 /tmp/init.log; exit 6; }
+      mv "$dir/part.nemo" "$dir/model.nemo"
     fi
-    init=(--init /tmp/init/model.nemo)
+    init=(--init "$dir/model.nemo")
   fi
   python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --resume \
     --deadline-minutes "$2" --trainer-override max_minutes=null "${init[@]}" ;;

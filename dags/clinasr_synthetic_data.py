@@ -132,7 +132,8 @@ def clinasr_synthetic_data():
              "{{ ti.xcom_pull(task_ids='qa_sample')['local_page'] }}). {{ ti.xcom_pull(task_ids='qa_sample')['clips'] }} "
              "clips; terms the check model did not recognise: "
              "{{ ti.xcom_pull(task_ids='qa_sample')['flagged_terms'] or 'none' }}. Approve to synthesise the dataset; "
-             "Reject to stop (then fix configs/pronunciations.yaml and run again).")
+             "Reject to stop (then fix configs/pronunciations.yaml, which changes espeak-ng and Piper clips; Flite "
+             "clips keep their own pronunciation, drop Flite voices from accent_profiles if they are wrong; and run again).")
     built = synthesize(t)      # after approve_qa, or straight on without a review; skipped on Reject
     no_review = EmptyOperator(task_id="no_review")
     t >> choice >> [qa, no_review]

@@ -60,6 +60,29 @@ def test_replay_speaks_in_the_base_models_voices_and_follows_its_config(cfg, tmp
         evalsets.config_hash(other, "general_replay")
 
 
+def test_held_out_sets_speak_the_voices_as_they_are_whatever_the_training_variation(cfg):
+    """The training data's espeak-ng variants and Flite variation (configs/synthesis.yaml) never reach the gate's
+    sets; rows rendered under another render config are never reused (their cache is keyed by it)."""
+    from clinasr.synth import pipeline
+
+    assert pipeline.load_config()["voice_variation"].get("espeak_variants")   # the training data has them
+    for name in ("clinical_heldout", "general_heldout"):
+        s = evalsets.spec(cfg, name)
+        for cond in (s.get("conditions") or {"mixed": {}}).values():
+            scfg = evalsets.synthesis_config(cfg, s, cond)
+            assert set(scfg["voice_variation"]) <= set(evalsets.HELDOUT_VARIATION)
+    s = evalsets.spec(cfg, "clinical_heldout")
+    scfg = evalsets.synthesis_config(cfg, s, {})
+    k = evalsets._render_key(scfg)
+    assert evalsets._render_key(copy.deepcopy(scfg)) == k
+    other = copy.deepcopy(scfg)
+    other["voice_variation"]["espeak_variants"] = ["f1"]
+    assert evalsets._render_key(other) != k
+    other = copy.deepcopy(scfg)
+    other["augmentation"]["noise"]["p"] = 0.1
+    assert evalsets._render_key(other) != k
+
+
 def test_training_data_may_not_speak_in_held_out_voices_or_engines(cfg):
     from clinasr.synth.pipeline import load_config
 

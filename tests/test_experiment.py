@@ -139,6 +139,7 @@ def test_base_training_continues_across_calls(tmp_path, tiny_model):
     assert "reusing the finished set" in out and "min of earlier calls" in out
     assert first["global_step"] == 2 and card["global_step"] == 4
     assert card["train_seconds"] > first["train_seconds"]   # both calls' training
-    assert card["init"]["global_step"] == 7 and card["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    assert card["init"]["total_steps"] == 7 and card["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
+    assert card["total_steps"] == 11 and card["total_train_seconds"] > 60
     md = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     assert "11 steps" in md and "then 4 steps" in md

@@ -166,6 +166,8 @@ def test_a_missing_or_stale_evaluation_set_fails_closed_with_its_reason(gate):
     first = d["criteria"][0]
     assert first["set"] == "general_heldout" and first["detail"] == why
     assert "phantom terms per 100 utterances" in failing(d)    # and nothing on that set can pass
+    # the task's message leads with why the set was not scored
+    assert summary(d).startswith(f"gate failed: evaluation set general_heldout not scored: {why}; ")
 
 
 def test_gate_config_is_validated(tmp_path):

@@ -35,7 +35,7 @@ import yaml
 from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml, repo_path
 
 DEFAULT_CONFIG = "configs/evalsets.yaml"
-BUILDER_VERSION = 1            # bump when build_set changes what it writes: every set is rebuilt
+BUILDER_VERSION = 2            # bump when build_set changes what it writes: every set is rebuilt (2: rows cached per render config)
 TEST_MANIFEST = "test_manifest.jsonl"
 
 
@@ -248,6 +248,9 @@ def _utterances(s: dict, name: str) -> tuple[list[dict], dict]:
     raise EvalSetError(f"{name}: kind must be clinical or general (got {s.get('kind')!r})")
 
 
+HELDOUT_VARIATION = ("rate", "pitch", "piper_length_scale")
+
+
 def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
     from clinasr.synth import pipeline
 
@@ -262,9 +265,23 @@ def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
     elif s.get("voices", "heldout") != "training":
         scfg["accent_profiles"] = {p: list(vs) for p, vs in cfg["heldout"]["voices"].items()}
         scfg["accent_mix"] = dict(cfg["heldout"].get("accent_mix") or {p: 1.0 for p in scfg["accent_profiles"]})
+        # the held-out voices as they are: rate, pitch and Piper's length vary, but the training data's espeak-ng
+        # variants and Flite variation (configs/synthesis.yaml) must not change what the gate's sets sound like
+        scfg["voice_variation"] = {k: v for k, v in (scfg.get("voice_variation") or {}).items() if k in HELDOUT_VARIATION}
     for k, v in (condition.get("augmentation") or {}).items():
         scfg["augmentation"][k] = {**scfg["augmentation"].get(k, {}), **v}
     return scfg
+
+
+def _render_key(scfg: dict) -> str:
+    """What a rendered row's audio depends on beyond its text: voices, variation, augmentation, limits and the
+    pronunciation overrides. Rows cached under another key are never reused (a set rebuilt after such a change
+    renders again instead of mixing old audio into a new hash)."""
+    keep = {k: scfg.get(k) for k in ("accent_profiles", "accent_mix", "voice_variation", "augmentation", "limits",
+                                     "sample_rate")}
+    prons = scfg.get("pronunciations")
+    keep["pronunciations"] = _file_sha(prons) if prons and repo_path(prons).exists() else prons
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _base_config(s: dict) -> dict:
@@ -294,7 +311,7 @@ def build_set(name: str, out_dir: Path, cfg: dict | None = None, workers: int = 
         built = pipeline.build_dataset(out_dir / cond, cutts, config=scfg, seed=int(s["seed"]), workers=workers,
                                        val_fraction=0.15, augment_on=bool(c.get("augment", True)),
                                        meta={"name": f"{name}-{cond}", "role": s["role"]}, progress=progress,
-                                       cache_dir=out_dir.parent / f".{out_dir.name}-{cond}-rows")
+                                       cache_dir=out_dir.parent / f".{out_dir.name}-{cond}-rows-{_render_key(scfg)}")
         card = built["card"]
         quarantined += card["counts"]["quarantined"]
         conditions[cond] = {"rows": card["counts"]["train"] + card["counts"]["val"], "quarantined": card["counts"]["quarantined"],

@@ -223,8 +223,9 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
         budget = max(0.5, (deadline_min * 60 - (time.time() - t0) - 180) / 60)
         total = before + budget
         cap = tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes"))   # null: the deadline alone
-        tover["max_minutes"] = min(float(cap or 1e9), total)
-        log(f"[experiment] training budget {tover['max_minutes'] - before:.1f} min"
+        this_call = min(float(cap or 1e9), total - before)   # the config's cap applies to each call
+        tover["max_minutes"] = before + this_call
+        log(f"[experiment] training budget {this_call:.1f} min"
             + (f" (after {before:.1f} min of earlier calls)" if before else ""))
     start = ({"nemo": str(init)} if init else {"config": b["model"]})
     tr = _train({"dataset": data["dataset_dir"], "base": start, "trainer": b["trainer"],
@@ -248,7 +249,10 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     card = {"name": b.get("name", "clinasr-base-en-multi"), "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
             "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
             "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
-            "init": _init_record(init),
+            "init": (rec := _init_record(init)),
+            # every run behind this model, the earlier base's included (its card's totals)
+            "total_steps": int(tr["global_step"]) + int((rec or {}).get("total_steps") or 0),
+            "total_train_seconds": round(float(tr["train_seconds"]) + float((rec or {}).get("total_train_seconds") or 0), 1),
             "throughput_audio_s_per_s": tr["metrics"].get("steady_audio_s_per_s"),
             "peak_gpu_mem_gib": tr["metrics"].get("peak_gpu_mem_gib"),
             "data": {"source": _text_source(b),
@@ -276,12 +280,11 @@ def _training_line(card: dict) -> str:
     init = card.get("init")
     if not init:
         return f"from scratch, {now}"
-    if init.get("global_step") is None:
+    if init.get("total_steps") is None:
         return f"continued from {init['path']} (sha256 {init['sha256'][:12]}), then {now}"
-    steps = int(init["global_step"]) + int(card["global_step"])
-    mins = (float(init.get("train_seconds") or 0) + float(card["train_seconds"])) / 60
-    return (f"from scratch, {steps} steps in {mins:.1f} min: {init['global_step']} steps ({init.get('name') or init['path']}, "
-            f"sha256 {init['sha256'][:12]}), then {now} more")
+    return (f"from scratch, {card['total_steps']} steps in {card['total_train_seconds'] / 60:.1f} min: "
+            f"{init['total_steps']} steps ({init.get('name') or init['path']}, sha256 {init['sha256'][:12]}), "
+            f"then {now} more")
 
 
 def _init_record(init: Path | None) -> dict | None:
@@ -292,8 +295,13 @@ def _init_record(init: Path | None) -> dict | None:
 
     card = Path(init).parent / "model_card.json"
     prev = json.loads(card.read_text()) if card.exists() else {}
-    return {"path": str(init), "sha256": sha256_file(Path(init)), "global_step": prev.get("global_step"),
-            "train_seconds": prev.get("train_seconds"), "name": prev.get("name")}
+    rec = {"path": str(init), "sha256": sha256_file(Path(init)), "name": prev.get("name"),
+           "total_steps": prev.get("total_steps", prev.get("global_step")),
+           "total_train_seconds": prev.get("total_train_seconds", prev.get("train_seconds"))}
+    source = Path(init).parent / "source.json"   # a converted copy (bench/gpu_base.sh): the file it was made from
+    if source.exists():
+        rec = {**rec, **json.loads(source.read_text()), "converted_copy_sha256": rec["sha256"]}
+    return rec
 
 
 def _base_text(b: dict) -> Path:

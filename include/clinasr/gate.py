@@ -242,8 +242,12 @@ def summary(decision: dict) -> str:
     failed = [x for x in decision["criteria"] if not x["passed"]]
     if not failed:
         return "gate passed: " + "; ".join(f"{x['criterion']} {_fmt(x['value'])}" for x in decision["criteria"])
-    return "gate failed: " + "; ".join(f"{x['criterion']}{' on ' + x['set'] if x.get('set') else ''} {_fmt(x['value'])} "
-                                       f"(needs {x['op']} {x['threshold']})" for x in failed)
+    # a required set that could not be scored comes first, with why (missing, stale: which config it was built from)
+    unscored = [f"{x['criterion'].replace(' scored', '')} not scored: {x['detail']}" for x in failed
+                if x["criterion"].startswith("evaluation set ") and x["value"] is None]
+    return "gate failed: " + "; ".join(unscored + [
+        f"{x['criterion']}{' on ' + x['set'] if x.get('set') else ''} {_fmt(x['value'])} (needs {x['op']} {x['threshold']})"
+        for x in failed if not (x["criterion"].startswith("evaluation set ") and x["value"] is None)])
 
 
 def _fmt(v) -> str:

@@ -73,13 +73,15 @@ class WhisperTranscriber(WarmUp):
         path = whisper_model_dir(name)
         threads = int(os.environ.get("CLINASR_REFERENCE_THREADS", "0") or 0)
         try:
-            # CLINASR_REFERENCE_COMPUTE_TYPE: CTranslate2's weight type (default: as the model was saved)
+            # CLINASR_REFERENCE_COMPUTE_TYPE: CTranslate2's weight type ("default": the saved type where the device
+            # supports it, e.g. float32 on a CPU for float16 weights; int8 measured slower and worse here)
             compute_type = compute_type or os.environ.get("CLINASR_REFERENCE_COMPUTE_TYPE") or "default"
             self.model = WhisperModel(path, device=self.device, compute_type=compute_type, cpu_threads=threads,
                                       local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
         except Exception as e:  # hub unreachable, bad directory, unsupported device
             raise ReferenceError(f"cannot load Whisper model {name!r} ({path}): {type(e).__name__}: {e}") from None
-        self.name, self.path, self.version = name, path, version or f"whisper {name}"
+        self.name, self.path = name, path
+        self.version = version or f"whisper {name}" + ("" if compute_type == "default" else f" ({compute_type})")
         self.n_params = None   # CTranslate2 does not expose a parameter count
         self._lock = threading.Lock()
 

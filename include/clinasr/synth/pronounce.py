@@ -4,6 +4,8 @@
 engine speaks a text, :func:`apply` replaces each overridden term by its phonemes in ``[[...]]``, which both
 engines read as raw phonemes (espeak-ng with its PHONEMES flag, Piper natively); every manifest row records
 whether an override was used. :func:`phonemes` tells what an engine would say (``clinasr pronounce``).
+CMU Flite is not overridden: it reads phones only for a whole utterance (``flite -p``), not inline in text, so
+it says every term by its own letter-to-sound rules and its rows record ``engine_default``.
 """
 
 from __future__ import annotations
