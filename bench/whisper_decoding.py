@@ -34,16 +34,18 @@ def main() -> int:
     decodings = {} if a.skip_greedy else {"greedy (beam 1, T=0, old)": ("default", greedy)}
     for ct in a.compute_types:
         decodings["faster-whisper defaults (beam 5, fallback)" + ("" if ct == "default" else f", {ct}")] = (ct, {})
-    models: dict = {}
+    import ctranslate2
+
+    models: dict = {}   # one loaded model per compute type
     res = {}
     for name, (ct, kw) in decodings.items():
-        t = models.get(ct) or models.setdefault(ct, WhisperTranscriber("tiny.en", compute_type=ct))
+        if ct not in models:
+            models[ct] = WhisperTranscriber("tiny.en", compute_type=ct)
+        t = models[ct]
         t.transcribe([rows[0]["_audio"]])   # warm-up, not timed
         t0 = time.perf_counter()
         scored = []
         for r in rows:
-            import ctranslate2
-
             ctranslate2.set_random_seed(0)
             segs, _ = t.model.transcribe(r["_audio"], language="en", **kw)
             scored.append({**{k: v for k, v in r.items() if k != "_audio"},

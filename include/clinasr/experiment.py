@@ -221,9 +221,8 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
     before = trained_minutes(work / "base_train" / "checkpoints" / "last.ckpt") if resume else 0.0
     if deadline_min:   # leave 3 minutes for NeMo's import and set-up, then saving, scoring and export
         budget = max(0.5, (deadline_min * 60 - (time.time() - t0) - 180) / 60)
-        total = before + budget
         cap = tover.get("max_minutes", load_yaml(b["trainer"]).get("max_minutes"))   # null: the deadline alone
-        this_call = min(float(cap or 1e9), total - before)   # the config's cap applies to each call
+        this_call = min(float(cap or 1e9), budget)   # the config's cap applies to each call
         tover["max_minutes"] = before + this_call
         log(f"[experiment] training budget {this_call:.1f} min"
             + (f" (after {before:.1f} min of earlier calls)" if before else ""))

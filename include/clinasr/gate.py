@@ -243,11 +243,11 @@ def summary(decision: dict) -> str:
     if not failed:
         return "gate passed: " + "; ".join(f"{x['criterion']} {_fmt(x['value'])}" for x in decision["criteria"])
     # a required set that could not be scored comes first, with why (missing, stale: which config it was built from)
-    unscored = [f"{x['criterion'].replace(' scored', '')} not scored: {x['detail']}" for x in failed
-                if x["criterion"].startswith("evaluation set ") and x["value"] is None]
-    return "gate failed: " + "; ".join(unscored + [
-        f"{x['criterion']}{' on ' + x['set'] if x.get('set') else ''} {_fmt(x['value'])} (needs {x['op']} {x['threshold']})"
-        for x in failed if not (x["criterion"].startswith("evaluation set ") and x["value"] is None)])
+    unscored = [x for x in failed if x["criterion"].startswith("evaluation set ") and x["value"] is None]
+    return "gate failed: " + "; ".join(
+        [f"{x['criterion'].replace(' scored', '')} not scored: {x['detail']}" for x in unscored]
+        + [f"{x['criterion']}{' on ' + x['set'] if x.get('set') else ''} {_fmt(x['value'])} (needs {x['op']} {x['threshold']})"
+           for x in failed if x not in unscored])
 
 
 def _fmt(v) -> str:

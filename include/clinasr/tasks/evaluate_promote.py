@@ -4,6 +4,7 @@ sets, references), evaluations in the ML runtime, the gate, promotion and the de
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from clinasr import provenance
@@ -137,8 +138,6 @@ def _cached_reference(spec: str, sets: list[dict], which: str, run_id: str) -> d
     reused from an earlier run (e.g. the override run after a rejection) instead of decoding everything again.
     The key is the spec, each set's snapshot URI, config hash and terms, and the scoring version."""
     import json
-
-    import os
 
     key = hashlib.sha256(json.dumps({"spec": spec, "v": REFERENCE_SCORING_VERSION,
                                      # another weight type is another model (reference.WhisperTranscriber)
