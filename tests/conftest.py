@@ -38,6 +38,19 @@ def clinasr_home(tmp_path, monkeypatch):
     return home
 
 
+def char_error_rate(ref: str, hyp: str) -> float:
+    """Character edit distance over the reference's length: two transcripts of the same clip that differ only in how
+    an unknown word is spelt ("warfore in" / "warfuring") stay near 0.2; a clip decoded at the wrong rate or channel
+    layout reads as other words (near 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, a in enumerate(ref, 1):
+        cur = [i]
+        for j, b in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
+        prev = cur
+    return prev[-1] / max(len(ref), 1)
+
+
 @contextmanager
 def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float = 120, env: dict | None = None,
                   log_path: Path | None = None):

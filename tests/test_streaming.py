@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import REPO
+from tests.conftest import REPO, char_error_rate
 from tests.test_serving import KEY, _serve, _wait_ready, client
 
 pytestmark = pytest.mark.ml
@@ -52,10 +52,8 @@ def test_openai_client_streams_deltas_then_done(server, wav):
     assert done.usage.output_tokens > 0 and done.usage.input_token_details.audio_tokens > 0
     with open(wav, "rb") as f:
         offline = c.audio.transcriptions.create(model="clinasr-asr", file=f).text
-    from clinasr.metrics import edit_counts
-
-    errors, n = edit_counts(offline, done.text)[:2]
-    assert errors / max(n, 1) <= 0.5, (offline, done.text)    # chunked decoding of a 2-4 s clip, 0.96 s chunks
+    # chunked decoding of a 2-4 s clip, 0.96 s chunks: the same words up to a spelling of the drug name
+    assert char_error_rate(offline, done.text) <= 0.3, (offline, done.text)
     m = requests.get(f"{url}/metrics").text
     assert metric(m, 'clinasr_stream_ttft_seconds_count{kind="upload"}') >= 1
     assert metric(m, 'clinasr_stream_final_seconds_count{kind="upload"}') >= 1

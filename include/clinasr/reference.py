@@ -56,6 +56,12 @@ def whisper_model_dir(name: str) -> str:
     return name
 
 
+def default_compute_type() -> str:
+    """CLINASR_REFERENCE_COMPUTE_TYPE: CTranslate2's weight type for Whisper ("default": the saved type where the
+    device supports it, e.g. float32 on a CPU for float16 weights; int8 measured slower and worse here)."""
+    return os.environ.get("CLINASR_REFERENCE_COMPUTE_TYPE") or "default"
+
+
 class WhisperTranscriber(WarmUp):
     """faster-whisper behind the Transcriber interface, decoding with faster-whisper's own defaults (beam 5,
     temperature fallback 0.0 → 1.0 when a decode looks degenerate), English, as a user running it would. Greedy
@@ -73,9 +79,7 @@ class WhisperTranscriber(WarmUp):
         path = whisper_model_dir(name)
         threads = int(os.environ.get("CLINASR_REFERENCE_THREADS", "0") or 0)
         try:
-            # CLINASR_REFERENCE_COMPUTE_TYPE: CTranslate2's weight type ("default": the saved type where the device
-            # supports it, e.g. float32 on a CPU for float16 weights; int8 measured slower and worse here)
-            compute_type = compute_type or os.environ.get("CLINASR_REFERENCE_COMPUTE_TYPE") or "default"
+            compute_type = compute_type or default_compute_type()
             self.model = WhisperModel(path, device=self.device, compute_type=compute_type, cpu_threads=threads,
                                       local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
         except Exception as e:  # hub unreachable, bad directory, unsupported device

@@ -4,7 +4,6 @@ sets, references), evaluations in the ML runtime, the gate, promotion and the de
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from clinasr import provenance
@@ -139,9 +138,11 @@ def _cached_reference(spec: str, sets: list[dict], which: str, run_id: str) -> d
     The key is the spec, each set's snapshot URI, config hash and terms, and the scoring version."""
     import json
 
+    from clinasr.reference import default_compute_type
+
     key = hashlib.sha256(json.dumps({"spec": spec, "v": REFERENCE_SCORING_VERSION,
                                      # another weight type is another model (reference.WhisperTranscriber)
-                                     "compute_type": os.environ.get("CLINASR_REFERENCE_COMPUTE_TYPE") or "default",
+                                     "compute_type": default_compute_type(),
                                      "sets": [[s["name"], s["manifest"], s.get("config_hash"), s.get("terms")] for s in sets]},
                                     sort_keys=True).encode()).hexdigest()[:24]
     cache = Settings.from_env().path("cache", "references") / f"{key}.json"
