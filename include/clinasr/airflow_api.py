@@ -23,11 +23,18 @@ class AirflowClient:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
-    def _req(self, method: str, path: str, **kw):
-        r = self.session.request(method, f"{self.base}/api/v2{path}", timeout=self.timeout, **kw)
-        if r.status_code >= 400:
-            raise AirflowAPIError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
-        return r.json() if r.content else {}
+    def _req(self, method: str, path: str, attempts: int = 3, **kw):
+        for attempt in range(1, attempts + 1):
+            r = self.session.request(method, f"{self.base}/api/v2{path}", timeout=self.timeout, **kw)
+            # a SQLite metadata DB locked past its wait answers 500 "Database error" and rolls the request back
+            # (seen on a 2-core machine: the audit-log insert before a trigger waited 60 s): nothing was written,
+            # so the same request is sent again
+            if r.status_code == 500 and '"Database error"' in r.text and attempt < attempts:
+                time.sleep(2 * attempt)
+                continue
+            if r.status_code >= 400:
+                raise AirflowAPIError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
+            return r.json() if r.content else {}
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict:
         deadline = time.time() + timeout
