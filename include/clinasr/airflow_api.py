@@ -23,7 +23,10 @@ class AirflowClient:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
-    def _req(self, method: str, path: str, attempts: int = 3, **kw):
+    DB_LOCKED_ATTEMPTS = 3
+
+    def _req(self, method: str, path: str, **kw):
+        attempts = self.DB_LOCKED_ATTEMPTS
         for attempt in range(1, attempts + 1):
             r = self.session.request(method, f"{self.base}/api/v2{path}", timeout=self.timeout, **kw)
             # a SQLite metadata DB locked past its wait answers 500 "Database error" and rolls the request back
