@@ -28,7 +28,9 @@ Runs when training registers a candidate (the **clinasr_candidate_model** Asset)
    clinical-term accuracy by category, negation accuracy and critical negation errors, per-slice WER,
    latency p50/p95 and RTFx, bootstrap CIs; hypotheses saved per utterance. **evaluate_references** scores
    off-the-shelf models (`reference_models`, e.g. Whisper tiny.en) the same way for the report's
-   leaderboard; they do not enter the decision unless the gate config says so.
+   leaderboard (on a fixed sample of `reference_max_utterances` rows per set where the gate config sets it;
+   transcripts cached, so the same sets are never decoded twice); they do not enter the decision unless the gate
+   config says so.
 3. **gate** — the criteria in `gate_config` (versioned YAML, version 3): clinical accuracy, negation and WER
    reduction on the clinical held-out set; on everyday English no WER rise beyond 0.02 over the baseline and
    at most one phantom term (an invented drug, dose, route) per 100 utterances. The report (JSON + HTML with
@@ -95,7 +97,7 @@ def clinasr_evaluate_promote():
     def evaluate_references(p: dict, run_id=None) -> list[dict]:
         from clinasr.tasks.evaluate_promote import evaluate_references
 
-        return evaluate_references(p["references"], p["sets"], run_id)
+        return evaluate_references(p["references"], p["sets"], run_id, p.get("reference_max_utterances"))
 
     @task
     def gate(p: dict, cand: dict, base: dict | None, refs: list[dict], params=None, run_id=None, dag_run=None) -> dict:

@@ -129,3 +129,23 @@ def test_compiled_encoder_transcribes_as_the_plain_one(tiny_model, tiny_dataset,
     assert fast.compiled and hasattr(fast.model.encoder, "_orig_mod")
     fast.warm_up()
     assert [r["text"] for r in fast.transcribe(xs, batch_size=3)] == [r["text"] for r in plain.transcribe(xs, batch_size=3)]
+
+
+def test_a_sample_is_fixed_sized_and_keeps_each_voice_and_noise_band_share():
+    """Reference models are scored on a sample (gate config reference_max_utterances): at most n rows, the same
+    rows whatever order they come in, each voice and noise band in proportion, and manifest order kept."""
+    from clinasr.evaluate import sample_rows
+
+    rows = [{"audio_filepath": f"a/{v}-{b}-{i}.wav", "text": f"row {i}", "voice": v, "noise_band": b}
+            for v, count in (("espeak:it", 20), ("piper:joe", 10), ("espeak:pt-br", 10))
+            for b in ("clean", "snr_10_15") for i in range(count // 2)]
+    picked = sample_rows(rows, 8)
+    assert len(picked) == 8 and [r for r in rows if r in picked] == picked          # manifest order
+    by_voice = {v: sum(r["voice"] == v for r in picked) for v in ("espeak:it", "piper:joe", "espeak:pt-br")}
+    assert by_voice == {"espeak:it": 4, "piper:joe": 2, "espeak:pt-br": 2}
+    assert sum(r["noise_band"] == "clean" for r in picked) == 4
+    rng = np.random.default_rng(1)
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
+    assert sorted(r["audio_filepath"] for r in sample_rows(shuffled, 8)) == sorted(r["audio_filepath"] for r in picked)
+    assert sample_rows(rows, 8, seed="another") != picked                          # the seed decides which rows
+    assert sample_rows(rows, None) == rows and sample_rows(rows, 40) == rows and len(sample_rows(rows, 39)) == 39

@@ -1,6 +1,7 @@
 """The acceptance gate: each criterion on reports scored by the real metrics library."""
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -222,6 +223,43 @@ def test_gate_can_require_beating_the_references(gate):
     assert crit["value"] < 0 and "whisper-big 0.000" in crit["detail"]
     assert decide(cand, base, g, references=[reference(*BAD, label="w")])["passed"]
     assert "WER margin vs best reference" in failing(decide(cand, base, g, references=[]))   # no data never passes
+
+
+def test_a_sampled_reference_is_labelled_and_cannot_decide(gate, tmp_path):
+    """References scored on a sample (reference_max_utterances) say so on every leaderboard; the WER margin
+    criterion compares candidate and reference on the same rows, so a gate config that sets both is refused and a
+    sampled best reference fails the margin closed."""
+    from clinasr.gate import leaderboard_text
+
+    assert gate["reference_max_utterances"] == 15 and "min_wer_margin_vs_references" not in gate["criteria"]
+    cand, base = report(*PERFECT, model="cand"), report(*BAD, model="prod")
+    ref = reference(*BAD, label="whisper-tiny.en")
+    for m in ref["sets"].values():
+        m["sample"] = {"scored": 12, "of": m["rows"]["scored"], "seed": "s"}
+        m["rows"]["scored"] = 12
+    d = decide(cand, base, gate, references=[ref])
+    row = next(r for r in d["leaderboard"] if r["model"] == "whisper-tiny.en")
+    assert row["role"] == "reference" and row["sample"] == "12/20"
+    assert "| whisper-tiny.en | reference (sample 12/20) |" in leaderboard_text(d["leaderboard"])
+    assert next(r for r in d["leaderboard"] if r["model"] == "cand")["sample"] is None
+    page = render_html(d, cand, base, "Gate report")
+    assert page.count("<td>reference (sample 12/20)</td>") == 3 and "sample n/N" in page          # one per set
+    src = Path(gate["path"]).read_text()
+    both = tmp_path / "both.yaml"
+    both.write_text(src.replace("criteria:\n", "criteria:\n  min_wer_margin_vs_references: 0.0\n", 1))
+    with pytest.raises(GateError, match="set reference_max_utterances: null to decide on references"):
+        load_gate(both)
+    both.write_text(both.read_text().replace("reference_max_utterances: 15", "reference_max_utterances: null"))
+    assert load_gate(both)["reference_max_utterances"] is None
+    g = copy.deepcopy(gate)                           # a gate dict made by hand, not through load_gate
+    g["criteria"]["min_wer_margin_vs_references"] = 0.0
+    crit = next(c for c in decide(cand, base, g, references=[ref])["criteria"]
+                if c["criterion"] == "WER margin vs best reference")
+    assert not crit["passed"] and "scored on a sample (12/20 rows)" in crit["detail"]
+    for bad in ("0", "-3", "true", "'15'"):
+        both.write_text(src.replace("reference_max_utterances: 15", f"reference_max_utterances: {bad}"))
+        with pytest.raises(GateError, match="reference_max_utterances must be a positive number"):
+            load_gate(both)
 
 
 def test_reference_list_is_validated(tmp_path):

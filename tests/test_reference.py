@@ -57,3 +57,40 @@ def test_unavailable_references_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(EvaluationError, match="cannot load pretrained 'nvidia/parakeet-tdt-0.6b-v2'"):
         evaluate({"model": "pretrained:nvidia/parakeet-tdt-0.6b-v2", "output_dir": str(tmp_path / "p"),
                   "sets": [{"name": "v", "manifest": str(tmp_path)}]})
+
+
+def test_reference_transcripts_are_cached_and_a_sample_is_labelled(tiny_dataset, tmp_path, monkeypatch):
+    """A reference's transcripts of the same audio by the same model are reused: the second evaluation loads no
+    model and decodes nothing, yet scores the same; another weight type is another model and decodes again. With
+    max_utterances the set is scored on a fixed sample, and the result says n of N."""
+    from faster_whisper import WhisperModel
+
+    loads, decodes = [], []
+    real_init, real_transcribe = WhisperModel.__init__, WhisperModel.transcribe
+    monkeypatch.setattr(WhisperModel, "__init__", lambda self, *a, **kw: loads.append(1) or real_init(self, *a, **kw))
+    monkeypatch.setattr(WhisperModel, "transcribe",
+                        lambda self, *a, **kw: decodes.append(1) or real_transcribe(self, *a, **kw))
+    manifest = tiny_dataset / "train_manifest.jsonl"
+    n = len(manifest.read_text().splitlines())
+    logs = []
+
+    def run(out):
+        return evaluate({"model": "whisper:tiny.en", "output_dir": str(tmp_path / out), "progress": False,
+                         "sets": [{"name": "train", "manifest": str(manifest)}], "max_utterances": 3,
+                         "reference_cache": str(tmp_path / "cache")}, log=logs.append)["sets"]["train"]
+
+    first = run("a")
+    assert n > 3 and first["sample"] == {"scored": 3, "of": n, "seed": "clinasr-sample-1"}
+    assert first["rows"]["scored"] == 3 and not first["transcripts"]["cached"]
+    assert len(loads) == 1 and len(decodes) == 1 + 3                    # warm-up + the 3 sampled clips
+    second = run("b")
+    assert len(loads) == 1 and len(decodes) == 4                        # no model loaded, nothing decoded
+    assert second["transcripts"] == {**first["transcripts"], "cached": True} and second["latency"]["cached"]
+    assert f"reference whisper-tiny.en on train: cached (key {first['transcripts']['cache_key']})" in "\n".join(logs)
+    hyps = [[json.loads(x) for x in open(r["hypotheses"])] for r in (first, second)]
+    assert [h["audio_filepath"] for h in hyps[0]] == [h["audio_filepath"] for h in hyps[1]]   # the same sample
+    assert hyps[0] == hyps[1] and second["wer"] == first["wer"] and second["ci"] == first["ci"]
+    monkeypatch.setenv("CLINASR_REFERENCE_COMPUTE_TYPE", "int8")          # another model: its own transcripts
+    third = run("c")
+    assert len(loads) == 2 and len(decodes) == 8
+    assert third["transcripts"]["cache_key"] != first["transcripts"]["cache_key"]

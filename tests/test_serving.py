@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import openai
 import pytest
@@ -230,19 +231,86 @@ def test_traffic_and_feedback_are_recorded_for_drift_monitoring(server, wav):
     assert requests.post(f"{url}/v1/feedback", json={"request_id": rid, "corrected_text": " "}, headers=h).status_code == 400
 
 
-def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_model, wav, tmp_path):
+class GatedProxy:
+    """A TCP proxy in front of the object store. While held, a new connection waits before it is forwarded: a
+    deployment from s3:// is then stuck fetching its model, so the test, not the clock, decides how long the new
+    model is loading."""
+
+    def __init__(self, target_url: str):
+        import socket
+        from urllib.parse import urlparse
+
+        u = urlparse(target_url)
+        self.target = (u.hostname, u.port)
+        self.open, self.waiting = threading.Event(), threading.Event()
+        self.open.set()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self):
+        self.open.clear()
+
+    def release(self):
+        self.open.set()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._forward, args=(conn,), daemon=True).start()
+
+    def _forward(self, conn):
+        import socket
+
+        if not self.open.is_set():
+            self.waiting.set()
+            self.open.wait()
+        up = socket.create_connection(self.target)
+        for src, dst in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        import socket
+
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_model, wav, tmp_path, s3_env,
+                                                                           s3_server):
     """Requests keep flowing across POST /admin/reload: each is answered by the old model or the new one (never an
     error, never no model), the old one answers while the new one loads, each client sees the switch once and
-    never back; a second deployment sent while the first is loading is refused (409), not queued."""
+    never back; a second deployment sent while the first is loading is refused (409), not queued. The new model
+    comes from the object store through a proxy the test holds shut until it has seen answers and the 409: the
+    load cannot finish inside that window however slow or fast the machine is."""
     import time
 
-    other, third = tmp_path / "v2.nemo", tmp_path / "v3.nemo"
-    shutil.copy(tiny_model, other)
+    from clinasr.store import ObjectStore
+
+    store = ObjectStore(s3_env)
+    store.ensure_bucket()
+    other = f"s3://{s3_env.bucket}/models/v2.nemo"
+    store.put_file(Path(tiny_model), other)
+    third = tmp_path / "v3.nemo"
     shutil.copy(tiny_model, third)
     broken = tmp_path / "broken.nemo"
     broken.write_bytes(b"not a model")
     admin = {"Authorization": "Bearer admin-key-1"}
-    with _serve(tmp_path, CLINASR_SERVE_ADMIN_KEY="admin-key-1") as url:   # no model: live, not ready, 503s
+    gate = GatedProxy(s3_server)
+    with _serve(tmp_path, CLINASR_SERVE_ADMIN_KEY="admin-key-1",   # no model: live, not ready, 503s
+                CLINASR_S3_ENDPOINT=gate.url) as url:
         assert requests.get(f"{url}/health/ready").status_code == 503
         r = requests.post(f"{url}/admin/reload", json={"model": str(tiny_model)})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"     # admin needs its key
@@ -288,19 +356,28 @@ def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_m
             wait_for(lambda: all(answers.values()), "the clients got no answers")
             first = {}
             deploy = threading.Thread(target=lambda: first.update(
-                r=requests.post(f"{url}/admin/reload", json={"model": str(other)}, headers=admin, timeout=300),
+                r=requests.post(f"{url}/admin/reload", json={"model": other}, headers=admin, timeout=300),
                 t=time.monotonic()), daemon=True)
-            t_deploy = time.monotonic()
+            gate.hold()
             deploy.start()
-            started = f'"event": "model_loading", "ref": {json.dumps(str(other))}'
+            started = f'"event": "model_loading", "ref": {json.dumps(other)}'
             wait_for(lambda: started in (tmp_path / "serve.log").read_text(), "the deployment never started loading")
-            loading = deploy.is_alive()
+            wait_for(gate.waiting.is_set, "the deployment never asked the object store for its model")
+            # the new model is loading and cannot finish until the gate opens
+            t_loading = time.monotonic()
+            n_loading = {i: len(a) for i, a in answers.items()}
             second = requests.post(f"{url}/admin/reload", json={"model": str(third)}, headers=admin, timeout=300)
-            assert loading, "the first deployment had finished before the second was sent: nothing was tested"
             assert second.status_code == 409, f"a deployment sent while another was loading got {second.status_code}"
             err = second.json()["error"]
             assert err["type"] == "conflict_error" and err["code"] == "deploy_in_progress"
             assert f"loading {other}" in err["message"] and "still serving model.nemo" in err["message"]
+            # the old model answers while the new one loads (no pause, no "no model" gap): every client is answered
+            wait_for(lambda: all(len(answers[i]) >= n_loading[i] + 2 for i in answers),
+                     "no answers while the new model was loading")
+            assert deploy.is_alive() and not first
+            while_loading = [b for i in answers for t, _, b, _ in answers[i] if t > t_loading]
+            assert while_loading and set(while_loading) == {"model.nemo"}, while_loading
+            gate.release()
             deploy.join(300)
             assert first["r"].status_code == 200, first["r"].text
             assert first["r"].json() == {"version": "v2.nemo", "previous": "model.nemo", "device": "cpu"}
@@ -317,8 +394,6 @@ def test_deploy_switches_atomically_and_a_failed_load_keeps_the_old_model(tiny_m
         # X-Model-Version is stamped on the way out, so an answer decoded just before the switch may carry the new one
         assert {b for _, _, b, _ in got} == {h for _, h, _, _ in got} == {"model.nemo", "v2.nemo"}
         assert all(text == expected for *_, text in got)
-        # the old model answered while the new one loaded (no pause, no "no model" gap)
-        assert any(t_deploy < t < first["t"] and b == "model.nemo" for t, _, b, _ in got)
         for i, a in answers.items():      # each client: old, old, ..., new, new — the switch once, never back
             served = [b for _, _, b, _ in a]
             assert served == sorted(served, key=["model.nemo", "v2.nemo"].index) and served[-1] == "v2.nemo", served

@@ -171,7 +171,9 @@ def cmd_provenance(a) -> int:
 def cmd_evaluate(a) -> int:
     from clinasr import mlenv
     from clinasr.gate import decide, leaderboards_text, load_gate, render_html, score_references, summary
+    from clinasr.settings import Settings
 
+    gate = load_gate(a.gate)   # a bad gate config fails before anything is decoded
     sets, missing = [], {}
     for i, spec in enumerate(a.manifest or []):
         name, sep, path = spec.partition("=")
@@ -195,10 +197,12 @@ def cmd_evaluate(a) -> int:
     if a.baseline:
         base = mlenv.run_stage("evaluate", {"model": a.baseline, "sets": sets, "output_dir": str(out / "baseline"),
                                             "max_rows": a.max_rows})
-    gate = load_gate(a.gate)
+    ref_cache = str(Settings.from_env().path("cache", "reference-transcripts"))   # transcripts reused across runs
     refs = score_references([] if a.no_references else (a.reference or gate["reference_models"]),
-                            lambda i, spec: mlenv.run_stage("evaluate", {"model": spec, "sets": sets, "max_rows": a.max_rows,
-                                                                         "output_dir": str(out / f"reference-{i + 1}")}),
+                            lambda i, spec: mlenv.run_stage("evaluate", {
+                                "model": spec, "sets": sets, "max_rows": a.max_rows,
+                                "max_utterances": gate["reference_max_utterances"], "reference_cache": ref_cache,
+                                "output_dir": str(out / f"reference-{i + 1}")}),
                             mlenv.StageError, lambda m: print(m, file=sys.stderr))
     if a.no_heldout and gate["in_domain_set"] not in cand["sets"]:
         gate["in_domain_set"], gate["required_sets"] = sets[0]["name"], []

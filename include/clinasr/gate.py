@@ -46,6 +46,15 @@ def load_gate(path: str | Path = "configs/gate/default.yaml") -> dict:
     if not isinstance(refs, list) or not all(isinstance(r, str) and r.strip() for r in refs):
         raise GateError(f"{Path(cfg['path']).name}: reference_models must be a list of model specs "
                         f"(e.g. whisper:tiny.en), got {refs!r}")
+    n = cfg.setdefault("reference_max_utterances", None)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise GateError(f"{Path(cfg['path']).name}: reference_max_utterances must be a positive number of rows or "
+                        f"null (every row), got {n!r}")
+    if n is not None and "min_wer_margin_vs_references" in cfg["criteria"]:
+        # the margin compares the candidate's WER on every row with a reference's: both must be on the same rows
+        raise GateError(f"{Path(cfg['path']).name}: min_wer_margin_vs_references compares the candidate with the "
+                        f"references on the same rows, but reference_max_utterances: {n} scores references on a "
+                        "sample: set reference_max_utterances: null to decide on references")
     return cfg
 
 
@@ -82,8 +91,14 @@ def leaderboard(candidate: dict, baseline: dict | None, references: list[dict] |
                      "critical_negation_errors": m.get("critical_negation_errors"),
                      "phantoms_per_100": (m.get("phantom_terms") or {}).get("per_100_utterances"),
                      "rtfx": (m.get("latency") or {}).get("rtfx"), "p95_s": (m.get("latency") or {}).get("p95_s"),
-                     "device": (m.get("latency") or {}).get("device"), "scored": m["rows"]["scored"]})
+                     "device": (m.get("latency") or {}).get("device"), "scored": m["rows"]["scored"],
+                     "sample": f"{m['sample']['scored']}/{m['sample']['of']}" if m.get("sample") else None})
     return sorted(rows, key=lambda r: (r.get("wer") is None, r.get("wer") or 0.0))
+
+
+def role_text(row: dict) -> str:
+    """'reference (sample 12/45)' for a model scored on a sample of the set's rows (its CI is the sample's)."""
+    return row["role"] + (f" (sample {row['sample']})" if row.get("sample") else "")
 
 
 def leaderboard_text(rows: list[dict]) -> str:
@@ -96,7 +111,7 @@ def leaderboard_text(rows: list[dict]) -> str:
             out.append(f"| {r['model']} | {r['role']} | not evaluated: {r['error'][:80]} |" + " |" * (len(head) - 3))
             continue
         ci = " [" + ", ".join(f"{v:.2f}" for v in r["wer_ci"]) + "]" if r.get("wer_ci") else ""
-        out.append("| " + " | ".join([r["model"], r["role"], f"{r['wer']:.3f}{ci}", _fmt(r["ker"])]
+        out.append("| " + " | ".join([r["model"], role_text(r), f"{r['wer']:.3f}{ci}", _fmt(r["ker"])]
                                      + [_fmt(r["ker_by_category"].get(c)) for c in cats]
                                      + [_fmt(r["negation_accuracy"]), _fmt(r.get("phantoms_per_100")),
                                         f"{r['rtfx']:.1f} ({r['device']})"]) + " |")
@@ -186,7 +201,11 @@ def decide(candidate: dict, baseline: dict | None, gate: dict, baseline_name: st
     if "min_wer_margin_vs_references" in c:
         best = next((r for r in board if r["role"] == "reference" and "wer" in r), None)   # the board is sorted by WER
         wer = cand.get("wer")
-        if best is None or wer is None:
+        if best is not None and best.get("sample"):   # load_gate refuses this; a hand-made gate fails closed
+            out.append(_crit("WER margin vs best reference", None, ">=", c["min_wer_margin_vs_references"],
+                             f"{best['model']} was scored on a sample ({best['sample']} rows), the candidate on every "
+                             "row: set reference_max_utterances: null", on=name))
+        elif best is None or wer is None:
             out.append(_crit("WER margin vs best reference", None, ">=", c["min_wer_margin_vs_references"],
                              "no reference model was evaluated" if best is None else "", on=name))
         else:
@@ -312,7 +331,7 @@ def _board_html(set_name: str, board: list[dict], decided: bool) -> str:
     e = html.escape
     cats = sorted({k for r in board for k in r.get("ker_by_category") or {}})
     rows = "".join(
-        f"<tr class=role-{e(r['role'].replace(' ', '-'))}><td>{e(r['model'])}</td><td>{e(r['role'])}</td>"
+        f"<tr class=role-{e(r['role'].replace(' ', '-'))}><td>{e(r['model'])}</td><td>{e(role_text(r))}</td>"
         + (f"<td colspan={5 + len(cats)}>not evaluated: {e(r['error'])}</td></tr>" if "error" in r else
            f"<td>{r['wer']:.3f} {e(str([round(v, 3) for v in r.get('wer_ci') or []]))}</td><td>{_fmt(r['ker'])}</td>"
            + "".join(f"<td>{_fmt(r['ker_by_category'].get(k))}</td>" for k in cats)
@@ -350,7 +369,9 @@ def render_html(decision: dict, candidate: dict, baseline: dict | None, title: s
         board_html = ("<h2>Every set, side by side</h2><p>Held-out sets use voices, a TTS engine and sentence shapes no "
                       "training set used; the validation split shares the training voices and shapes and is shown, "
                       "never decided on. Reference models are off-the-shelf systems scored with the same normaliser "
-                      "and metrics; they enter the decision only through <code>min_wer_margin_vs_references</code>.</p>"
+                      "and metrics; they enter the decision only through <code>min_wer_margin_vs_references</code>. "
+                      "A role marked <i>sample n/N</i> was scored on a fixed seeded sample of n of the set's N rows "
+                      "(the gate config's <code>reference_max_utterances</code>); its WER and CI are that sample's.</p>"
                       + board_html)
     g = decision.get("general_set")
     ph = ((candidate.get("sets") or {}).get(g) or {}).get("phantom_terms") if g else None

