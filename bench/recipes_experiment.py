@@ -33,12 +33,19 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="recipe names")
     ap.add_argument("--base", help="the base .nemo (default: the config's, the shipped model)")
     ap.add_argument("--steps", type=int, help="max_steps for every recipe (default: the trainer config's)")
+    ap.add_argument("--per-term", type=int, help="clinical training utterances per priority term (default: the config's)")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="render the sets and the clinical training set into --work, then stop (nothing is trained)")
+    ap.add_argument("--base-scores", help="the base's scores on the held-out sets from `python -m clinasr.experiment "
+                    "score` (JSON), instead of scoring it here")
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every recipe (values read as YAML), e.g. max_minutes=null")
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
     if a.base:
         cfg["base"] = str(Path(a.base).resolve())
+    if a.per_term:
+        cfg["clinical"]["per_term"] = a.per_term
     tover = {}
     for kv in a.trainer_override:
         k, sep, v = kv.partition("=")
@@ -56,7 +63,10 @@ def main(argv=None) -> int:
         log_file.write(line + "\n")
         log_file.flush()
 
-    experiment.phase_recipes(cfg, Path(a.work), out, only=a.only, steps=a.steps, trainer_overrides=tover, log=log)
+    experiment.phase_recipes(cfg, Path(a.work), out, only=a.only, steps=a.steps, trainer_overrides=tover, log=log,
+                             prepare_only=a.prepare_only, base_scores=a.base_scores)
+    if a.prepare_only:
+        return 0
     print((out / "results.md").read_text())
     return 0
 

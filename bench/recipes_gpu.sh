@@ -1,36 +1,64 @@
 #!/usr/bin/env bash
 # The recipe search on the GPU machine (device tool): the same recipes, steps and batch as the 2-core CPU
 # measurement (fp32, batch 8), many at once on one GPU, to choose which ones the CPU measurement runs.
-# Carry .whl and .espeak (see bench/results/README.md). Piper's voice package is too large to carry, so the
-# held-out sets there have the espeak-ng held-out voices only (the card lists the voices used).
-#   bash bench/recipes_gpu.sh STEPS RECIPE...
+# Two calls on one warm machine, back to back (the tree with models/ plus the wheels and .espeak exceed one
+# call's 64 MiB; what call 1 leaves in /tmp and /opt stays while the machine is warm):
+#   bash bench/recipes_gpu.sh prepare [PER_TERM...]    # call 1, models/ moved aside, carry .whl and .espeak:
+#                                                       #   wheels, espeak-ng/flite, the held-out and replay sets
+#                                                       #   and a clinical training set per PER_TERM (16 workers)
+#   bash bench/recipes_gpu.sh run [PER_TERM:]RECIPE...  # call 2, the tree with models/, nothing carried: every
+#                                                       #   recipe in parallel (PER_TERM: the clinical set it trains on)
+# Piper's voice package is too large to carry, so the held-out sets there have the espeak-ng held-out voices only.
+# Results: $OUT/recipes-gpu.json and .md (one table, every run; the device tool returns at most 8 files).
 set -uo pipefail
-steps=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD/include
+mode=${1:-}; shift || true
+default_pt=$(python3 -c "import yaml; print(yaml.safe_load(open('configs/experiment/recipes.yaml'))['clinical']['per_term'])")
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+elif [ ! -d /tmp/site/nemo ]; then
+  echo "no .whl and no /tmp/site: carry .whl (a fresh machine)"; exit 3
+fi
+export PYTHONPATH=/tmp/site:$PWD/include PYTHONUNBUFFERED=1
 # torch 2.11 there refuses the shipped half-precision .nemo as weights-only; it is our own file
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
-eval "$(bash scripts/espeak-portable.sh install)"
-final=${OUT:-bench/out/recipes-gpu}; out=/tmp/recipes-out; mkdir -p "$out" "$final"
-first=$1; shift
-# the shipped half-precision .nemo, re-saved as a plain fp32 .nemo in a clean interpreter: restoring the shipped
-# file in the experiment's processes failed inside torch 2.11's unpickler there ("'str' object is not callable")
-python3 -c "
+if [ "$mode" = run ]; then
+  # the shipped half-precision .nemo re-saved as a plain fp32 .nemo in a clean interpreter, before the espeak-ng
+  # environment is exported. On 2026-12-01 every restore of a file re-saved with that environment set failed
+  # there ("'tuple' object is not callable" in torch.load), every restore of one re-saved without it worked; this
+  # order follows from that and has not run yet (bench/results/README.md)
+  python3 -c "
 from nemo.collections.asr.models import ASRModel
 ASRModel.restore_from('models/clinasr-base-en-multi/model.nemo', map_location='cpu').save_to('/tmp/base_fp32.nemo')
 " > /tmp/convert.log 2>&1 || { tail -20 /tmp/convert.log; exit 5; }
-# the first recipe builds the sets and the clinical training set (16 CPU workers) and scores the base
-python3 bench/recipes_experiment.py --only "$first" --base /tmp/base_fp32.nemo --steps "$steps" --work /tmp/w2 --out "$out/$first" \
-  > "$out/$first.log" 2>&1 || { tail -50 "$out/$first.log"; exit 4; }
-grep '\[recipes\]' "$out/$first.log"
-for r in "$@"; do   # the rest in parallel, each on its own copy of the work dir
-  cp -r /tmp/w2 "/tmp/w_$r"
-  OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py --only "$r" --base /tmp/base_fp32.nemo --steps "$steps" --work "/tmp/w_$r" --out "$out/$r" > "$out/$r.log" 2>&1 &
-done
-wait
-for r in "$@"; do grep '\[recipes\] '"$r"'\|Error' "$out/$r.log" | tail -3; done
-# one file back: every run's results (the device tool returns at most 8 files)
-python3 - "$out" "$final/recipes-gpu.json" "$first" "$@" <<'PY'
+fi
+eval "$(bash scripts/espeak-portable.sh install)"
+final=${OUT:-bench/out/recipes-gpu}; out=/tmp/recipes-out; mkdir -p "$out" "$final"
+case $mode in
+prepare)
+  for pt in ${@:-$default_pt}; do
+    python3 bench/recipes_experiment.py --prepare-only --per-term "$pt" --work "/tmp/w$pt" --out "$out/prepare$pt" \
+      > "$out/prepare$pt.log" 2>&1 || { tail -40 "$out/prepare$pt.log"; exit 4; }
+    grep '\[recipes\]\|\[evalsets\]' "$out/prepare$pt.log"
+  done ;;
+run)
+  # the base scored once, on its own (inside the experiment's scoring child the restore failed there with
+  # "'tuple' object is not callable" in torch.load; run directly it works)
+  sets=/tmp/w$default_pt/evalsets
+  printf '{"model": "/tmp/base_fp32.nemo", "out": "/tmp/base-eval", "manifests": {"clinical_heldout": "%s", "general_heldout": "%s"}}' \
+    "$sets/clinical_heldout/test_manifest.jsonl" "$sets/general_heldout/test_manifest.jsonl" > /tmp/base-args.json
+  python3 -m clinasr.experiment score /tmp/base-args.json /tmp/base-scores.json > "$out/base.log" 2>&1 || { tail -30 "$out/base.log"; exit 7; }
+  names=()
+  for spec in "$@"; do   # every recipe at once, each on its own copy of its work dir
+    case $spec in *:*) pt=${spec%%:*}; r=${spec#*:} ;; *) pt=$default_pt; r=$spec ;; esac
+    name="${r}_pt${pt}"; names+=("$name")
+    [ -d "/tmp/w$pt" ] || { echo "no /tmp/w$pt: run 'prepare $pt' first on this warm machine"; exit 6; }
+    rm -rf "/tmp/w_$name" "$out/$name" && cp -r "/tmp/w$pt" "/tmp/w_$name"
+    OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py --only "$r" --per-term "$pt" --base /tmp/base_fp32.nemo --base-scores /tmp/base-scores.json \
+      --work "/tmp/w_$name" --out "$out/$name" > "$out/$name.log" 2>&1 &
+  done
+  wait
+  for n in "${names[@]}"; do echo "== $n"; grep -a '\[recipes\]\|Error' "$out/$n.log" | tail -4; done
+  python3 - "$out" "$final/recipes-gpu.json" "${names[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 from clinasr.experiment import recipes_md
@@ -41,9 +69,16 @@ for n in names:
     if not f.exists():
         print(f"{n}: no results"); continue
     r = json.loads(f.read_text())
-    merged = merged or r
-    merged["runs"].update(r["runs"])
+    pt = n.rsplit("_pt", 1)[1]
+    merged = merged or {**r, "runs": {}}
+    for k, v in r["runs"].items():   # the base once per clinical set size (the same sets, the same scores)
+        merged["runs"][k if k != "base" else "base"] = v
+        if k != "base":
+            merged["runs"][f"{k} (per_term {pt})"] = merged["runs"].pop(k)
 dst.write_text(json.dumps(merged, indent=1, default=str))
-(dst.with_suffix(".md")).write_text(recipes_md(merged))
+dst.with_suffix(".md").write_text(recipes_md(merged))
 print(recipes_md(merged))
 PY
+  ;;
+*) echo "usage: $0 prepare [PER_TERM...] | run [PER_TERM:]RECIPE..." >&2; exit 2 ;;
+esac

@@ -30,9 +30,13 @@ C
   ls -la "$dir" >&2 ;;
 install)
   root=/opt/espeak; lib=$root/usr/lib/x86_64-linux-gnu
-  mkdir -p $root
-  for f in "$dir"/*.deb; do dpkg -x "$f" $root; done
-  cp "$dir/libpcaudio.so.0" $lib/
+  if [ -d "$dir" ]; then   # else: an earlier call on this warm machine unpacked them (nothing carried this time)
+    mkdir -p $root
+    for f in "$dir"/*.deb; do dpkg -x "$f" $root; done
+    cp "$dir/libpcaudio.so.0" $lib/
+  elif [ ! -d $lib ]; then
+    echo "no $dir and nothing under $root: carry .espeak (scripts/espeak-portable.sh fetch)" >&2; exit 3
+  fi
   echo "export LD_LIBRARY_PATH=$lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH} ESPEAK_DATA_PATH=$lib PATH=$root/usr/bin:\$PATH" ;;
 *) echo "usage: $0 fetch|install" >&2; exit 2 ;;
 esac

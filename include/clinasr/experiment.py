@@ -523,10 +523,14 @@ def _score_main(args_path: str, result_path: str) -> None:
 
 
 def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = None, steps: int | None = None,
-                  trainer_overrides: dict | None = None, log=print) -> dict:
+                  trainer_overrides: dict | None = None, log=print, prepare_only: bool = False,
+                  base_scores: Path | None = None) -> dict:
     """Every recipe on the same clinical training set; base and each fine-tune scored on the clinical and
     general held-out sets (built here from configs/evalsets.yaml, no object store needed), with paired
-    bootstrap CIs against the base."""
+    bootstrap CIs against the base. ``prepare_only``: stop once the sets and the clinical training set are
+    rendered into ``work`` (a device call that only synthesises; a later call reuses the cached rows).
+    ``base_scores``: the base model's scores on these sets from an earlier ``python -m clinasr.experiment score``
+    (the GPU machine: a restore inside this experiment's scoring child failed there, run on its own it works)."""
     from clinasr import evalsets, metrics
     from clinasr.synth import pipeline
     from clinasr.synth.lexicon import load_lexicon, load_terms
@@ -548,6 +552,8 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
                                        seed=int(c["seed"]), workers=workers(), meta={"name": "recipes-clinical"},
                                        progress=False)
     log(f"[recipes] clinical training set: {train_set['card']['counts']}, {train_set['card']['hours']}")
+    if prepare_only:
+        return {"sets": {n: sets[n]["card"] for n in sets}, "train_set": train_set["card"]}
     manifests = {n: Path(sets[n]["dir"]) / evalsets.TEST_MANIFEST for n in ("clinical_heldout", "general_heldout")}
     base = repo_path(cfg["base"])
     results: dict = {"config": cfg, "sets": {n: sets[n]["card"] for n in sets}, "train_set": train_set["card"],
@@ -566,7 +572,8 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
         log(f"[recipes] {name}: clinical term acc {cl['term_accuracy']:.3f} WER {cl['wer']:.3f}; general WER "
             f"{ge['wer']:.3f}, phantoms/100 {ge['phantoms_per_100']:.1f}")
 
-    record("base", _score_in_subprocess(base, manifests, work / "eval" / "base"), {"model": str(base)})
+    record("base", json.loads(Path(base_scores).read_text()) if base_scores
+           else _score_in_subprocess(base, manifests, work / "eval" / "base"), {"model": str(base)})
     unknown = [n for n in only or [] if n not in cfg["recipes"]]
     if unknown:
         raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
