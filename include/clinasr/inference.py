@@ -77,7 +77,8 @@ class Transcriber(WarmUp):
         if not path.exists():
             raise InferenceError(f"model file not found: {path}")
         try:   # restored on the CPU, then moved: a direct map_location="cuda" restore of the shipped half-precision
-            # .nemo failed inside torch.load on the GPU machine (torch 2.11: "'str' object is not callable")
+            # .nemo failed inside torch.load on the GPU machine (torch 2.11: "'str' object is not callable"; possibly
+            # the b" " corruption that clinasr.nemo_fixes prevents, in a process that had decoded on CUDA before)
             model = ASRModel.restore_from(str(path), map_location="cpu")
         except Exception as e:  # a corrupt or foreign file: say which
             raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
@@ -95,6 +96,9 @@ class Transcriber(WarmUp):
         return self
 
     def _setup(self, model, device: str, max_chunk_s: float, version: str, bf16_min_batch: int | None) -> None:
+        from clinasr import nemo_fixes
+
+        nemo_fixes.apply()     # before the first CUDA decode: NeMo's kernel compile would corrupt b" " (see there)
         self.device = device
         model.eval()
         model.freeze()

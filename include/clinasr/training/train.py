@@ -65,6 +65,10 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     from nemo.collections.asr.models import EncDecRNNTBPEModel
     from omegaconf import OmegaConf, open_dict
 
+    from clinasr import nemo_fixes
+
+    nemo_fixes.apply()   # validation decodes on CUDA: NeMo's kernel compile would corrupt b" " (see there)
+
     if "config" in base:
         cfg = copy.deepcopy(_with_optimizer(model_cfg, tcfg))
         tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer",

@@ -1,0 +1,52 @@
+"""A fix for a NeMo 3.0.0 bug that the ML runtime meets on GPUs; applied wherever a NeMo model is loaded.
+
+NeMo compiles the conditional kernels of its CUDA-graph decoders (TDT/RNN-T label looping, CTC greedy, the
+beam searches) with ``nemo.core.utils.cuda_python_utils.run_nvrtc``, which allocates NVRTC's output buffers as
+``b" " * size``. When the compile log is empty NVRTC reports a size of 1, and ``b" " * 1`` is the constant ``b" "``
+itself: ``nvrtcGetProgramLog`` writes the log's NUL terminator into it, and on Python 3.12 (where that constant is
+CPython's one shared one-byte object) every ``b" "`` in the process is ``b"\\x00"`` from then on; on 3.11 only
+NeMo's own constant is. Measured on an H200 (issue 23): once the
+model had decoded on CUDA, uvicorn built each WebSocket handshake as ``b"GET" + b" " + path`` and websockets
+refused it as ``invalid HTTP request line: GET\\x00/v1/realtime`` without answering, so every live session hung;
+HTTP requests (parsed without that constant) kept working. The same corruption reaches anything else that uses a
+one-byte ``b" "`` later in the process.
+
+:func:`apply` routes NeMo's NVRTC calls through :class:`SafeNvrtc`, which hands NVRTC a buffer of its own when
+NeMo's is a one-byte (possibly shared) object. Without cuda-python nothing changes; on a CPU it is never called.
+"""
+from __future__ import annotations
+
+
+class SafeNvrtc:
+    """The cuda-python ``nvrtc`` module, except that the output-buffer calls never write into a shared object."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    @staticmethod
+    def _own(buf: bytes) -> bytes:
+        # bytes of length 0 or 1 may be CPython's shared singletons; length 2 is always a new object
+        return b"\0" * 2 if len(buf) < 2 else buf
+
+    def nvrtcGetProgramLog(self, prog, buf):
+        return self._real.nvrtcGetProgramLog(prog, self._own(buf))
+
+    def nvrtcGetPTX(self, prog, buf):
+        return self._real.nvrtcGetPTX(prog, self._own(buf))
+
+
+def apply() -> bool:
+    """Install :class:`SafeNvrtc` in NeMo's cuda_python_utils (idempotent). True when it was installed now."""
+    try:
+        from nemo.core.utils import cuda_python_utils as m
+    except ImportError:
+        return False
+    real = getattr(m, "nvrtc", None)
+    if real is None or isinstance(real, SafeNvrtc):
+        return False
+    m.nvrtc = SafeNvrtc(real)
+    return True
+
