@@ -27,18 +27,37 @@ BOUNDS = {"general/espeak-heldout/clean": 0.25, "general/piper/clean": 0.40,
           "general/espeak-heldout/noisy": 0.35, "general/piper/noisy": 0.50}
 
 
-def split_sets(work: Path, log) -> dict[str, Path]:
-    """{part name: manifest}: general_heldout by engine x condition, clinical_heldout by engine."""
+# --extra-engines: the everyday-English sentences, clean, in two more synthesiser families that no shipped base
+# trained on: Kokoro-82M (neural; Japanese speakers reading English) and SVOX Pico (HMM, its own letter-to-sound).
+# The Kokoro voices are the two that configs/experiment/base_multi_v4.yaml holds out of training.
+EXTRA_VOICES = {"native": [{"engine": "pico", "voice": "en-US"}],
+                "regional": [{"engine": "pico", "voice": "en-GB"}],
+                "second_language": [{"engine": "kokoro", "voice": v}
+                                    for v in ("jf_nezumi", "jf_tebukuro", "jf_nezumi+jf_tebukuro")]}
+EXTRA_MIX = {"native": 0.25, "regional": 0.25, "second_language": 0.5}
+
+
+def split_sets(work: Path, log, extra_engines: bool = False) -> dict[str, Path]:
+    """{part name: manifest}: general_heldout by engine x condition, clinical_heldout by engine; with
+    ``extra_engines`` also general_heldout's sentences (clean) in EXTRA_VOICES."""
+    import copy
+
     cfg = evalsets.load_config()
+    builds = [("general_heldout", work / "general_heldout", cfg), ("clinical_heldout", work / "clinical_heldout", cfg)]
+    if extra_engines:
+        extra = copy.deepcopy(cfg)
+        extra["heldout"] = {**extra["heldout"], "voices": EXTRA_VOICES, "accent_mix": EXTRA_MIX}
+        extra["sets"]["general_heldout"]["conditions"] = {"clean": {"augment": False}}
+        builds.append(("general_heldout", work / "general_extra_engines", extra))
     parts: dict[str, list[dict]] = {}
-    for name in ("general_heldout", "clinical_heldout"):
-        s = evalsets.build_set(name, work / name, cfg, workers=workers(), progress=False, log=log)
+    for name, where, c in builds:
+        s = evalsets.build_set(name, where, c, workers=workers(), progress=False, log=log)
         d = Path(s["dir"])
         for line in (d / evalsets.TEST_MANIFEST).read_text().splitlines():
             r = json.loads(line)
             r["audio_filepath"] = str(d / r["audio_filepath"])
             engine = r["voice"].split(":", 1)[0]
-            who = "piper" if engine == "piper" else f"{engine}-heldout"
+            who = engine if engine != "espeak" else "espeak-heldout"
             key = f"general/{who}/{r['condition']}" if name == "general_heldout" else f"clinical/{who}"
             parts.setdefault(key, []).append(r)
     out = {}
@@ -58,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench/results/base-models")
     ap.add_argument("--card", metavar="DIR", help="a model directory (model_card.json) whose card gets the table; "
                                                    "the model named 'new' is the one it describes")
+    ap.add_argument("--extra-engines", action="store_true",
+                    help="also score everyday English (clean) in Kokoro-82M and SVOX Pico voices (EXTRA_VOICES)")
     a = ap.parse_args(argv)
     from clinasr.evaluate import evaluate_set
     from clinasr.reference import make_transcriber
@@ -69,7 +90,7 @@ def main(argv=None) -> int:
 
     work, out = Path(a.work), Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    parts = split_sets(work, log)
+    parts = split_sets(work, log, a.extra_engines)
     results: dict = {"sets": {k: sum(1 for _ in open(p)) for k, p in parts.items()}, "bounds": BOUNDS, "models": {}}
     per_row: dict = {}
     first = None

@@ -10,7 +10,7 @@
 # (what call 1 left in the repository and in /tmp stays while the machine is warm).
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
-work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=configs/experiment/base_multi.yaml
+work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
 if [ ! -f /tmp/site/.installed ]; then
   [ -d .whl ] || { echo "no /tmp/site and no .whl: the machine is a fresh one; run 'data' with .whl and .espeak carried"; exit 5; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -18,6 +18,10 @@ if [ ! -f /tmp/site/.installed ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD/include
 eval "$(bash scripts/espeak-portable.sh install)"
+# 2026-12-01, measured on an H200: after one CUDA decode NeMo's kernel compile turns the process's b' ' into NUL
+# and every later restore_from fails in torch's weights-only unpickler; clinasr/nemo_fixes.py prevents it (then
+# both restores worked without this variable). The likely cause of the failures below; the workarounds stay
+# until a GPU run without them passes.
 # torch 2.11 there refuses our half-precision .nemo as weights-only; it is our own file
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 case ${1:-} in

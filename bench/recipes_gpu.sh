@@ -19,6 +19,10 @@ elif [ ! -d /tmp/site/nemo ]; then
   echo "no .whl and no /tmp/site: carry .whl (a fresh machine)"; exit 3
 fi
 export PYTHONPATH=/tmp/site:$PWD/include PYTHONUNBUFFERED=1
+# 2026-12-01, measured on an H200: after one CUDA decode NeMo's kernel compile turns the process's b' ' into NUL
+# and every later restore_from fails in torch's weights-only unpickler; clinasr/nemo_fixes.py prevents it (then
+# both restores worked without this variable). The likely cause of the failures below; the workarounds stay
+# until a GPU run without them passes.
 # torch 2.11 there refuses the shipped half-precision .nemo as weights-only; it is our own file
 export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 if [ "$mode" = run ]; then

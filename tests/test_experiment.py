@@ -112,6 +112,29 @@ def test_base_config_voices_span_engines_and_never_the_heldout_ones():
     with pytest.raises(Exception, match="piper"):
         evalsets.check_training_voices(bad)
     assert cfg["base"]["text"].endswith("general_en_v2.txt.gz") and (REPO / cfg["base"]["text"]).exists()
+    E.check_own_heldout(cfg)
+
+
+def test_next_base_config_adds_a_neural_engine_and_holds_out_its_own():
+    """configs/experiment/base_multi_v4.yaml: Kokoro voices (and blends) train, a small share of the mix; Pico and
+    two Kokoro voices are held out, and a config that trains on what it holds out is refused."""
+    from clinasr import evalsets
+
+    cfg = E.load_config(REPO / "configs" / "experiment" / "base_multi_v4.yaml")
+    scfg = E.synthesis_config(cfg["voices"]["train"], cfg["accent_mix"], variation=cfg["voice_variation"])
+    engines = {v["engine"] for vs in scfg["accent_profiles"].values() for v in vs}
+    assert engines == {"espeak", "flite", "kokoro"}
+    assert {"engine": "kokoro", "voice": "jf_alpha+jm_kumo"} in scfg["accent_profiles"]["second_language_neural"]
+    assert 0 < scfg["accent_mix"]["second_language_neural"] <= 0.05 and scfg["voice_variation"]["kokoro_speed"]
+    evalsets.check_training_voices(scfg)
+    E.check_own_heldout(cfg)
+    assert "pico" in cfg["voices"]["heldout"]["engines"]
+    bad = {**cfg, "voices": {**cfg["voices"], "train": {**cfg["voices"]["train"], "native": ["pico:en-US"]}}}
+    with pytest.raises(ValueError, match="pico:en-US"):
+        E.check_own_heldout(bad)
+    bad = {**cfg, "voices": {**cfg["voices"], "train": {"x": ["kokoro:jf_nezumi"]}}}
+    with pytest.raises(ValueError, match="jf_nezumi"):
+        E.check_own_heldout(bad)
 
 
 def test_base_training_continues_across_calls(tmp_path, tiny_model):

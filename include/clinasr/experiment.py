@@ -60,6 +60,17 @@ def workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def check_own_heldout(cfg: dict) -> None:
+    """A base config's ``voices.heldout`` (its voices and ``engines``) must not appear in ``voices.train``."""
+    held = cfg["voices"].get("heldout") or {}
+    engines = set(held.get("engines") or [])
+    voices = {v for p, vs in held.items() if p != "engines" for v in vs}
+    bad = [v for vs in cfg["voices"]["train"].values() for v in vs
+           if v in voices or (v.split(":", 1)[0] if ":" in v else "espeak") in engines]
+    if bad:
+        raise ValueError(f"the base config trains on voices it holds out: {', '.join(bad)}")
+
+
 def build_general(cfg: dict, out: Path, log=print) -> dict:
     """General-English speech in shards until ``utterances`` or the data time budget; returns the dataset
     and the measured synthesis rate (audio-hours per hour on this machine's cores). Rows already rendered (an
@@ -73,6 +84,7 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     from clinasr import evalsets
 
     evalsets.check_training_voices(scfg)   # the base must not hear what the gate's sets speak in
+    check_own_heldout(cfg)                 # nor what its own config holds out
     val_fraction = float(b.get("val_fraction", 0.15))
     recipe = hashlib.sha256(json.dumps([len(utts), general.source_version(text), scfg, cfg["seed"]]
                                        + ([val_fraction] if val_fraction != 0.15 else []),
@@ -197,7 +209,9 @@ def _train(args: dict, log, score_on: dict | None = None, resume: bool = False) 
     ``score_on`` ({manifest, out, name}), score the trained model there, in memory (result["score"]).
     On the GPU machine (torch 2.11) a second NeMo restore in one process failed inside NeMo's loader
     ('tuple' object is not callable), and processes spawned through multiprocessing after NeMo's import
-    died before running; a plain subprocess per run, which never restores what it trained, avoids both."""
+    died before running; a plain subprocess per run, which never restores what it trained, avoids both. (The
+    first is most likely NeMo's NVRTC bug that clinasr.nemo_fixes now prevents: after a CUDA decode every restore
+    in that process failed, measured 2026-12-01.)"""
     return _in_fresh_interpreter("train", {**args, "mlflow": {"enabled": False}, "resume": resume, "_score_on": score_on},
                                  f"training {args.get('output_dir')}")
 
@@ -365,7 +379,7 @@ def model_card_md(card: dict) -> str:
 
 
 def _engines(voices: dict) -> str:
-    names = {"espeak": "espeak-ng", "flite": "CMU Flite", "piper": "Piper"}
+    names = {"espeak": "espeak-ng", "flite": "CMU Flite", "piper": "Piper", "kokoro": "Kokoro-82M", "pico": "SVOX Pico"}
     found = sorted({v.split(":", 1)[0] if ":" in v else "espeak" for vs in voices.values() for v in vs})
     return " and ".join(names.get(e, e) for e in found)
 

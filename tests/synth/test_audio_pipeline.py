@@ -232,6 +232,47 @@ def test_flite_is_a_third_engine_with_duration_and_pitch_variation():
     assert [v.voice for v in ok["native"]] == ["rms"] and "flite:zz" in problems[0]
 
 
+def test_kokoro_is_a_second_neural_engine_that_lives_beside_espeak():
+    """Kokoro-82M (weights from the registry, nothing downloaded): 16 kHz float32 out of its 24 kHz, speed
+    variation recorded, a blend of two voices is another speaker, bad voices and [[phoneme]] overrides are a
+    clear TTSError - and espeak-ng keeps working in the same process (kokoro-onnx's bundled espeak-ng library,
+    loaded under the same name, once broke it)."""
+    e = tts.engine("kokoro")
+    assert {"jf_alpha", "jm_kumo"} <= e.base_voices and e.has_voice("jf_alpha+jm_kumo") and not e.has_voice("jm_kumo+x")
+    text = "no history of warfarin"
+    before = e.kokoro.tokenizer.phonemize(text, "en-us")
+    x, params = tts.render(text, tts.Voice("kokoro", "jf_alpha+jm_kumo", "second_language"), random.Random(1),
+                           {"kokoro_speed": [0.9, 1.1]})
+    assert x.dtype == np.float32 and x.ndim == 1 and 0.8 < len(x) / A.TARGET_SR < 4.0 and 0.9 <= params["speed"] <= 1.1
+    A.check(x)
+    it = tts.engine("espeak").synthesize(text, "roa/it", rate=170, pitch=50)     # another language's rules ...
+    A.check(it)
+    assert e.kokoro.tokenizer.phonemize(text, "en-us") == before                 # ... leave Kokoro's English alone
+    with pytest.raises(tts.TTSError, match="no voice"):
+        e.synthesize(text, "af_nobody")
+    with pytest.raises(tts.TTSError, match="phoneme"):
+        e.synthesize("take [[w'0:f@rIn]] daily", "jm_kumo")
+
+
+def test_pico_speaks_with_its_own_rules_speed_and_pitch():
+    e = tts.engine("pico")
+    assert {"en-US", "en-GB", "de-DE"} <= e.voices
+    text = "the train to the city leaves at half past seven"
+    a = e.synthesize(text, "en-US")
+    slow = e.synthesize(text, "en-US", speed=0.7)
+    assert a.dtype == np.float32 and a.ndim == 1 and 1.5 < len(a) / A.TARGET_SR < 6.0
+    A.check(a)
+    assert np.abs(a).max() < 0.99                        # not clipped
+    assert len(slow) > 1.2 * len(a)
+    x, params = tts.render(text, tts.Voice("pico", "en-GB", "regional"), random.Random(2),
+                           {"pico_speed": [0.9, 1.1], "pico_pitch": [0.8, 1.2]})
+    assert 0.9 <= params["speed"] <= 1.1 and 0.8 <= params["pitch"] <= 1.2
+    with pytest.raises(tts.TTSError, match="no voice"):
+        e.synthesize(text, "xx-XX")
+    with pytest.raises(tts.TTSError, match="phoneme"):
+        e.synthesize("take [[w'0:f@rIn]] daily", "en-US")
+
+
 def test_espeak_variants_change_the_voice_and_are_recorded():
     e = tts.engine("espeak")
     assert e.has_voice("gmw/en-us+f3") and not e.has_voice("gmw/en-us+nosuchvariant") and not e.has_voice("xx+f3")

@@ -64,7 +64,7 @@ def test_a_missing_replay_source_stops_before_training(s3_env, tmp_path, monkeyp
     assert not any("parameters" in m for m in logs)        # no model was built
 
 
-def test_frozen_layers_keep_the_base_weights_and_the_encoder_learns_slower(tiny_dataset, replay_set, tmp_path):
+def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_encoder_learns_slower(tiny_dataset, replay_set, tmp_path):
     import torch
     from nemo.collections.asr.models import EncDecRNNTBPEModel
 
@@ -78,6 +78,7 @@ def test_frozen_layers_keep_the_base_weights_and_the_encoder_learns_slower(tiny_
         seen["groups"] = sorted(g["initial_lr"] for g in opt.param_groups)
         seen["trainable_frozen"] = [n for n, p in model.named_parameters() if p.requires_grad
                                     and (n.startswith("encoder.pre_encode") or n.startswith("encoder.layers.0."))]
+        seen["trainable_decoder"] = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("decoder.")]
 
     logs = []
     r = train({"dataset": str(tiny_dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
@@ -85,16 +86,19 @@ def test_frozen_layers_keep_the_base_weights_and_the_encoder_learns_slower(tiny_
                "trainer": "configs/trainer/cpu_finetune.yaml",
                "trainer_overrides": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 4, "batch_size": 4,
                                      "replay": {"ratio": 1.0}, "freeze_encoder_layers": 2, "encoder_lr_scale": 0.1,
-                                     "merge_with_base": None}},
+                                     "freeze_prediction_network": True, "merge_with_base": None}},
               log=logs.append, on_trained=on_trained)
     assert r["global_step"] == 4 and r["data"]["train"]["general_replay_rows"] > 0
     assert any("frozen: encoder front end + first 2 layers" in m for m in logs)
-    assert seen["trainable_frozen"] == []
+    assert any("frozen: the prediction network" in m for m in logs)
+    assert seen["trainable_frozen"] == [] and seen["trainable_decoder"] == []
     lo, hi = seen["groups"]
     assert lo == pytest.approx(0.1 * hi)                   # encoder group at 0.1x the decoder/joint rate
     tuned = EncDecRNNTBPEModel.restore_from(r["nemo_path"], map_location="cpu").state_dict()
     frozen = [k for k in base if k.startswith(("encoder.pre_encode.", "encoder.layers.0.", "encoder.layers.1."))]
     assert frozen and all(torch.equal(tuned[k], base[k]) for k in frozen)   # weights and batch-norm statistics
+    decoder = [k for k in base if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(tuned[k], base[k]) for k in decoder)  # the prediction network too
     moved = [k for k in base if k.startswith("encoder.layers.5.") and torch.is_floating_point(base[k])
              and not torch.equal(tuned[k], base[k])]
     assert moved and any(not torch.equal(tuned[k], base[k]) for k in base if k.startswith("joint."))

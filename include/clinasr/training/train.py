@@ -27,6 +27,7 @@ bench/results/recipes-cpu.md; the default recipe is the one that measurement pic
     freeze_encoder_layers: N                    the preprocessor's sub-sampling and the first N conformer layers
                                                 do not train (and stay in eval mode)
     encoder_lr_scale: s                         the trainable encoder layers learn at s x the decoder/joint rate
+    freeze_prediction_network: true             the prediction network (decoder) keeps the base's weights
     merge_with_base: a                          the saved weights are a*fine-tuned + (1-a)*base (weight-space
                                                 ensembling, "WiSE-FT"); 1 or unset: the fine-tuned weights
 
@@ -57,7 +58,8 @@ from clinasr.training.progress import (_CheckpointMirror, _finite_loss_callback,
                                        _model_checkpoint, _progress_callback, _Tracking, _usable_checkpoint)
 from clinasr.training.strategy import (_restore_tdt_loss, _spec_augment_switch, _with_optimizer,
                                        activation_checkpointing, choose_strategy, encoder_param_groups,
-                                       freeze_encoder_layers, fused_adam_callback, merge_with_base, step_levers)
+                                       freeze_encoder_layers, freeze_prediction_network, fused_adam_callback,
+                                       merge_with_base, step_levers)
 
 
 def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: dict, work: Path, trainer):
@@ -228,6 +230,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         if n_frozen := freeze_encoder_layers(model, tcfg):
             log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
                 f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+        if "config" not in base and (n_frozen := freeze_prediction_network(model, tcfg)):
+            log(f"[train] frozen: the prediction network ({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
         levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
             log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
