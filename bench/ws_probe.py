@@ -197,11 +197,11 @@ def main() -> int:
                     held = [inodes[l[8:-1]] for l in (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(
                         f"/proc/{pid}/fd")) if l.startswith("socket:[") and l[8:-1] in inodes]
                     cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:80]
-                except OSError:
+                    pgid = os.getpgid(int(pid))
+                except OSError:     # gone meanwhile, or not ours to read
                     continue
-                if held or os.getpgid(int(pid)) == p.pid:
-                    print(a.device, "process", pid, "pgid", os.getpgid(int(pid)), "sockets on the port (state)", held,
-                          cmd, flush=True)
+                if held or pgid == p.pid:
+                    print(a.device, "process", pid, "pgid", pgid, "sockets on the port (state)", held, cmd, flush=True)
     finally:
         os.killpg(p.pid, 15)
         p.wait(20)

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -132,9 +133,10 @@ def test_next_base_config_adds_a_neural_engine_and_holds_out_its_own():
     bad = {**cfg, "voices": {**cfg["voices"], "train": {**cfg["voices"]["train"], "native": ["pico:en-US"]}}}
     with pytest.raises(ValueError, match="pico:en-US"):
         E.check_own_heldout(bad)
-    bad = {**cfg, "voices": {**cfg["voices"], "train": {"x": ["kokoro:jf_nezumi"]}}}
-    with pytest.raises(ValueError, match="jf_nezumi"):
-        E.check_own_heldout(bad)
+    for leak in ("kokoro:jf_nezumi", "kokoro:jf_alpha+jf_nezumi", "espeak:roa/pt-br", "roa/it+f3"):
+        bad = {**cfg, "voices": {**cfg["voices"], "train": {"x": ["gmw/en-us", leak]}}}
+        with pytest.raises(ValueError, match=re.escape(leak)):
+            E.check_own_heldout(bad)
 
 
 def test_base_training_continues_across_calls(tmp_path, tiny_model):

@@ -90,3 +90,17 @@ def test_apply_wraps_the_binding_once_and_passes_the_rest_through(monkeypatch):
     assert nemo_fixes.apply() is True and isinstance(m.nvrtc, nemo_fixes.SafeNvrtc)
     assert nemo_fixes.apply() is False and m.nvrtc._real is real
     assert m.nvrtc.nvrtcResult is real.nvrtcResult and m.nvrtc.nvrtcCreateProgram is real.nvrtcCreateProgram
+
+
+def test_loading_a_model_for_inference_installs_the_fix(monkeypatch):
+    """Every decode (service, evaluation, references, experiment scoring) goes through Transcriber._setup."""
+    from nemo.core.utils import cuda_python_utils as m
+
+    from clinasr import nemo_fixes
+    from clinasr.experiment import BASE_MODEL
+    from clinasr.inference import Transcriber
+
+    binding = object()
+    monkeypatch.setattr(m, "nvrtc", binding, raising=False)
+    Transcriber(BASE_MODEL, device="cpu")
+    assert isinstance(m.nvrtc, nemo_fixes.SafeNvrtc) and m.nvrtc._real is binding

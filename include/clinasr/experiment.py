@@ -60,13 +60,22 @@ def workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def _voice_parts(v: str) -> set[tuple[str, str]]:
+    """engine:voice (no engine: espeak-ng) -> the speakers in it: an espeak-ng voice without its +variant, each
+    voice of a Kokoro a+b blend."""
+    engine, name = v.split(":", 1) if ":" in v else ("espeak", v)
+    names = [name.split("+", 1)[0]] if engine == "espeak" else name.split("+")
+    return {(engine, n.lower()) for n in names}
+
+
 def check_own_heldout(cfg: dict) -> None:
-    """A base config's ``voices.heldout`` (its voices and ``engines``) must not appear in ``voices.train``."""
+    """No voice of a base config's ``voices.train`` may be (or blend, or be a variant of) a voice of its
+    ``voices.heldout``, or belong to one of its held-out ``engines``."""
     held = cfg["voices"].get("heldout") or {}
     engines = set(held.get("engines") or [])
-    voices = {v for p, vs in held.items() if p != "engines" for v in vs}
+    voices = {p for k, vs in held.items() if k != "engines" for v in vs for p in _voice_parts(v)}
     bad = [v for vs in cfg["voices"]["train"].values() for v in vs
-           if v in voices or (v.split(":", 1)[0] if ":" in v else "espeak") in engines]
+           if any(e in engines or (e, n) in voices for e, n in _voice_parts(v))]
     if bad:
         raise ValueError(f"the base config trains on voices it holds out: {', '.join(bad)}")
 

