@@ -47,7 +47,7 @@ Runs on a cadence (`CLINASR_DRIFT_SCHEDULE`, default weekly) and from the UI.
         "model_name": Param("clinasr-asr", type="string", pattern=r"^[A-Za-z0-9_.-]+$"),
         "window_days": Param(7, type="number", minimum=0.01, maximum=90),
         "policy": Param("configs/drift/default.yaml", type="string"),
-        "utterances_per_term": Param(40, type="integer", minimum=1, maximum=5000,
+        "utterances_per_term": Param(80, type="integer", minimum=1, maximum=5000,
                                      description="size of the drift-triggered dataset per drifted term"),
         "dry_run": Param(False, type="boolean", description="measure and report only; never trigger retraining"),
     },
