@@ -37,6 +37,7 @@ def test_replay_mixes_general_rows_into_both_splits_at_the_ratio(tiny_dataset, r
     general = [r for r in train_rows if r["domain"] == "general"]
     n_replay_train = len(_rows(replay_set / "train_manifest.jsonl"))
     assert len(general) == min(len(clinical), n_replay_train) == res["report"]["train"]["general_replay_rows"]
+    assert ("general_replay_short" in res["report"]["train"]) == (n_replay_train < len(clinical))
     assert len({r["utt_id"] for r in general}) == len(general)                       # drawn without repeats
     replay_val_texts = {r["text"] for r in _rows(replay_set / "val_manifest.jsonl")}
     assert {r["text"] for r in val_rows if r["domain"] == "general"} <= replay_val_texts   # val from val only
@@ -46,6 +47,10 @@ def test_replay_mixes_general_rows_into_both_splits_at_the_ratio(tiny_dataset, r
     assert _rows(Path(again["manifests"]["train"])) == train_rows                    # deterministic: a retry is the same
     half = prepare_dataset(str(tiny_dataset), tmp_path / "f", 20.0, {"source": str(replay_set), "ratio": 0.5, "seed": 3})
     assert half["report"]["train"]["general_replay_rows"] == round(0.5 * len(clinical))
+    # a ratio the replay set cannot fill is capped, and the report says so instead of mixing less in silence
+    many = prepare_dataset(str(tiny_dataset), tmp_path / "g", 20.0, {"source": str(replay_set), "ratio": 1000.0, "seed": 3})
+    assert many["report"]["train"]["general_replay_rows"] == n_replay_train
+    assert f"{n_replay_train} general rows instead of {1000 * len(clinical)}" in many["report"]["train"]["general_replay_short"]
 
 
 def test_a_missing_replay_source_stops_before_training(s3_env, tmp_path, monkeypatch):

@@ -58,6 +58,10 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
         out[split] = str(dst)
         report[split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4), "dropped": dropped,
                          "general_replay_rows": mixed}
+        if replay_dir is not None and mixed < want:   # the replay set is smaller than the ratio asks for: say so
+            report[split]["general_replay_short"] = (f"{mixed} general rows instead of {want}: the replay set has no more, "
+                                                     f"so the mix is {mixed / max(len(rows) - mixed, 1):.2f}:1, not "
+                                                     f"{float(replay['ratio']):g}:1")
     return {"manifests": out, "report": report, "local_dir": str(local)}
 
 

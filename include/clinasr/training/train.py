@@ -153,6 +153,9 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
     replay = replay_spec(args, tcfg, log)
     data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)), replay)
     log(f"[train] data: {json.dumps(data['report'])}")
+    for split, rep in data["report"].items():
+        if rep.get("general_replay_short"):
+            log(f"[train] WARNING {split}: {rep['general_replay_short']} (grow configs/evalsets.yaml's replay set)")
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     mirror = _CheckpointMirror(args.get("checkpoint_uri"), ckpt_dir, log)
