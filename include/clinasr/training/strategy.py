@@ -145,14 +145,19 @@ def freeze_encoder_layers(model, tcfg: dict) -> int:
     layers = list(getattr(model.encoder, "layers", None) or [])
     if n > len(layers):
         raise TrainingError(f"freeze_encoder_layers {n}: the encoder has only {len(layers)} layers")
-    frozen = [m for m in [getattr(model.encoder, "pre_encode", None), *layers[:n]] if m is not None]
+    return _freeze(model, [m for m in [getattr(model.encoder, "pre_encode", None), *layers[:n]] if m is not None])
+
+
+def _freeze(model, modules: list) -> int:
+    """No gradients and eval mode for ``modules``; they join ``model._clinasr_frozen``, which the trainer's
+    callback puts back in eval mode after Lightning's train(). Returns the number of frozen parameters."""
     count = 0
-    for m in frozen:
+    for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
             count += p.numel()
         m.eval()
-    model._clinasr_frozen = frozen
+    model._clinasr_frozen = [*getattr(model, "_clinasr_frozen", ()), *modules]
     return count
 
 
@@ -165,13 +170,7 @@ def freeze_prediction_network(model, tcfg: dict) -> int:
     decoder = getattr(model, "decoder", None)
     if decoder is None:
         raise TrainingError("freeze_prediction_network: the model has no prediction network (decoder)")
-    count = 0
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-        count += p.numel()
-    decoder.eval()
-    model._clinasr_frozen = [*getattr(model, "_clinasr_frozen", ()), decoder]
-    return count
+    return _freeze(model, [decoder])
 
 
 def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
