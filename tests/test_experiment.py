@@ -168,3 +168,27 @@ def test_base_training_continues_across_calls(tmp_path, tiny_model):
     assert card["total_steps"] == 11 and card["total_train_seconds"] > 60
     md = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     assert "11 steps" in md and "then 4 steps" in md
+
+
+def test_base_speech_synthesis_rate_counts_every_call_that_rendered_it(tmp_path, monkeypatch):
+    """A set rendered across two calls (the first stops at its data budget) reports the synthesis seconds of
+    both calls, not only the last one's (v4's card said 4,821 audio-hours per hour for the call that rendered
+    the last 9,000 of 114,000 utterances). A clock that moves 100 s per reading makes the seconds exact."""
+    import types
+
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(E, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    cfg = {"seed": 0, "voices": {"train": {"native": ["gmw/en-us"]}, "heldout": {}}, "accent_mix": {"native": 1.0},
+           "base": {"text": "include/clinasr/data/general_en_v2.txt.gz", "utterances": 6, "shard": 4,
+                    "data_minutes": 0, "val_fraction": 0.2}}
+    out = tmp_path / "general"
+    first = E.build_general(cfg, out, log=lambda m: None)["synthesis"]
+    assert first["utterances"] == 4 and not first["complete"] and first["seconds"] == 100
+    second = E.build_general(cfg, out, log=lambda m: None)["synthesis"]
+    assert second["complete"] and second["utterances"] == 6
+    assert second["seconds"] == 200   # 100 s in each call
+    assert second["audio_hours_per_hour"] == round(second["audio_hours"] * 3600 / 200, 1)
+    # a set started afresh (its rows gone) does not inherit the seconds of the one before
+    shutil.rmtree(tmp_path / ".general-rows")
+    (tmp_path / "general-complete.json").unlink()
+    assert E.build_general(cfg, out, log=lambda m: None)["synthesis"]["seconds"] == 100

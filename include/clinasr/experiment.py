@@ -82,8 +82,9 @@ def check_own_heldout(cfg: dict) -> None:
 
 def build_general(cfg: dict, out: Path, log=print) -> dict:
     """General-English speech in shards until ``utterances`` or the data time budget; returns the dataset
-    and the measured synthesis rate (audio-hours per hour on this machine's cores). Rows already rendered (an
-    earlier call on the same disk) are reused; a set finished for the same recipe is returned as it is."""
+    and the measured synthesis rate (audio-hours per hour on this machine's cores, over the seconds of every
+    call that rendered a part of the set). Rows already rendered (an earlier call on the same disk) are reused;
+    a set finished for the same recipe is returned as it is."""
     from clinasr.synth import general, pipeline
 
     b = cfg["base"]
@@ -105,6 +106,10 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
     shard = int(b.get("shard", 2000))
     cache = out.parent / f".{out.name}-rows"     # rows rendered by an earlier call: a prefix of ``utts``
     cached = sum(1 for _ in cache.glob("*.json")) if cache.is_dir() else 0
+    # synthesis seconds spent by earlier calls on this set, so that the rate covers the whole set
+    spent_file = out.parent / f".{out.name}-seconds.json"
+    spent = json.loads(spent_file.read_text()) if spent_file.exists() else {}
+    earlier = float(spent.get("seconds", 0.0)) if spent.get("recipe") == recipe and cached else 0.0
     t0, n, res = time.time(), min(len(utts) - 1, cached // shard * shard), None
     while n < len(utts):
         n = min(len(utts), n + shard)
@@ -113,12 +118,13 @@ def build_general(cfg: dict, out: Path, log=print) -> dict:
                                                               "lexicon_version": general.source_version(text)},
                                      progress=False)
         took = time.time() - t0
+        spent_file.write_text(json.dumps({"recipe": recipe, "seconds": earlier + took}))
         hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
-        log(f"[experiment] general speech: {n} utterances, {hours:.2f} h of audio in {took:.0f}s "
-            f"({hours * 3600 / took:.0f} audio-s/s on {workers()} workers)")
+        log(f"[experiment] general speech: {n} utterances, {hours:.2f} h of audio in {earlier + took:.0f}s "
+            f"({hours * 3600 / (earlier + took):.0f} audio-s/s on {workers()} workers)")
         if took > float(b.get("data_minutes", 1e9)) * 60:
             break
-    took = time.time() - t0
+    took += earlier   # the synthesis seconds of every call that rendered a part of this set
     hours = res["card"]["hours"]["train"] + res["card"]["hours"]["val"]
     res["synthesis"] = {"utterances": n, "audio_hours": round(hours, 3), "seconds": round(took, 1),
                         "workers": workers(), "audio_hours_per_hour": round(hours * 3600 / took, 1),
