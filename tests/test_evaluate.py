@@ -124,6 +124,11 @@ def test_compiled_encoder_transcribes_as_the_plain_one(tiny_model, tiny_dataset,
     xs = [audio.load(tiny_dataset / r["audio_filepath"]) for r in rows]
     plain = Transcriber(tiny_model)
     assert not plain.compiled
+    # bf16 autocast is opt-in: a GPU fine-tune trained in fp32 decoded everyday English at WER 1.01 under it
+    assert plain.bf16_min_batch == 0
+    monkeypatch.setenv("CLINASR_BF16_MIN_BATCH", "16")
+    assert Transcriber.from_model(plain.model).bf16_min_batch == 16
+    monkeypatch.delenv("CLINASR_BF16_MIN_BATCH")
     monkeypatch.setenv("CLINASR_COMPILE_ENCODER", "aot_eager")
     fast = Transcriber(tiny_model)
     assert fast.compiled and hasattr(fast.model.encoder, "_orig_mod")

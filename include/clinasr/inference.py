@@ -107,10 +107,14 @@ class Transcriber(WarmUp):
             fe.dither, fe.pad_to = 0.0, 0   # deterministic features at inference
         self.model = model
         self.version = version
-        # bf16 autocast on a GPU for batches of at least this size (measured on an H100 at 617 M parameters:
-        # 1.3x at batch 16, 2.7x at 64, but 0.63x at batch 1 — bench/results/README.md); 0 turns it off
+        # bf16 autocast of the encoder on a GPU for batches of at least this size: off (0) unless asked for
+        # (CLINASR_BF16_MIN_BATCH or bf16_min_batch). It was 16 (measured on an H100 at 617 M parameters: 1.3x at batch
+        # 16, 2.7x at 64, 0.63x at batch 1), until a fine-tune trained in fp32 on an H200 decoded everyday English
+        # at WER 1.01 under it (tokens repeated: "waaaaaaaaaa") and at 0.387 in fp32, on the GPU and on the CPU
+        # alike, where its base scored 0.364 either way (docs/benchmarks.md, "bf16 decoding"). Turn it on for a
+        # model only after scoring it both ways.
         env = os.environ.get("CLINASR_BF16_MIN_BATCH")
-        self.bf16_min_batch = bf16_min_batch if bf16_min_batch is not None else int(env) if env else 16
+        self.bf16_min_batch = bf16_min_batch if bf16_min_batch is not None else int(env) if env else 0
         self.max_chunk = int(max_chunk_s * SAMPLE_RATE)
         self.stride_s = float(model.cfg.preprocessor.get("window_stride", 0.01)) * int(getattr(model.encoder, "subsampling_factor", 1))
         self.n_params = sum(p.numel() for p in model.parameters())
