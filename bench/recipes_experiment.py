@@ -40,8 +40,14 @@ def main(argv=None) -> int:
                     "score` (JSON), instead of scoring it here")
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every recipe (values read as YAML), e.g. max_minutes=null")
+    ap.add_argument("--no-sweeps", action="store_true",
+                    help="score each recipe's final model only (not its merge_sweep / checkpoint_sweep models)")
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
+    if a.no_sweeps:
+        for r in cfg["recipes"].values():
+            r.pop("merge_sweep", None)
+            r.pop("checkpoint_sweep", None)
     if a.base:
         cfg["base"] = str(Path(a.base).resolve())
     if a.per_term:

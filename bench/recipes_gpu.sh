@@ -46,7 +46,8 @@ prepare)
   done ;;
 run)
   # the base scored once for every recipe below (each would otherwise score it again)
-  sets=/tmp/w$default_pt/evalsets
+  first=${1:-}; case $first in *:*) first_pt=${first%%:*} ;; *) first_pt=$default_pt ;; esac
+  sets=/tmp/w$first_pt/evalsets    # the held-out sets are the same in every prepared dir
   printf '{"model": "/tmp/base_fp32.nemo", "out": "/tmp/base-eval", "manifests": {"clinical_heldout": "%s", "general_heldout": "%s"}}' \
     "$sets/clinical_heldout/test_manifest.jsonl" "$sets/general_heldout/test_manifest.jsonl" > /tmp/base-args.json
   python3 -m clinasr.experiment score /tmp/base-args.json /tmp/base-scores.json > "$out/base.log" 2>&1 || { tail -30 "$out/base.log"; exit 7; }
@@ -56,7 +57,7 @@ run)
     name="${r}_pt${pt}"; names+=("$name")
     [ -d "/tmp/w$pt" ] || { echo "no /tmp/w$pt: run 'prepare $pt' first on this warm machine"; exit 6; }
     rm -rf "/tmp/w_$name" "$out/$name" && cp -r "/tmp/w$pt" "/tmp/w_$name"
-    OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py --only "$r" --per-term "$pt" --base /tmp/base_fp32.nemo --base-scores /tmp/base-scores.json \
+    OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py ${NO_SWEEPS:+--no-sweeps} --only "$r" --per-term "$pt" --base /tmp/base_fp32.nemo --base-scores /tmp/base-scores.json \
       --work "/tmp/w_$name" --out "$out/$name" > "$out/$name.log" 2>&1 &
   done
   wait

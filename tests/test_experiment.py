@@ -192,3 +192,50 @@ def test_base_speech_synthesis_rate_counts_every_call_that_rendered_it(tmp_path,
     shutil.rmtree(tmp_path / ".general-rows")
     (tmp_path / "general-complete.json").unlink()
     assert E.build_general(cfg, out, log=lambda m: None)["synthesis"]["seconds"] == 100
+
+
+def test_checkpoint_sweep_names_early_stops_and_averages_and_says_what_is_missing(tmp_path):
+    for step in (200, 400, 500, 600):
+        (tmp_path / f"step{step:06d}.ckpt").write_bytes(b"x")
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert E.sweep_checkpoints(tmp_path, "step400", 600) == ([tmp_path / "step000400.ckpt"], False)
+    assert E.sweep_checkpoints(tmp_path, "avg3", 600) == ([tmp_path / "step000400.ckpt", tmp_path / "step000500.ckpt"], True)
+    assert E.sweep_checkpoints(tmp_path, "avg1", 600) == ([], True)
+    with pytest.raises(ValueError, match=r"no step-300 checkpoint .*kept: \[200, 400, 500, 600\]"):
+        E.sweep_checkpoints(tmp_path, "step300", 600)
+    with pytest.raises(ValueError, match="only 3 step checkpoints before step 600"):
+        E.sweep_checkpoints(tmp_path, "avg5", 600)
+    with pytest.raises(ValueError, match="stepN or avgK"):
+        E.sweep_checkpoints(tmp_path, "best", 600)
+
+
+def test_a_model_trained_on_a_gpu_is_scored_from_its_saved_file_in_a_fresh_interpreter(monkeypatch, tmp_path):
+    """_train's child leaves result["score"] empty when it trained on a GPU (scoring in that process gave WER ~1.0
+    on an H200); the parent then scores the saved .nemo in a fresh interpreter, for both forms of score_on."""
+    calls = []
+    monkeypatch.setattr(E, "_in_fresh_interpreter", lambda mode, args, what: {"nemo_path": str(tmp_path / "m.nemo"),
+                                                                              "score": None})
+    monkeypatch.setattr(E, "_score_in_subprocess", lambda model, manifests, out, merge=None:
+                        calls.append((model, manifests, out)) or {k: {"wer": 0.1, "set": k} for k in manifests})
+    r = E._train({"output_dir": str(tmp_path)}, print, score_on={"manifests": {"a": "a.jsonl", "b": "b.jsonl"},
+                                                               "out": str(tmp_path / "eval"), "name": "r1"})
+    assert r["score"] == {"a": {"wer": 0.1, "set": "a"}, "b": {"wer": 0.1, "set": "b"}}
+    assert calls[-1] == (tmp_path / "m.nemo", {"a": "a.jsonl", "b": "b.jsonl"}, tmp_path / "eval" / "r1")
+    r = E._train({"output_dir": str(tmp_path)}, print, score_on={"manifest": "h.jsonl", "out": str(tmp_path / "eval"),
+                                                               "name": "full"})
+    assert r["score"] == {"wer": 0.1, "set": "full"} and calls[-1][1:] == ({"full": "h.jsonl"}, tmp_path / "eval")
+    monkeypatch.setattr(E, "_in_fresh_interpreter", lambda mode, args, what: {"nemo_path": "x", "score": {"wer": 0.2}})
+    assert E._train({}, print, score_on={"manifest": "h", "out": "o", "name": "n"})["score"] == {"wer": 0.2}
+    assert len(calls) == 2                                   # scored in the training process (CPU): used as it is
+
+
+def test_recipes_plot_draws_every_run_and_the_trade_off(tmp_path):
+    def run(term, wer):
+        return {"clinical_heldout": {"by_engine": {"espeak": {"term_accuracy": term}, "piper": {"term_accuracy": term / 2}}},
+                "general_heldout": {"wer": wer, "phantoms_per_100": 0.6}}
+
+    results = {"runs": {"base": run(0.1, 0.40), "default": run(0.62, 0.46), "default@step200": run(0.52, 0.48)}}
+    E.plot_recipes(results, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(KeyError):                       # a run without its general-English score is not drawn as 0
+        E.plot_recipes({"runs": {**results["runs"], "broken": {"clinical_heldout": {"by_engine": {}}}}}, tmp_path / "x.png")

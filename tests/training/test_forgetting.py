@@ -1,6 +1,7 @@
 """Fine-tuning that keeps what the base knew (ML runtime, real NeMo on CPU): general-English replay mixed into
-both splits, frozen early encoder layers, a lower encoder learning rate, and the weight-space merge with the
-base; a fine-tune whose replay source is missing stops before training."""
+both splits, frozen early encoder layers, a lower encoder learning rate, the pull towards the base weights
+(L2-SP), checkpoint averaging and the weight-space merge with the base; a fine-tune whose replay source is
+missing, or that cannot keep the checkpoints it would average, stops before training."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,8 @@ import pytest
 
 from clinasr import evalsets
 from clinasr.settings import REPO_ROOT
+from clinasr.training.checkpoints import average_last_checkpoints, average_weights
+from clinasr.training.strategy import anchor_to_base
 from clinasr.training.train import TrainingError, merge_with_base, prepare_dataset, replay_spec, train
 
 pytestmark = pytest.mark.ml
@@ -91,6 +94,7 @@ def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_enco
         seen["trainable_frozen"] = [n for n, p in model.named_parameters() if p.requires_grad
                                     and (n.startswith("encoder.pre_encode") or n.startswith("encoder.layers.0."))]
         seen["trainable_decoder"] = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("decoder.")]
+        seen["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     logs = []
     r = train({"dataset": str(tiny_dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
@@ -98,7 +102,9 @@ def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_enco
                "trainer": "configs/trainer/cpu_finetune.yaml",
                "trainer_overrides": {"max_steps": 4, "val_check_interval": 4, "checkpoint_every_n_steps": 4, "batch_size": 4,
                                      "replay": {"ratio": 1.0}, "freeze_encoder_layers": 2, "encoder_lr_scale": 0.1,
-                                     "freeze_prediction_network": True, "merge_with_base": None}},
+                                     "freeze_prediction_network": True, "merge_with_base": None,
+                                     "anchor_to_base": 0.5, "checkpoint_every_n_steps": 2, "keep_last_k": 2,
+                                     "average_checkpoints": 2}},
               log=logs.append, on_trained=on_trained)
     assert r["global_step"] == 4 and r["data"]["train"]["general_replay_rows"] > 0
     assert any("frozen: encoder front end + first 2 layers" in m for m in logs)
@@ -115,6 +121,15 @@ def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_enco
     moved = [k for k in base if k.startswith("encoder.layers.5.") and torch.is_floating_point(base[k])
              and not torch.equal(tuned[k], base[k])]
     assert moved and any(not torch.equal(tuned[k], base[k]) for k in base if k.startswith("joint."))
+    # L2-SP: only the trainable parameters are pulled, and the penalty was in the loss (logged beside it)
+    assert any(f"over {seen['trainable'] / 1e6:.2f} M trainable parameters (L2-SP)" in m for m in logs)
+    assert r["metrics"]["anchor_penalty"] > 0
+    # checkpoint averaging: the saved weights are the mean of the step-2 checkpoint and the final (step-4) weights
+    ck = {s: torch.load(tmp_path / "run" / "checkpoints" / f"step00000{s}.ckpt", map_location="cpu",
+                        weights_only=False)["state_dict"] for s in (2, 4)}
+    assert any("the mean of the final weights and step000002.ckpt" in m for m in logs)
+    assert not torch.equal(ck[2][moved[0]], ck[4][moved[0]])
+    assert all(torch.allclose(tuned[k], (ck[2][k] + ck[4][k]) / 2, atol=1e-6) for k in moved)
 
 
 def test_merge_with_base_interpolates_every_weight():
@@ -137,3 +152,97 @@ def test_merge_with_base_interpolates_every_weight():
     assert merge_with_base(ft, base.state_dict(), {}) is None             # off by default
     with pytest.raises(TrainingError, match="needs a base model"):
         merge_with_base(ft, None, {"merge_with_base": 0.5})
+
+
+class _Steps(__import__("torch").nn.Module):
+    """A module with a Lightning-style training_step: loss = sum of the first layer's weights."""
+
+    def __init__(self):
+        import torch
+
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+        self.logged = {}
+
+    def log(self, name, value):
+        self.logged[name] = float(value)
+
+    def training_step(self, batch, idx):
+        return {"loss": self.a.weight.sum()}
+
+
+def test_anchor_to_base_adds_the_l2_sp_penalty_over_trainable_parameters_only():
+    import torch
+
+    m = _Steps()
+    base = {k: v.clone() for k, v in m.state_dict().items()}
+    m.b.weight.requires_grad_(False)                                     # frozen: not pulled
+    assert anchor_to_base(m, base, {}) == 0 and "training_step" not in vars(m)   # off by default
+    assert anchor_to_base(m, base, {"anchor_to_base": 0.5}) == 4 + 2 + 1   # a.weight, a.bias, b.bias
+    assert m.training_step(None, 0)["loss"].item() == pytest.approx(base["a.weight"].sum().item())
+    assert m.logged["anchor_penalty"] == 0.0                            # at the base weights: nothing
+    with torch.no_grad():
+        m.a.weight += 2.0
+        m.b.weight += 5.0                                               # frozen: its drift costs nothing
+    out = m.training_step(None, 0)
+    assert m.logged["anchor_penalty"] == pytest.approx(4 * 2.0 ** 2)
+    assert out["loss"].item() == pytest.approx(m.a.weight.sum().item() + 0.5 * 0.5 * 16.0)
+    out["loss"].backward()
+    assert torch.allclose(m.a.weight.grad, torch.full((2, 2), 1 + 0.5 * 2.0))   # d/dw: 1 + w * (theta - base)
+    # decoupled (anchor_mode decay): before each step, lr x w of the way back, whatever the gradients
+    from types import SimpleNamespace
+
+    m = _Steps()
+    base = {k: v.clone() for k, v in m.state_dict().items()}
+    m.trainer = SimpleNamespace(optimizers=[torch.optim.SGD([{"params": [m.a.weight], "lr": 0.1},
+                                                             {"params": [m.a.bias, *m.b.parameters()], "lr": 0.01}])])
+    assert anchor_to_base(m, base, {"anchor_to_base": 2.0, "anchor_mode": "decay"}) == 4 + 2 + 2 + 1
+    with torch.no_grad():
+        for p in m.parameters():
+            p += 1.0
+    out = m.training_step(None, 0)
+    assert torch.allclose(m.a.weight, base["a.weight"] + 1.0 * (1 - 0.1 * 2.0))   # 20% of the way back
+    assert torch.allclose(m.b.bias, base["b.bias"] + 1.0 * (1 - 0.01 * 2.0))      # at its own group's lr
+    assert out["loss"].item() == pytest.approx(m.a.weight.sum().item()) and "anchor_penalty" not in m.logged
+    with pytest.raises(TrainingError, match="anchor_mode must be loss or decay"):
+        anchor_to_base(_Steps(), base, {"anchor_to_base": 1.0, "anchor_mode": "l2"})
+    with pytest.raises(TrainingError, match="not with deepspeed_stage_2"):
+        anchor_to_base(_Steps(), base, {"anchor_to_base": 1.0, "anchor_mode": "decay", "strategy": "deepspeed_stage_2"})
+    with pytest.raises(TrainingError, match="needs a base model"):
+        anchor_to_base(_Steps(), None, {"anchor_to_base": 0.1})
+    with pytest.raises(TrainingError, match="non-negative"):
+        anchor_to_base(_Steps(), base, {"anchor_to_base": -1})
+
+
+def test_checkpoint_averaging_means_the_last_k_and_refuses_a_foreign_checkpoint(tmp_path):
+    import torch
+
+    m = _Steps()
+    keys = [k for k in m.state_dict()]
+    for step, v in ((100, 1.0), (200, 2.0), (300, 4.0), (400, 8.0)):
+        torch.save({"state_dict": {k: torch.full_like(t, v) for k, t in m.state_dict().items()}},
+                   tmp_path / f"step{step:06d}.ckpt")
+    (tmp_path / "last.ckpt").write_bytes((tmp_path / "step000100.ckpt").read_bytes())   # not a step checkpoint
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(16.0)                                               # the final weights (step 500)
+    logs = []
+    assert average_last_checkpoints(m, tmp_path, 3, 500, logs.append) == 3
+    assert all(torch.allclose(m.state_dict()[k], torch.full_like(m.state_dict()[k], (4 + 8 + 16) / 3)) for k in keys)
+    assert "step000300.ckpt, step000400.ckpt" in logs[-1]
+    logs.clear()          # the final step's own checkpoint is the final weights: it is not counted twice
+    assert average_last_checkpoints(m, tmp_path, 9, 400, logs.append) == 4
+    assert "only 3 earlier step checkpoints" in logs[0]
+    torch.save({"state_dict": {"a.weight": torch.zeros(3, 3)}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(TrainingError, match="does not match the model"):
+        average_weights(m, [tmp_path / "foreign.ckpt"], include_current=True)
+
+
+def test_average_checkpoints_that_the_run_cannot_keep_stops_before_training(tiny_dataset, tmp_path):
+    logs = []
+    for over, why in (({"average_checkpoints": 3, "keep_last_k": 2}, "needs keep_last_k >= 3"),
+                      ({"average_checkpoints": 2, "keep_last_k": 4, "strategy": "deepspeed_stage_2"}, "single-file")):
+        with pytest.raises(TrainingError, match=why):
+            train({"dataset": str(tiny_dataset), "output_dir": str(tmp_path / "run"), "mlflow": {"enabled": False},
+                   "trainer_overrides": over}, log=logs.append)
+    assert not (tmp_path / "run" / "data").exists() and not any("parameters" in m for m in logs)

@@ -85,3 +85,23 @@ def test_long_inputs_are_fast_enough_to_train_on_cpu():
     loss = TDTLossCPU(128, [0, 1, 2, 3, 4])(acts, labels, torch.full((8,), 120), torch.full((8,), 40))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(acts.grad).all()
+
+
+def test_install_swaps_the_loss_off_gpu_and_on_a_gpu_only_when_asked():
+    from types import SimpleNamespace
+
+    from clinasr.training.tdt_loss import install_cpu_tdt_loss
+
+    def model():
+        cfg = {"loss": {"loss_name": "tdt", "tdt_kwargs": {"durations": [0, 1, 2], "sigma": 0.02, "omega": 0.1}}}
+        return SimpleNamespace(cfg=cfg, loss=SimpleNamespace(_loss="nemo", _blank=7))
+
+    m = model()
+    assert install_cpu_tdt_loss(m, "cuda") is None and m.loss._loss == "nemo"          # NeMo's kernel on a GPU
+    assert "pure-torch TDT loss on the GPU" in install_cpu_tdt_loss(m, "cuda", prefer_torch=True)
+    assert isinstance(m.loss._loss, TDTLossCPU)
+    m = model()
+    assert "no CUDA device" in install_cpu_tdt_loss(m, "cpu") and isinstance(m.loss._loss, TDTLossCPU)
+    m = model()
+    m.cfg["loss"]["loss_name"] = "default"                                             # an RNN-T model: untouched
+    assert install_cpu_tdt_loss(m, "cpu") is None and m.loss._loss == "nemo"

@@ -320,3 +320,59 @@ def load_full_into_zero(zero_optimizer, module, checkpoint: dict, strict: bool =
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=strict)
         zero_optimizer.refresh_fp32_params()
     return restored
+
+
+STEP_CHECKPOINT = re.compile(r"^step(\d+)\.ckpt$")
+
+
+def step_checkpoints(ckpt_dir: Path) -> dict[int, Path]:
+    """The step checkpoints a run kept (``stepNNNNNN.ckpt`` single files), by step."""
+    out = {}
+    for p in Path(ckpt_dir).glob("step*.ckpt"):
+        if (m := STEP_CHECKPOINT.match(p.name)) and p.is_file():
+            out[int(m.group(1))] = p
+    return dict(sorted(out.items()))
+
+
+def checkpoints_before(ckpt_dir: Path, n: int, step: int) -> list[Path]:
+    """The ``n`` latest step checkpoints written before ``step`` (fewer where fewer were kept), oldest first."""
+    return [p for s, p in step_checkpoints(ckpt_dir).items() if s < step][-n:] if n > 0 else []
+
+
+def average_weights(model, paths: list[Path], include_current: bool) -> int:
+    """Checkpoint averaging: the model's floating-point weights become the mean of the ``paths`` checkpoints'
+    weights (and of its own current weights with ``include_current``); buffers that are not floating point
+    (counters) keep the model's. Returns the number of weight sets averaged."""
+    import torch
+
+    state = model.state_dict()
+    total = {k: v.detach().double().clone() if include_current else torch.zeros_like(v, dtype=torch.float64)
+             for k, v in state.items() if torch.is_floating_point(v)}
+    for p in paths:
+        sd = torch.load(p, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+        missing = [k for k in total if k not in sd or sd[k].shape != state[k].shape]
+        if missing:
+            raise TrainingError(f"checkpoint {p.name} does not match the model ({len(missing)} weights missing or of "
+                                f"another shape, e.g. {missing[0]}): cannot average")
+        for k in total:
+            total[k] += sd[k].double()
+    n = len(paths) + int(include_current)
+    if n == 0:
+        raise TrainingError("average_weights: nothing to average")
+    with torch.no_grad():
+        for k, v in total.items():
+            state[k].copy_((v / n).to(state[k].dtype))
+    return n
+
+
+def average_last_checkpoints(model, ckpt_dir: Path, k: int, global_step: int, log) -> int:
+    """Trainer option ``average_checkpoints: K``: the saved weights are the mean of the final weights and the K-1
+    latest step checkpoints written before the final step. Fewer kept than asked: the mean of those there are,
+    and the log says so. Returns the number of weight sets averaged."""
+    earlier = checkpoints_before(ckpt_dir, k - 1, global_step)
+    if len(earlier) < k - 1:
+        log(f"[train] average_checkpoints {k}: only {len(earlier)} earlier step checkpoints kept in {ckpt_dir} "
+            f"(raise keep_last_k): averaging {len(earlier) + 1} weight sets")
+    n = average_weights(model, earlier, include_current=True)
+    log(f"[train] saved weights: the mean of the final weights and {', '.join(p.name for p in earlier) or 'nothing else'}")
+    return n

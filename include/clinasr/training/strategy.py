@@ -1,8 +1,8 @@
 """How a run trains (ML runtime): the Lightning strategy and process layout (:func:`choose_strategy`: DDP,
 DeepSpeed ZeRO-2, CPU fallbacks, torchrun), and the trainer options that adjust the model or its optimiser
 before and after fitting: DeepSpeed's CPU Adam, a lower encoder learning rate, SpecAugment off, activation
-checkpointing, frozen encoder layers, merging with the base weights (WiSE-FT), and the TDT loss after a
-vocabulary change."""
+checkpointing, frozen encoder layers, a pull towards the base weights (L2-SP), merging with the base weights
+(WiSE-FT), and the TDT loss after a vocabulary change."""
 
 from __future__ import annotations
 
@@ -171,6 +171,61 @@ def freeze_prediction_network(model, tcfg: dict) -> int:
     if decoder is None:
         raise TrainingError("freeze_prediction_network: the model has no prediction network (decoder)")
     return _freeze(model, [decoder])
+
+
+def anchor_to_base(model, base_state: dict | None, tcfg: dict) -> int:
+    """Trainer option ``anchor_to_base: w`` (w > 0): a pull of every trainable parameter towards the weights the
+    fine-tune started from (Li et al., "Explicit inductive bias for transfer learning with convolutional
+    networks", L2-SP). Where the merge with the base (``merge_with_base``) interpolates once after training, the
+    pull acts during it: the model looks for the clinical words near the base. ``anchor_mode``:
+
+    ``loss`` (default)  the training loss gains ``w/2 * sum((theta - theta_base)^2)`` (the penalty is logged as
+                        ``anchor_penalty``; ``train_loss`` stays the transducer loss alone). Under Adam the
+                        penalty's gradient is rescaled per parameter like the loss's.
+    ``decay``           decoupled, as AdamW decouples weight decay: before each step every parameter moves
+                        ``lr * w`` of the way back to its base value (``theta -= lr * w * (theta - theta_base)``,
+                        lr of its parameter group), whatever Adam does with the gradients. Not under DeepSpeed
+                        (its fp32 master weights would overwrite the pull).
+
+    Call it after freezing (frozen parameters are not pulled). Returns the number of parameters pulled."""
+    w = tcfg.get("anchor_to_base")
+    if not w:
+        return 0
+    w, mode = float(w), tcfg.get("anchor_mode", "loss")
+    if w < 0:
+        raise TrainingError(f"anchor_to_base must be a non-negative weight (got {w})")
+    if mode not in ("loss", "decay"):
+        raise TrainingError(f"anchor_mode must be loss or decay (got {mode!r})")
+    if mode == "decay" and tcfg.get("strategy") == "deepspeed_stage_2":
+        raise TrainingError("anchor_mode decay moves the module's weights between steps: not with deepspeed_stage_2 "
+                            "(its fp32 master weights overwrite them); use anchor_mode loss")
+    if base_state is None:
+        raise TrainingError("anchor_to_base needs a base model to pull towards (base nemo: or pretrained:)")
+    import torch
+
+    pairs = [(p, base_state[n].detach().clone()) for n, p in model.named_parameters()
+             if p.requires_grad and n in base_state and base_state[n].shape == p.shape]
+    if not pairs:
+        return 0
+    step = model.training_step
+
+    def training_step(*args, **kwargs):
+        if pairs[0][1].device != pairs[0][0].device:   # Lightning moved the model after this call (a GPU)
+            pairs[:] = [(p, a.to(p.device)) for p, a in pairs]
+        if mode == "decay":
+            lr = {id(p): g["lr"] for opt in model.trainer.optimizers for g in opt.param_groups for p in g["params"]}
+            with torch.no_grad():
+                for p, a in pairs:
+                    p.add_(p - a.to(p.dtype), alpha=-lr.get(id(p), 0.0) * w)
+            return step(*args, **kwargs)
+        out = step(*args, **kwargs)
+        penalty = torch.stack([(p - a.to(p.dtype)).pow(2).sum() for p, a in pairs]).sum()
+        model.log("anchor_penalty", penalty.detach())
+        out["loss"] = out["loss"] + 0.5 * w * penalty
+        return out
+
+    model.training_step = training_step   # an instance attribute: the .nemo and checkpoints are unchanged
+    return sum(p.numel() for p, _ in pairs)
 
 
 def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:

@@ -119,15 +119,19 @@ class TDTLossCPU(torch.nn.Module):
         return nll
 
 
-def install_cpu_tdt_loss(model, device: str) -> str | None:
-    """Replace NeMo's CUDA-only TDT loss with :class:`TDTLossCPU` when training off-GPU.
+def install_cpu_tdt_loss(model, device: str, prefer_torch: bool = False) -> str | None:
+    """Replace NeMo's CUDA-only TDT loss with :class:`TDTLossCPU` when training off-GPU, or on a GPU too with
+    ``prefer_torch`` (trainer option ``tdt_loss: torch``: a cross-check of NeMo's kernel; on an H200 it trained the
+    same way, bench/results/recipes-gpu-h200-decoding.md).
 
     Returns a reason string when it swapped the loss (logged by the trainer), else None.
     """
     cfg = model.cfg.get("loss", {})
-    if cfg.get("loss_name") not in ("tdt", "tdt_pytorch") or device == "cuda":
+    if cfg.get("loss_name") not in ("tdt", "tdt_pytorch") or (device == "cuda" and not prefer_torch):
         return None
     kw = cfg.get("tdt_kwargs", {})
     model.loss._loss = TDTLossCPU(blank=model.loss._blank, durations=list(kw.get("durations", [0, 1, 2, 3, 4])),
                                   sigma=float(kw.get("sigma", 0.0)), omega=float(kw.get("omega", 0.0)))
+    if device == "cuda":
+        return "tdt_loss torch: clinasr's vectorised pure-torch TDT loss on the GPU (NeMo's CUDA kernel is the default)"
     return "no CUDA device: NeMo's TDT loss is CUDA-only, using clinasr's vectorised pure-torch TDT loss"

@@ -28,8 +28,15 @@ bench/results/recipes-cpu.md; the default recipe is the one that measurement pic
                                                 do not train (and stay in eval mode)
     encoder_lr_scale: s                         the trainable encoder layers learn at s x the decoder/joint rate
     freeze_prediction_network: true             the prediction network (decoder) keeps the base's weights
+    anchor_to_base: w                           a pull towards the base weights during training (L2-SP): the loss
+                                                gains w/2 * |theta - theta_base|^2, or with anchor_mode: decay each
+                                                step moves lr * w of the way back (decoupled, as AdamW's decay)
+    average_checkpoints: K                      the saved weights are the mean of the last K checkpoints (the final
+                                                weights and the K-1 step checkpoints before them)
     merge_with_base: a                          the saved weights are a*fine-tuned + (1-a)*base (weight-space
                                                 ensembling, "WiSE-FT"); 1 or unset: the fine-tuned weights
+    tdt_loss: torch                             clinasr's pure-torch TDT loss on a GPU too (default there: NeMo's
+                                                CUDA kernel; off-GPU always clinasr's)
 
 Returns the MLflow run id, the registered model version (alias ``candidate``), metrics and paths.
 
@@ -51,13 +58,13 @@ import time
 from pathlib import Path
 
 from clinasr.mlenv import launched_processes
-from clinasr.training.checkpoints import full_optimizer_callback, resume_path
+from clinasr.training.checkpoints import average_last_checkpoints, full_optimizer_callback, resume_path
 from clinasr.training.common import TrainingError, load_yaml
 from clinasr.training.data import _dataset_cfg, prepare_dataset, replay_spec, train_tokenizer
 from clinasr.training.progress import (_CheckpointMirror, _finite_loss_callback, _frozen_eval_callback,
                                        _model_checkpoint, _progress_callback, _Tracking, _usable_checkpoint)
 from clinasr.training.strategy import (_restore_tdt_loss, _spec_augment_switch, _with_optimizer,
-                                       activation_checkpointing, choose_strategy, encoder_param_groups,
+                                       activation_checkpointing, anchor_to_base, choose_strategy, encoder_param_groups,
                                        freeze_encoder_layers, freeze_prediction_network, fused_adam_callback,
                                        merge_with_base, step_levers)
 
@@ -150,6 +157,12 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         log = lambda m: None   # noqa: E731 — one log per run, not one per process
         args = {**args, "mlflow": {**(args.get("mlflow") or {}), "enabled": False}, "checkpoint_uri": None}
         work = out / f"rank{rank}"
+    if k := int(tcfg.get("average_checkpoints") or 0):   # a config error stops the run before any work
+        if tcfg.get("strategy") == "deepspeed_stage_2":
+            raise TrainingError("average_checkpoints needs single-file checkpoints: not with strategy deepspeed_stage_2")
+        if k > int(tcfg.get("keep_last_k", 2)):
+            raise TrainingError(f"average_checkpoints {k} needs keep_last_k >= {k} (it is {tcfg.get('keep_last_k', 2)}): "
+                                "the run keeps too few step checkpoints to average")
     replay = replay_spec(args, tcfg, log)
     data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)), replay)
     log(f"[train] data: {json.dumps(data['report'])}")
@@ -220,12 +233,14 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         model, base_desc = load_base_model(base, model_cfg, data["manifests"], tcfg, work, trainer)
         from clinasr.training.tdt_loss import install_cpu_tdt_loss
 
-        if reason := install_cpu_tdt_loss(model, "cuda" if accelerator == "gpu" else "cpu"):
+        if reason := install_cpu_tdt_loss(model, "cuda" if accelerator == "gpu" else "cpu",
+                                          prefer_torch=tcfg.get("tdt_loss") == "torch"):
             log(f"[train] {reason}")
         if n_ckpt := activation_checkpointing(model, tcfg):
             log(f"[train] activation checkpointing: {n_ckpt} encoder layers recompute their activations in backward")
         base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
-                      if tcfg.get("merge_with_base") is not None and "config" not in base else None)
+                      if (tcfg.get("merge_with_base") is not None or tcfg.get("anchor_to_base")) and "config" not in base
+                      else None)
         for lever in ("freeze_encoder_layers", "freeze_prediction_network"):   # fine-tuning levers: nothing to
             if "config" in base and tcfg.get(lever):                           # keep when built from scratch
                 log(f"[train] {lever} {tcfg[lever]} ignored: the model is built from {base['config']}, there are no "
@@ -236,6 +251,10 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
                 f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
         if n_frozen := freeze_prediction_network(model, tcfg):
             log(f"[train] frozen: the prediction network ({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+        if n_anchored := anchor_to_base(model, base_state, tcfg):
+            how = (f"each step moves lr x {tcfg['anchor_to_base']} of the way back" if tcfg.get("anchor_mode") == "decay"
+                   else f"loss + {tcfg['anchor_to_base']}/2 x |theta - theta_base|^2")
+            log(f"[train] anchored to the base weights: {how}, over {n_anchored / 1e6:.2f} M trainable parameters (L2-SP)")
         levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
             log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
@@ -269,6 +288,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         if rank:
             mlflow.end_run()
             return {"rank": rank, "global_step": trainer.global_step, "train_seconds": round(elapsed, 1)}
+        if int(tcfg.get("average_checkpoints") or 0) > 1:
+            average_last_checkpoints(model, ckpt_dir, int(tcfg["average_checkpoints"]), trainer.global_step, log)
         if (alpha := merge_with_base(model, base_state, tcfg)) is not None:
             log(f"[train] saved weights: {alpha} x fine-tuned + {1 - alpha:.2f} x base (merge_with_base)")
         nemo_path = out / "model.nemo"
