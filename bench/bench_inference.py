@@ -248,10 +248,10 @@ def main() -> int:
     print("fp32:", flush=True)
     result["fp32"] = bench_model(t, batches, a.repeats, a.clip_s)
     if t.device == "cuda":
-        # fp32 above (bf16 off); now the Transcriber's own policy: bf16 autocast for batches >= 16
-        print(f"Transcriber default (bf16 from batch {policy}):", flush=True)
+        # fp32 above (bf16 off); now the Transcriber's own policy (CLINASR_BF16_MIN_BATCH; 0, the default: fp32)
+        print(f"Transcriber default ({f'bf16 from batch {policy}' if policy else 'fp32'}):", flush=True)
         t.bf16_min_batch = policy
-        result["default_policy"] = bench_model(t, batches, a.repeats, a.clip_s, bf16=policy)
+        result["default_policy"] = bench_model(t, batches, a.repeats, a.clip_s, bf16=policy or False)
         result["default_policy"]["bf16_min_batch"] = policy
         print("bf16 autocast at every batch size:", flush=True)
         t.bf16_min_batch = 1
