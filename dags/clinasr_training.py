@@ -52,7 +52,8 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
                       pattern=r"^(config|nemo|pretrained):.+$",
                       description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
         "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string"),
-        "max_steps": Param(200, type="integer", minimum=1),
+        # 100 CPU steps (~2 min on 2 cores) keep `make demo` within 15 minutes; the measured recipe runs 600
+        "max_steps": Param(100, type="integer", minimum=1),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=4096,
                             description="clips per batch; empty: the trainer config's (8 on CPU). With fixed-duration "
                                         "batches (gpu_finetune.yaml: 600 s of audio) it caps the clip count"),
