@@ -545,22 +545,18 @@ def _score_in_subprocess(model: Path, manifests: dict[str, Path], out: Path, mer
 def _score_main(args_path: str, result_path: str) -> None:
     args = json.loads(Path(args_path).read_text())
     model = Path(args["model"])
-    if args.get("checkpoints"):  # the weights of step checkpoints (their mean), with the .nemo's own with include_current
+    if args.get("checkpoints") or args.get("merge_with"):   # a changed copy of the .nemo, as training would save it
         from nemo.collections.asr.models import ASRModel
 
         from clinasr.training.checkpoints import average_weights
-
-        model = ASRModel.restore_from(str(model), map_location="cpu")
-        average_weights(model, [Path(p) for p in args["checkpoints"]], include_current=bool(args.get("include_current")))
-    if args.get("merge_with"):   # a merged copy: alpha x this model + (1 - alpha) x the base, as training would save it
-        from nemo.collections.asr.models import ASRModel
-
         from clinasr.training.train import merge_with_base
 
-        m = model if not isinstance(model, Path) else ASRModel.restore_from(str(model), map_location="cpu")
-        base = ASRModel.restore_from(args["merge_with"], map_location="cpu").state_dict()
-        merge_with_base(m, base, {"merge_with_base": float(args["alpha"])})
-        model = m
+        model = ASRModel.restore_from(str(model), map_location="cpu")
+        if args.get("checkpoints"):   # the mean of step checkpoints (with the .nemo's own weights: include_current)
+            average_weights(model, [Path(p) for p in args["checkpoints"]], include_current=bool(args.get("include_current")))
+        if args.get("merge_with"):    # alpha x this model + (1 - alpha) x the base
+            base = ASRModel.restore_from(args["merge_with"], map_location="cpu").state_dict()
+            merge_with_base(model, base, {"merge_with_base": float(args["alpha"])})
     res = {n: score(model, Path(m), Path(args["out"]), n) for n, m in args["manifests"].items()}
     Path(result_path).write_text(json.dumps(res, default=str))
 
