@@ -625,7 +625,7 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
         t0 = time.time()
         spec_on = {"manifests": {n: str(m) for n, m in manifests.items()}, "out": str(work / "eval"), "name": name}
         tr = _train({"dataset": train_set["dataset_dir"], "base": {"nemo": str(base)}, "trainer": cfg["trainer"],
-                     "trainer_overrides": tover, "output_dir": str(work / f"ft_{name}"), "seed": int(cfg["seed"]),
+                     "trainer_overrides": tover, "output_dir": str(work / f"ft_{name}"), "seed": int(change.get("seed", cfg["seed"])),
                      "replay_source": sets["general_replay"]["dir"]}, log, score_on=spec_on)
         extra = {"change": change, "trainer": {**tbase, **tover}, "global_step": tr["global_step"],
                  "train_seconds": tr["train_seconds"], "data": tr.get("data"), "wall_seconds": round(time.time() - t0, 1)}
@@ -789,8 +789,12 @@ def _train_main(args_path: str, result_path: str) -> None:
     def on_trained(model):
         # On a GPU the model is not scored here but from its saved .nemo in a fresh interpreter (_train): scored in
         # the process that had just trained it on an H200, four fine-tunes decoded everyday English at WER 0.76-1.02
-        # in fp32, where the same saved .nemo scored alone gave 0.387 (2026-12-01; cause not found)
-        if spec and next(model.parameters()).is_cuda:
+        # in fp32, where the same saved .nemo scored alone gave 0.387 (2026-12-01; cause not found). Asked of the
+        # machine, not of the model: Lightning's teardown has moved the model back to the CPU by now (a test of
+        # its parameters' device let the second GPU search score in the training process again)
+        import torch
+
+        if spec and torch.cuda.is_available():
             return
         if spec and spec.get("manifests"):   # several sets: {set name: result}
             for set_name, m in spec["manifests"].items():

@@ -102,7 +102,7 @@ def replay_spec(args: dict, tcfg: dict, log=print) -> dict | None:
             source = resolve(name)["uri"]
         except EvalSetError as e:
             raise TrainingError(f"the trainer config replays {name!r} at {ratio}:1 but the replay source is not "
-                                f"available: {e} (or set replay.ratio: 0 to fine-tune without replay)") from None
+                                f"available: {e} (or set replay.ratio: 0 and distill_from_base: 0 to fine-tune without replay)") from None
     elif not source.startswith("s3://") and not (Path(source) / "train_manifest.jsonl").exists():
         raise TrainingError(f"replay source {source} has no train_manifest.jsonl: build it with `clinasr evalsets build`")
     log(f"[train] general-English replay: {ratio}:1 from {source}")
@@ -137,6 +137,8 @@ def _dataset_cfg(manifest: str, tcfg: dict, shuffle: bool) -> dict:
             "shuffle": shuffle, "num_workers": int(tcfg.get("num_workers", 0)), "pin_memory": False,
             "max_duration": float(tcfg.get("max_duration", 20.0)), "min_duration": 0.1, "trim_silence": False,
             "use_start_end_token": False,
+            # the rows' sample ids (their domain, for distill_from_base): training batches of the classic loader
+            **({"return_sample_id": True} if shuffle and tcfg.get("distill_from_base") and not lhotse else {}),
             # duration bucketing: NeMo's semi-sorted batch sampler groups clips of similar length (less padding)
             **({"use_semi_sorted_batching": True, "drop_last": False,
                 "randomization_factor": float(tcfg.get("randomization_factor", 0.1))}

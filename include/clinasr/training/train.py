@@ -28,11 +28,16 @@ bench/results/recipes-cpu.md; the default recipe is the one that measurement pic
                                                 do not train (and stay in eval mode)
     encoder_lr_scale: s                         the trainable encoder layers learn at s x the decoder/joint rate
     freeze_prediction_network: true             the prediction network (decoder) keeps the base's weights
+    keep_batch_norm_statistics: true            the encoder's batch-norm layers normalise with the base's running
+                                                statistics (their scale and shift still learn)
     anchor_to_base: w                           a pull towards the base weights during training (L2-SP): the loss
                                                 gains w/2 * |theta - theta_base|^2, or with anchor_mode: decay each
                                                 step moves lr * w of the way back (decoupled, as AdamW's decay)
     average_checkpoints: K                      the saved weights are the mean of the last K checkpoints (the final
                                                 weights and the K-1 step checkpoints before them)
+    distill_from_base: w                        on the replay rows the loss also gains w x KL(base || fine-tune)
+                                                over the transducer lattice (learning without forgetting;
+                                                clinasr.training.distill)
     merge_with_base: a                          the saved weights are a*fine-tuned + (1-a)*base (weight-space
                                                 ensembling, "WiSE-FT"); 1 or unset: the fine-tuned weights
     tdt_loss: torch                             clinasr's pure-torch TDT loss on a GPU too (default there: NeMo's
@@ -61,11 +66,13 @@ from clinasr.mlenv import launched_processes
 from clinasr.training.checkpoints import average_last_checkpoints, full_optimizer_callback, resume_path
 from clinasr.training.common import TrainingError, load_yaml
 from clinasr.training.data import _dataset_cfg, prepare_dataset, replay_spec, train_tokenizer
+from clinasr.training.distill import distill_from_base
 from clinasr.training.progress import (_CheckpointMirror, _finite_loss_callback, _frozen_eval_callback,
                                        _model_checkpoint, _progress_callback, _Tracking, _usable_checkpoint)
 from clinasr.training.strategy import (_restore_tdt_loss, _spec_augment_switch, _with_optimizer,
                                        activation_checkpointing, anchor_to_base, choose_strategy, encoder_param_groups,
                                        freeze_encoder_layers, freeze_prediction_network, fused_adam_callback,
+                                       keep_batch_norm_statistics,
                                        merge_with_base, step_levers)
 
 
@@ -249,12 +256,20 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         if n_frozen := freeze_encoder_layers(model, tcfg):
             log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
                 f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+        if n_norms := keep_batch_norm_statistics(model, tcfg):
+            log(f"[train] the encoder's {n_norms} batch-norm layers keep the base's running statistics")
         if n_frozen := freeze_prediction_network(model, tcfg):
             log(f"[train] frozen: the prediction network ({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
         if n_anchored := anchor_to_base(model, base_state, tcfg):
             how = (f"each step moves lr x {tcfg['anchor_to_base']} of the way back" if tcfg.get("anchor_mode") == "decay"
                    else f"loss + {tcfg['anchor_to_base']}/2 x |theta - theta_base|^2")
             log(f"[train] anchored to the base weights: {how}, over {n_anchored / 1e6:.2f} M trainable parameters (L2-SP)")
+        if tcfg.get("distill_from_base") and ("config" in base or base.get("change_vocabulary")):
+            raise TrainingError("distill_from_base distils the base model's own outputs: it needs a base (nemo: or "
+                                "pretrained:) whose vocabulary the fine-tune keeps")
+        if n_distilled := distill_from_base(model, tcfg, data["manifests"]["train"]):
+            log(f"[train] distilled from the base on {n_distilled} general-English rows: loss + "
+                f"{tcfg['distill_from_base']} x KL(base || fine-tune) over the lattice")
         levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
             log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
