@@ -35,7 +35,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     tr = E._train({"dataset": str(w / "evalsets" / "general_replay"), "base": {"nemo": str(BASE)},
                    "trainer": "configs/trainer/cpu_finetune.yaml",
-                   "trainer_overrides": {"max_steps": a.steps, "max_minutes": 15, "replay": {"ratio": 0}},
+                   "trainer_overrides": {"max_steps": a.steps, "max_minutes": 15, "replay": {"ratio": 0},
+                                         # as measured: the recipe before distillation became the default
+                                         "distill_from_base": 0, "keep_batch_norm_statistics": False},
                    "output_dir": str(w / "ft_replay_only"), "seed": 0}, print,
                   score_on={"manifests": man, "out": str(w / "eval"), "name": "replay_only"})
     rows = {k: v.pop("per_row") for k, v in tr["score"].items()}

@@ -23,7 +23,8 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
 - `backend`: `local` (ML runtime on this machine), `sagemaker` (training job) or `ec2` (p4d nodes).
 - Every fine-tune replays general English (`replay` in the trainer config, `replay_ratio` here): rows of the
   **general_replay** set (clinasr_evaluation_sets DAG) are mixed into train and validation, so the model
-  keeps what its base knew; the plan fails, naming the set, when it has not been built.
+  keeps what its base knew; the plan fails, naming the set, when it has not been built. On those rows the
+  fine-tune is also distilled from its base (`distill_from_base`; `replay_ratio` 0 turns both off).
 - Checkpoints every N steps; a retried task resumes from the last one (local work dir, or the
   `checkpoint_uri` S3 prefix, which also lets a run on another machine continue).
 - Tasks: `plan` builds the job once (a retry sends the same request); `choose_backend` picks
@@ -64,7 +65,8 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
                                 description="s3:// prefix: checkpoints are mirrored there and a run resumes from it"),
         "replay_ratio": Param(None, type=["null", "number"], minimum=0, maximum=10,
                               description="general-English rows per clinical row (the replay set of "
-                                          "configs/evalsets.yaml); empty: the trainer config's; 0: no replay"),
+                                          "configs/evalsets.yaml); empty: the trainer config's; 0: no replay "
+                                          "and no distillation from the base"),
         "seed": Param(0, type="integer", minimum=0),
     },
 )

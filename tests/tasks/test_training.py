@@ -58,6 +58,7 @@ def test_the_training_plan_resolves_the_replay_set_or_fails_naming_it(s3_env, cf
         A.training_plan("s3://b/datasets/x", params, "run-1")
     plan = A.training_plan("s3://b/datasets/x", {**params, "replay_ratio": 0}, "run-1")     # explicitly off
     assert plan["train_args"]["trainer_overrides"]["replay"] == {"ratio": 0} and "replay_source" not in plan["train_args"]
+    assert plan["train_args"]["trainer_overrides"]["distill_from_base"] == 0   # distils on replay rows: off with them
     d = tmp_path / "replay"
     d.mkdir()
     (d / "train_manifest.jsonl").write_text("{}\n")

@@ -65,8 +65,8 @@ def training_plan(dataset_uri: str, params: dict, run_id: str) -> dict:
     if replay:
         train_args["trainer_overrides"]["replay"] = replay["replay"]
         train_args["replay_source"] = replay["uri"]
-    elif params.get("replay_ratio") is not None:
-        train_args["trainer_overrides"]["replay"] = {"ratio": 0}
+    elif params.get("replay_ratio") is not None:   # replay off: so is the distillation on the replay rows
+        train_args["trainer_overrides"].update({"replay": {"ratio": 0}, "distill_from_base": 0})
     plan = {"backend": backend, "dataset_uri": dataset_uri, "job_name": name, "train_args": train_args,
             "sagemaker_config": None}
     if backend == "sagemaker":
