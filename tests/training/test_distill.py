@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from clinasr import evalsets
-from clinasr.settings import REPO_ROOT
 from clinasr.training import distill
 from clinasr.training.data import _dataset_cfg
 from clinasr.training.train import TrainingError, train
 
 pytestmark = pytest.mark.ml
-SMALL = REPO_ROOT / "tests" / "data" / "evalsets-small.yaml"
 
 
 def test_lattice_kl_is_the_kl_over_valid_cells_per_label_position():
@@ -60,14 +56,6 @@ def test_bad_settings_stop_before_training(tmp_path):
         distill.distill_from_base(object(), {"distill_from_base": -1}, rows)
     with pytest.raises(TrainingError, match="lhotse"):
         distill.distill_from_base(object(), {"distill_from_base": 1.0, "batch_duration": 60}, rows)
-
-
-@pytest.fixture(scope="module")
-def replay_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("replay") / "general_replay"
-    res = evalsets.build_set("general_replay", out, evalsets.load_config(SMALL), workers=2, progress=False,
-                             log=lambda m: None)
-    return Path(res["dir"])
 
 
 def test_a_fine_tune_distils_on_its_replay_rows_only(tiny_dataset, replay_set, tmp_path, monkeypatch):

@@ -18,15 +18,6 @@ pytestmark = pytest.mark.ml
 SMALL = REPO_ROOT / "tests" / "data" / "evalsets-small.yaml"
 
 
-@pytest.fixture(scope="module")
-def replay_set(tmp_path_factory):
-    """The small config's general_replay set: general sentences in the training voices."""
-    out = tmp_path_factory.mktemp("replay") / "general_replay"
-    res = evalsets.build_set("general_replay", out, evalsets.load_config(SMALL), workers=2, progress=False,
-                             log=lambda m: None)
-    return Path(res["dir"])
-
-
 def _rows(p: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
