@@ -56,6 +56,8 @@ def test_bad_settings_stop_before_training(tmp_path):
         distill.distill_from_base(object(), {"distill_from_base": -1}, rows)
     with pytest.raises(TrainingError, match="lhotse"):
         distill.distill_from_base(object(), {"distill_from_base": 1.0, "batch_duration": 60}, rows)
+    with pytest.raises(TrainingError, match="fused joint"):
+        distill.distill_from_base(object(), {"distill_from_base": 1.0, "joint_fused_batch_size": 16}, rows)
 
 
 def test_a_fine_tune_distils_on_its_replay_rows_only(tiny_dataset, replay_set, tmp_path, monkeypatch):

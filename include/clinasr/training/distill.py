@@ -31,11 +31,6 @@ from pathlib import Path
 from clinasr.training.common import TrainingError
 
 
-def needs_sample_ids(tcfg: dict) -> bool:
-    """Whether the training loader must return sample ids (the rows' domain for the distillation)."""
-    return bool(tcfg.get("distill_from_base"))
-
-
 def lattice_kl(teacher_logits, student_logits, enc_lens, target_lens, n_durations: int):
     """Per row: KL(teacher || student) summed over the valid lattice cells (t < T_b, u <= U_b) of the token
     distribution and, with ``n_durations`` > 0 (TDT), of the duration distribution, divided by U_b + 1.
@@ -59,14 +54,19 @@ def lattice_kl(teacher_logits, student_logits, enc_lens, target_lens, n_duration
 
 
 def distill_from_base(model, tcfg: dict, train_manifest: str | Path) -> int:
-    """Install the distillation (see the module doc) on a model loaded from a base, before it trains. Returns the
-    number of general-English rows it will distil on (0: the option is off)."""
+    """Install the distillation (see the module doc) on a model loaded from a base, before it trains and before
+    anything replaces its layers' forward (activation checkpointing, compilation: a copy would share those
+    closures with the model's own layers). Returns the number of general-English rows it will distil on (0: the
+    option is off)."""
     w = tcfg.get("distill_from_base")
     if not w:
         return 0
     w = float(w)
     if w < 0:
         raise TrainingError(f"distill_from_base must be a non-negative weight (got {w})")
+    if tcfg.get("joint_fused_batch_size") or getattr(getattr(model, "joint", None), "fuse_loss_wer", False):
+        raise TrainingError("distill_from_base needs the whole batch's lattice in one loss call: not with the fused "
+                            "joint (joint_fused_batch_size), which computes the loss over sub-batches")
     if tcfg.get("batch_duration"):
         raise TrainingError("distill_from_base needs the rows' sample ids, which the fixed-duration (lhotse) loader "
                             "does not return: use batch_size batches (unset batch_duration)")
@@ -115,13 +115,16 @@ def distill_from_base(model, tcfg: dict, train_manifest: str | Path) -> int:
         general = state.get("general")
         if general is None or "features" not in state or not bool(general.any()):
             return loss
+        if general.shape[0] != log_probs.shape[0]:
+            raise TrainingError(f"distill_from_base: the loss saw {log_probs.shape[0]} rows of a {general.shape[0]}-row "
+                                "batch (a fused joint?)")
         idx = general.nonzero().squeeze(1).to(log_probs.device)
         feats, feat_lens = state["features"]
         if next(teacher.parameters()).device != log_probs.device:   # Lightning moved the model after install (a GPU)
             teacher.to(log_probs.device)
         enc, dec, joint = teacher
         with torch.no_grad():
-            e, e_len = enc(audio_signal=feats[idx], length=feat_lens[idx])
+            e, _ = enc(audio_signal=feats[idx], length=feat_lens[idx])
             g, _, _ = dec(targets=targets[idx], target_length=target_lengths[idx])
             t_logits = joint(encoder_outputs=e, decoder_outputs=g)
         s_logits = log_probs[idx]

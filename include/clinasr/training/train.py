@@ -243,6 +243,12 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         if reason := install_cpu_tdt_loss(model, "cuda" if accelerator == "gpu" else "cpu",
                                           prefer_torch=tcfg.get("tdt_loss") == "torch"):
             log(f"[train] {reason}")
+        if tcfg.get("distill_from_base") and ("config" in base or base.get("change_vocabulary")):
+            raise TrainingError("distill_from_base distils the base model's own outputs: it needs a base (nemo: or "
+                                "pretrained:) whose vocabulary the fine-tune keeps")
+        if n_distilled := distill_from_base(model, tcfg, data["manifests"]["train"]):
+            log(f"[train] distilled from the base on {n_distilled} general-English rows: loss + "
+                f"{tcfg['distill_from_base']} x KL(base || fine-tune) over the lattice")
         if n_ckpt := activation_checkpointing(model, tcfg):
             log(f"[train] activation checkpointing: {n_ckpt} encoder layers recompute their activations in backward")
         base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -264,12 +270,6 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             how = (f"each step moves lr x {tcfg['anchor_to_base']} of the way back" if tcfg.get("anchor_mode") == "decay"
                    else f"loss + {tcfg['anchor_to_base']}/2 x |theta - theta_base|^2")
             log(f"[train] anchored to the base weights: {how}, over {n_anchored / 1e6:.2f} M trainable parameters (L2-SP)")
-        if tcfg.get("distill_from_base") and ("config" in base or base.get("change_vocabulary")):
-            raise TrainingError("distill_from_base distils the base model's own outputs: it needs a base (nemo: or "
-                                "pretrained:) whose vocabulary the fine-tune keeps")
-        if n_distilled := distill_from_base(model, tcfg, data["manifests"]["train"]):
-            log(f"[train] distilled from the base on {n_distilled} general-English rows: loss + "
-                f"{tcfg['distill_from_base']} x KL(base || fine-tune) over the lattice")
         levers = step_levers(model, tcfg, accelerator, log)
         if tcfg.get("encoder_lr_scale") is not None:
             log(f"[train] encoder learning rate x{float(tcfg['encoder_lr_scale'])}")
