@@ -149,16 +149,22 @@ def freeze_encoder_layers(model, tcfg: dict) -> int:
 
 
 def _freeze(model, modules: list) -> int:
-    """No gradients and eval mode for ``modules``; they join ``model._clinasr_frozen``, which the trainer's
-    callback puts back in eval mode after Lightning's train(). Returns the number of frozen parameters."""
+    """No gradients and eval mode (:func:`_keep_in_eval`) for ``modules``. Returns the number of frozen parameters."""
     count = 0
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
             count += p.numel()
+    _keep_in_eval(model, modules)
+    return count
+
+
+def _keep_in_eval(model, modules: list) -> None:
+    """Eval mode for ``modules`` for the whole run: they join ``model._clinasr_frozen``, which the trainer's callback
+    puts back in eval mode after Lightning's train()."""
+    for m in modules:
         m.eval()
     model._clinasr_frozen = [*getattr(model, "_clinasr_frozen", ()), *modules]
-    return count
 
 
 def keep_batch_norm_statistics(model, tcfg: dict) -> int:
@@ -172,9 +178,7 @@ def keep_batch_norm_statistics(model, tcfg: dict) -> int:
     import torch
 
     norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.eval()
-    model._clinasr_frozen = [*getattr(model, "_clinasr_frozen", ()), *norms]
+    _keep_in_eval(model, norms)
     return len(norms)
 
 
