@@ -350,8 +350,8 @@ def test_deepspeed_strategy_names_its_micro_batch(monkeypatch):
 
 
 def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
-    """Issue 27's step levers: fused AdamW reaches the torch optimizer through NeMo's optim config on a GPU and is
-    refused with a reason elsewhere; the TDT joint runs over sub-batches of N clips or the whole batch; the encoder
+    """Issue 27's step levers: fused AdamW reaches the torch optimizer through NeMo's optim config (GPU or CPU) and
+    is refused with a reason under ZeRO-Offload; the front end's conv over batch slices gives the same outputs; the TDT joint runs over sub-batches of N clips or the whole batch; the encoder
     layers compile in place (parameter names unchanged) on a GPU and stay eager on CPU. Unset, nothing changes."""
     import torch
     from nemo.collections.asr.models import ASRModel
@@ -368,11 +368,18 @@ def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
     logs = []
     assert step_levers(model, {}, "gpu", logs.append) == {} and not logs and "fused" not in model.cfg.optim
 
-    assert step_levers(model, {"fused_adam": True}, "cpu", logs.append) == {}
-    assert "fused" not in model.cfg.optim and "needs CUDA" in logs[-1]
     assert step_levers(model, {"fused_adam": True, "strategy": "deepspeed_stage_2",
                                "deepspeed_config": "configs/deepspeed/zero2_offload.json"}, "gpu", logs.append) == {}
-    assert "ZeRO-Offload" in logs[-1]
+    assert "ZeRO-Offload" in logs[-1] and "fused" not in model.cfg.optim
+    assert step_levers(model, {"fused_adam": True}, "cpu", logs.append) == {"fused_adam": True}
+    cpu_opt, _ = model.setup_optimization(model.cfg.optim)
+    assert cpu_opt.defaults["fused"] is True and "on the CPU" in logs[-1]
+    p = next(q for q in model.parameters() if q.requires_grad)
+    before = p.detach().clone()
+    p.grad = torch.ones_like(p)
+    cpu_opt.step()                                           # torch's fused CPU kernel runs here
+    assert not torch.equal(before, p.detach())
+    p.grad = None
     assert step_levers(model, {"fused_adam": True}, "gpu", logs.append) == {"fused_adam": True}
     opt, _ = model.setup_optimization(model.cfg.optim)     # what Lightning's configure_optimizers builds
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
@@ -383,6 +390,18 @@ def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
     assert opt._step_supports_amp_scaling
     fused_adam_callback().on_train_start(trainer, model)
     assert not opt._step_supports_amp_scaling
+
+    model.eval()
+    feats, lens = torch.randn(4, model.cfg.preprocessor.features, 300), torch.tensor([300, 250, 120, 60])
+    with torch.no_grad():
+        whole, whole_lens = model.encoder(audio_signal=feats, length=lens)
+        assert step_levers(model, {"subsampling_conv_chunking_factor": 2}, "cpu", logs.append) == {
+            "subsampling_conv_chunking_factor": 2}
+        assert model.encoder.pre_encode.subsampling_conv_chunking_factor == 2 and model._clinasr_chunking_was == 1
+        sliced, sliced_lens = model.encoder(audio_signal=feats, length=lens)
+    assert torch.equal(whole_lens, sliced_lens) and torch.allclose(whole, sliced, atol=1e-5)
+    with pytest.raises(TrainingError):
+        step_levers(model, {"subsampling_conv_chunking_factor": 0}, "cpu", logs.append)
 
     joint = model.joint
     with open_dict(model.cfg):

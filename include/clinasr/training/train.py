@@ -307,6 +307,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             average_last_checkpoints(model, ckpt_dir, int(tcfg["average_checkpoints"]), trainer.global_step, log)
         if (alpha := merge_with_base(model, base_state, tcfg)) is not None:
             log(f"[train] saved weights: {alpha} x fine-tuned + {1 - alpha:.2f} x base (merge_with_base)")
+        if (was := getattr(model, "_clinasr_chunking_was", None)) is not None:   # a training-speed setting only
+            model.change_subsampling_conv_chunking_factor(int(was))
         nemo_path = out / "model.nemo"
         model.save_to(str(nemo_path))
         if on_trained:   # e.g. score the trained model in memory (clinasr.experiment)
