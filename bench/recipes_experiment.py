@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help="the base .nemo (default: the config's, the shipped model)")
     ap.add_argument("--steps", type=int, help="max_steps for every recipe (default: the trainer config's)")
     ap.add_argument("--per-term", type=int, help="clinical training utterances per priority term (default: the config's)")
+    ap.add_argument("--synthesis", help="the synthesis config (voices, augmentation) of the clinical training set "
+                    "(default: the config's clinical.synthesis, else configs/synthesis.yaml); give it its own --work")
     ap.add_argument("--prepare-only", action="store_true",
                     help="render the sets and the clinical training set into --work, then stop (nothing is trained)")
     ap.add_argument("--base-scores", help="the base's scores on the held-out sets from `python -m clinasr.experiment "
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
         cfg["base"] = str(Path(a.base).resolve())
     if a.per_term:
         cfg["clinical"]["per_term"] = a.per_term
+    if a.synthesis:
+        cfg["clinical"]["synthesis"] = a.synthesis
     tover = {}
     for kv in a.trainer_override:
         k, sep, v = kv.partition("=")

@@ -9,6 +9,8 @@
 #   bash bench/recipes_gpu.sh run [PER_TERM:]RECIPE...  # call 2, the tree with models/, nothing carried: every
 #                                                       #   recipe in parallel (PER_TERM: the clinical set it trains on)
 # Piper's voice package is too large to carry, so the held-out sets there have the espeak-ng held-out voices only.
+# RECIPES_ARGS (e.g. "--synthesis configs/experiment/synthesis_base_voices.yaml") go to every recipes_experiment.py
+# call and WORK_PREFIX (default /tmp/w) names the prepared dirs: give another training set its own prefix.
 # Results: $OUT/recipes-gpu.json and .md (one table, every run; the device tool returns at most 8 files).
 set -uo pipefail
 mode=${1:-}; shift || true
@@ -37,17 +39,18 @@ ASRModel.restore_from('models/clinasr-base-en-multi/model.nemo', map_location='c
 fi
 eval "$(bash scripts/espeak-portable.sh install)"
 final=${OUT:-bench/out/recipes-gpu}; out=/tmp/recipes-out; mkdir -p "$out" "$final"
+wp=${WORK_PREFIX:-/tmp/w}; extra=${RECIPES_ARGS:-}
 case $mode in
 prepare)
   for pt in ${@:-$default_pt}; do
-    python3 bench/recipes_experiment.py --prepare-only --per-term "$pt" --work "/tmp/w$pt" --out "$out/prepare$pt" \
+    python3 bench/recipes_experiment.py --prepare-only --per-term "$pt" --work "$wp$pt" $extra --out "$out/prepare$pt" \
       > "$out/prepare$pt.log" 2>&1 || { tail -40 "$out/prepare$pt.log"; exit 4; }
     grep '\[recipes\]\|\[evalsets\]' "$out/prepare$pt.log"
   done ;;
 run)
   # the base scored once for every recipe below (each would otherwise score it again)
   first=${1:-}; case $first in *:*) first_pt=${first%%:*} ;; *) first_pt=$default_pt ;; esac
-  sets=/tmp/w$first_pt/evalsets    # the held-out sets are the same in every prepared dir
+  sets=$wp$first_pt/evalsets    # the held-out sets are the same in every prepared dir
   printf '{"model": "/tmp/base_fp32.nemo", "out": "/tmp/base-eval", "manifests": {"clinical_heldout": "%s", "general_heldout": "%s"}}' \
     "$sets/clinical_heldout/test_manifest.jsonl" "$sets/general_heldout/test_manifest.jsonl" > /tmp/base-args.json
   python3 -m clinasr.experiment score /tmp/base-args.json /tmp/base-scores.json > "$out/base.log" 2>&1 || { tail -30 "$out/base.log"; exit 7; }
@@ -55,9 +58,9 @@ run)
   for spec in "$@"; do   # every recipe at once, each on its own copy of its work dir
     case $spec in *:*) pt=${spec%%:*}; r=${spec#*:} ;; *) pt=$default_pt; r=$spec ;; esac
     name="${r}_pt${pt}"; names+=("$name")
-    [ -d "/tmp/w$pt" ] || { echo "no /tmp/w$pt: run 'prepare $pt' first on this warm machine"; exit 6; }
-    rm -rf "/tmp/w_$name" "$out/$name" && cp -r "/tmp/w$pt" "/tmp/w_$name"
-    OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py ${NO_SWEEPS:+--no-sweeps} --only "$r" --per-term "$pt" --base /tmp/base_fp32.nemo --base-scores /tmp/base-scores.json \
+    [ -d "$wp$pt" ] || { echo "no $wp$pt: run 'prepare $pt' first on this warm machine"; exit 6; }
+    rm -rf "/tmp/w_$name" "$out/$name" && cp -r "$wp$pt" "/tmp/w_$name"
+    OMP_NUM_THREADS=2 python3 bench/recipes_experiment.py ${NO_SWEEPS:+--no-sweeps} --only "$r" --per-term "$pt" --base /tmp/base_fp32.nemo --base-scores /tmp/base-scores.json $extra \
       --work "/tmp/w_$name" --out "$out/$name" > "$out/$name.log" 2>&1 &
   done
   wait

@@ -116,6 +116,24 @@ def test_base_config_voices_span_engines_and_never_the_heldout_ones():
     E.check_own_heldout(cfg)
 
 
+def test_the_base_voices_synthesis_candidate_speaks_in_every_espeak_and_flite_voice_of_the_base():
+    """configs/experiment/synthesis_base_voices.yaml (the recipes experiment's --synthesis candidate): the base v4's
+    training voices without Kokoro, none held out, the rest of configs/synthesis.yaml unchanged."""
+    from clinasr import evalsets
+    from clinasr.synth import pipeline
+
+    wide = pipeline.load_config(REPO / "configs" / "experiment" / "synthesis_base_voices.yaml")
+    base = E.load_config(REPO / "configs" / "experiment" / "base_multi_v4.yaml")
+    want = {(v.split(":")[0], v.split(":")[1]) if ":" in v else ("espeak", v)
+            for vs in base["voices"]["train"].values() for v in vs if not v.startswith("kokoro:")}
+    have = {(v["engine"], v["voice"]) for vs in wide["accent_profiles"].values() for v in vs}
+    assert have == want and len(have) == 30
+    evalsets.check_training_voices(wide)
+    narrow = pipeline.load_config()
+    assert {k: v for k, v in wide.items() if k != "accent_profiles"} == {k: v for k, v in narrow.items()
+                                                                          if k != "accent_profiles"}
+
+
 def test_next_base_config_adds_a_neural_engine_and_holds_out_its_own():
     """configs/experiment/base_multi_v4.yaml: Kokoro voices (and blends) train, a small share of the mix; Pico and
     two Kokoro voices are held out, and a config that trains on what it holds out is refused."""

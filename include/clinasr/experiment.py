@@ -585,7 +585,7 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
     lex = load_lexicon()
     terms = load_terms(c["terms"], lex)
     gen = generate_transcripts(lex, terms, int(c["per_term"]), seed=int(c["seed"]), template_family="a")
-    scfg = pipeline.load_config()
+    scfg = pipeline.load_config(repo_path(c["synthesis"]) if c.get("synthesis") else None)
     evalsets.check_training_voices(scfg)
     train_set = pipeline.build_dataset(work / "clinical_train", [u.to_dict() for u in gen["utterances"]], config=scfg,
                                        seed=int(c["seed"]), workers=workers(), meta={"name": "recipes-clinical"},

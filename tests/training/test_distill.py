@@ -90,8 +90,13 @@ def test_a_fine_tune_distils_on_its_replay_rows_only(tiny_dataset, replay_set, t
     assert any(s["rows"] < 4 for s in seen)                       # the clinical rows of a batch are not distilled
     assert all(bool((s["kl"] >= 0).all()) for s in seen) and r["metrics"]["distill_kl"] > 0
     # the base's copy is no part of the model: the saved .nemo has the base's parameters and buffers, no more
-    tuned = EncDecRNNTBPEModel.restore_from(r["nemo_path"], map_location="cpu").state_dict()
+    tuned_model = EncDecRNNTBPEModel.restore_from(r["nemo_path"], map_location="cpu")
+    tuned = tuned_model.state_dict()
     assert set(tuned) == set(base)
+    # the default config's step levers ran (cpu_finetune.yaml) and the saved model keeps the base's front-end setting
+    assert r["levers"] == {"fused_adam": True, "subsampling_conv_chunking_factor": 2}
+    assert tuned_model.cfg.encoder.get("subsampling_conv_chunking_factor", 1) == 1
+    assert tuned_model.encoder.pre_encode.subsampling_conv_chunking_factor == 1
     # keep_batch_norm_statistics: every encoder batch norm kept the base's statistics while its scale moved
     import torch
 
