@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     import yaml
     from lightning.pytorch.callbacks import Callback
 
-    from clinasr.training.train import train  # noqa: F811
+    from clinasr.training.train import train
 
     overrides = {"max_steps": a.steps, "val_check_interval": 10 ** 6, "checkpoint_every_n_steps": 10 ** 6,
                  "max_minutes": None}
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
             now = time.perf_counter()
             if counting():
                 times["optimizer step + clip (and after)"] += now - state["t_opt"]
-                times["total"] += now - state["t_start"] + 0.0
+                times["total"] += now - state["t_start"]
             state["t_end"] = now
             state["step"] += 1
             state["in_step"] = False
@@ -136,9 +136,9 @@ def main(argv=None) -> dict:
     n = max(1, a.steps - a.skip)
     total = times["total"]
     # the data loader's share is measured between steps, outside "total"
-    padding = {"rows_per_step": times.pop("_rows") / n, "padded_frames_per_row": times.pop("_padded_frames") / n,
-               "frames_per_row": times.pop("_frames") / n}
-    padding = {k: round(v / padding["rows_per_step"], 1) if k != "rows_per_step" else v for k, v in padding.items()}
+    n_rows = times.pop("_rows")
+    padding = {"rows_per_step": n_rows / n, "padded_frames_per_row": round(times.pop("_padded_frames") / n_rows, 1),
+               "frames_per_row": round(times.pop("_frames") / n_rows, 1)}
     rows = {k: {"seconds_per_step": round(v / n, 4),
                 "share_of_step": round(v / total, 3) if total else None} for k, v in times.items()}
     report = {"trainer": a.trainer, "overrides": overrides, "steps_counted": n, "threads": torch.get_num_threads(),

@@ -25,10 +25,10 @@ lives outside the model's modules: the optimiser, checkpoints and the .nemo neve
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from clinasr.training.common import TrainingError
+from clinasr.training.data import _read_manifest
 
 
 def lattice_kl(teacher_logits, student_logits, enc_lens, target_lens, n_durations: int):
@@ -70,11 +70,7 @@ def distill_from_base(model, tcfg: dict, train_manifest: str | Path) -> int:
     if tcfg.get("batch_duration"):
         raise TrainingError("distill_from_base needs the rows' sample ids, which the fixed-duration (lhotse) loader "
                             "does not return: use batch_size batches (unset batch_duration)")
-    domains = {}
-    for line in Path(train_manifest).read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            domains[r["audio_filepath"]] = r.get("domain", "clinical")
+    domains = {r["audio_filepath"]: r.get("domain", "clinical") for r in _read_manifest(Path(train_manifest))}
     n_general = sum(d == "general" for d in domains.values())
     if not n_general:
         raise TrainingError("distill_from_base distils on the general-English replay rows and this run has none: "
