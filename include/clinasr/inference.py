@@ -72,6 +72,9 @@ class Transcriber(WarmUp):
         import torch
         from nemo.collections.asr.models import ASRModel
 
+        from clinasr import nemo_fixes
+
+        nemo_fixes.apply()   # before the restore: a model may name clinasr's own encoder
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         path = Path(nemo_path)
         if not path.exists():

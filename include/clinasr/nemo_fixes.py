@@ -1,4 +1,5 @@
-"""A fix for a NeMo 3.0.0 bug that the ML runtime meets on GPUs; applied wherever a NeMo model is loaded.
+"""What every NeMo model load here needs first (:func:`apply`): a fix for a NeMo 3.0.0 bug that the ML runtime meets
+on GPUs, and NeMo's permission to build clinasr's own modules (:func:`allow_clinasr_modules`).
 
 NeMo compiles the conditional kernels of its CUDA-graph decoders (TDT/RNN-T label looping, CTC greedy, the
 beam searches) with ``nemo.core.utils.cuda_python_utils.run_nvrtc``, which allocates NVRTC's output buffers as
@@ -40,8 +41,28 @@ class SafeNvrtc:
         return self._real.nvrtcGetPTX(prog, buf)
 
 
+# NeMo 3 builds a config's ``_target_`` only under approved prefixes (nemo.core.classes.common); a model whose
+# encoder is clinasr.encoders.WhisperEncoder (configs/model/whisper_tdt_small.yaml) cannot be built or restored
+# until this package's prefix is one of them
+CLINASR_TARGETS = "clinasr.encoders."
+
+
+def allow_clinasr_modules() -> bool:
+    """Let NeMo instantiate ``clinasr.encoders`` classes from a config or a .nemo (idempotent; NeMo still checks
+    that a target is a torch module). True when NeMo is importable."""
+    try:
+        from nemo.core.classes import common
+    except ImportError:
+        return False
+    if CLINASR_TARGETS not in common.ALLOWED_TARGET_PREFIXES:
+        common.ALLOWED_TARGET_PREFIXES.append(CLINASR_TARGETS)
+    return True
+
+
 def apply() -> bool:
-    """Install :class:`SafeNvrtc` in NeMo's cuda_python_utils (idempotent). True when it was installed now."""
+    """:func:`allow_clinasr_modules`, and install :class:`SafeNvrtc` in NeMo's cuda_python_utils (idempotent). True
+    when SafeNvrtc was installed now."""
+    allow_clinasr_modules()
     try:
         from nemo.core.utils import cuda_python_utils as m
     except ImportError:

@@ -418,3 +418,32 @@ def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
     n = len(model.encoder.layers)
     assert step_levers(model, {"compile_encoder": True}, "gpu", logs.append) == {"compile_encoder": n}
     assert list(model.state_dict()) == keys     # compiled in place: checkpoints and the .nemo keep their names
+
+
+def test_a_base_trained_with_an_encoder_group_does_not_pass_its_rates_to_a_fine_tune(dataset, tmp_path):
+    """encoder_lr_scale applies to a model built from a config too, and its parameter groups (rates in the base's
+    own optimiser's units) are not inherited by a fine-tune that sets an optimiser of its own: base v5's encoder
+    group (a Noam factor of 0.165) once reached a fine-tune's AdamW as a learning rate and it diverged."""
+    from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+    seen = {}
+
+    def groups(tag):
+        def on_trained(model):
+            seen[tag] = sorted(g["initial_lr"] for g in model.trainer.optimizers[0].param_groups)
+            seen[tag + "_cfg"] = model.cfg.get("optim_param_groups")
+        return on_trained
+
+    base = train({"dataset": str(dataset), "output_dir": str(tmp_path / "base"), "mlflow": {"enabled": False},
+                  "base": {"config": "configs/model/fastconformer_tdt_tiny.yaml"},
+                  "trainer_overrides": {**STEPS, "max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 2,
+                                        "encoder_lr_scale": 0.25}}, log=lambda m: None, on_trained=groups("base"))
+    lo, hi = seen["base"]
+    assert lo == pytest.approx(0.25 * hi) and seen["base_cfg"] is not None
+    saved = EncDecRNNTBPEModel.restore_from(base["nemo_path"], map_location="cpu").cfg
+    assert saved.get("optim_param_groups") is not None          # the .nemo carries the base's groups ...
+    train({"dataset": str(dataset), "output_dir": str(tmp_path / "ft"), "mlflow": {"enabled": False},
+           "base": {"nemo": base["nemo_path"]}, "model_overrides": "configs/model/finetune_small.yaml",
+           "trainer_overrides": {**STEPS, "max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 2}},
+          log=lambda m: None, on_trained=groups("ft"))
+    assert seen["ft"] == [pytest.approx(5e-4)] and seen["ft_cfg"] is None   # ... the fine-tune does not use them

@@ -346,8 +346,9 @@ def step_levers(model, tcfg: dict, accelerator: str, log) -> dict:
     if (n := tcfg.get("subsampling_conv_chunking_factor")) is not None:
         if int(n) < 1:
             raise TrainingError(f"subsampling_conv_chunking_factor must be a positive number of slices (got {n!r})")
-        if not hasattr(model, "change_subsampling_conv_chunking_factor"):
-            log("[train] subsampling_conv_chunking_factor: not applied (the model has no convolutional front end)")
+        if not hasattr(model.encoder, "change_subsampling_conv_chunking_factor"):
+            log("[train] subsampling_conv_chunking_factor: not applied (the encoder's front end has no chunking: "
+                "only NeMo's ConformerEncoder has)")
         else:
             model._clinasr_chunking_was = model.cfg.encoder.get("subsampling_conv_chunking_factor", 1)
             model.change_subsampling_conv_chunking_factor(int(n))

@@ -86,15 +86,16 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
     nemo_fixes.apply()   # validation decodes on CUDA: NeMo's kernel compile would corrupt b" " (see there)
 
     if "config" in base:
-        cfg = copy.deepcopy(_with_optimizer(model_cfg, tcfg))
+        cfg = copy.deepcopy(encoder_param_groups(_with_optimizer(model_cfg, tcfg), tcfg))
         tok_dir = train_tokenizer(manifests["train"], int(cfg["tokenizer"]["vocab_size"]), work / "tokenizer",
                                   include_lexicon=bool(cfg["tokenizer"].get("include_lexicon", True)))
         cfg["tokenizer"] = {"dir": str(tok_dir), "type": "bpe"}
         cfg["train_ds"] = _dataset_cfg(manifests["train"], tcfg, True)
         cfg["validation_ds"] = _dataset_cfg(manifests["val"], tcfg, False)
+        init = cfg.pop("encoder_init", None)   # read once here; the .nemo carries the weights, not the reference
         model = EncDecRNNTBPEModel(cfg=OmegaConf.create(cfg), trainer=trainer)
         _spec_augment_switch(model, tcfg)
-        return model, f"from config {base['config']}"
+        return model, f"from config {base['config']}" + (init_encoder(model, init) if init else "")
     if "nemo" in base:
         path = resolve_nemo(base["nemo"], work)
         try:
@@ -123,12 +124,32 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         for key in ("optim", "spec_augment", "optim_param_groups"):
             if model_cfg and key in model_cfg:
                 model.cfg[key] = OmegaConf.create(model_cfg[key])
+        # a base's parameter groups are rates in its own optimiser's units (base v5's encoder group: a Noam factor of
+        # 0.165, which a fine-tune's AdamW took as a learning rate and diverged): a new optimiser without groups of
+        # its own does not inherit them
+        if model_cfg and "optim" in model_cfg and "optim_param_groups" not in model_cfg:
+            model.cfg.pop("optim_param_groups", None)
     model.setup_training_data(OmegaConf.create(_dataset_cfg(manifests["train"], tcfg, True)))
     model.setup_validation_data(OmegaConf.create(_dataset_cfg(manifests["val"], tcfg, False)))
     if model_cfg and "optim" in model_cfg:
         model.setup_optimization(OmegaConf.create(model_cfg["optim"]))
     _spec_augment_switch(model, tcfg)
     return model, desc
+
+
+def init_encoder(model, init: dict) -> str:
+    """Model config key ``encoder_init: {whisper: NAME}``: the encoder starts from a pretrained Whisper's
+    (clinasr.encoders). Returns the description's suffix, naming the weights and their sha256."""
+    from clinasr.encoders import EncoderWeightsError
+
+    if set(init) != {"whisper"} or not hasattr(model.encoder, "load_whisper"):
+        raise TrainingError(f"encoder_init {init}: only {{whisper: NAME}}, for the encoder "
+                            "clinasr.encoders.WhisperEncoder")
+    try:
+        rec = model.encoder.load_whisper(str(init["whisper"]))
+    except EncoderWeightsError as e:
+        raise TrainingError(f"encoder_init: {e}") from None
+    return f", encoder from Whisper {rec['whisper']} ({rec['parameters']} parameters, sha256 {rec['sha256'][:12]})"
 
 
 def resolve_nemo(ref: str, work: Path) -> Path:
