@@ -181,6 +181,11 @@ def test_encoding_does_not_depend_on_what_the_padding_holds(clip, whisper, prepr
     k = int(na[1])
     assert k == int(nb[1]) == _expected_len(t)
     torch.testing.assert_close(a[1, :, :k], b[1, :, :k], rtol=0, atol=1e-4)
+    with torch.no_grad():   # an empty row beside a real one: finite (torch's attention gives a fully masked row
+        # zeros, not NaN), and the real row as before
+        c, nc = whisper(torch.cat([other, F.pad(mels, (0, 120))]), torch.tensor([t + 120, 0]))
+    assert torch.isfinite(c).all() and int(nc[1]) == 0
+    torch.testing.assert_close(c[0], a[0], rtol=0, atol=1e-4)
 
 
 def test_a_clip_encodes_the_same_alone_as_in_a_batch(clip, whisper, preprocessor):
