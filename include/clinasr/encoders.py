@@ -87,21 +87,20 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
 def whisper_weights_path(spec: str) -> Path:
     """``spec``: a Whisper name a registry package ships (``tiny.en``), a directory holding ``model.bin``, or the
     file itself."""
-    from clinasr.reference import BUNDLED_WHISPER
+    from clinasr.reference import BUNDLED_WHISPER, ReferenceError, whisper_model_dir
 
     p = Path(spec).expanduser()
     if p.is_file():
         return p
-    if p.is_dir() and (p / "model.bin").is_file():
-        return p / "model.bin"
-    pkg = BUNDLED_WHISPER.get(spec)
-    if pkg:
-        try:
-            mod = __import__(pkg)
-        except ImportError:
-            raise EncoderWeightsError(f"Whisper {spec!r}: its weights ship in the package {pkg!r}, which is not "
-                                      f"installed in this environment (requirements-ml.txt)") from None
-        return Path(mod.get_model_path()) / "model.bin"
+    try:   # the Whisper reference's own lookup: a directory, or the package that ships the name
+        d = Path(whisper_model_dir(spec))
+    except ReferenceError as e:
+        raise EncoderWeightsError(f"Whisper {spec!r}: {e}") from None
+    if (d / "model.bin").is_file():
+        return d / "model.bin"
+    if pkg := BUNDLED_WHISPER.get(spec):
+        raise EncoderWeightsError(f"Whisper {spec!r}: its weights ship in the package {pkg!r}, which is not "
+                                  f"installed in this environment (requirements-ml.txt)")
     raise EncoderWeightsError(f"Whisper {spec!r}: not a file, not a directory with model.bin, and no package here "
                               f"ships it (known: {sorted(BUNDLED_WHISPER)})")
 
