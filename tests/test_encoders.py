@@ -293,7 +293,9 @@ def test_whisper_tdt_config_trains_from_whisper_and_restores(tiny_dataset, tmp_p
                "trainer_overrides": {"max_steps": 2, "val_check_interval": 2, "checkpoint_every_n_steps": 2,
                                      "batch_size": 4, "max_minutes": None,
                                      # the default fine-tune's front-end lever: NeMo's Conformer option, skipped here
-                                     "subsampling_conv_chunking_factor": 2}}, log=logs.append)
+                                     "subsampling_conv_chunking_factor": 2,
+                                     # a fine-tuning lever that also applies here: the encoder starts pretrained
+                                     "freeze_encoder_layers": 2}}, log=logs.append)
     assert r["global_step"] == 2 and "subsampling_conv_chunking_factor" not in r.get("levers", {})
     assert any("subsampling_conv_chunking_factor: not applied" in m for m in logs)
     path = whisper_weights_path("tiny.en")
@@ -312,10 +314,14 @@ def test_whisper_tdt_config_trains_from_whisper_and_restores(tiny_dataset, tmp_p
     w = read_ct2(path)
     theirs = torch.from_numpy(np.array(w["encoder/layer_0/ffn/linear_0/weight"], dtype=np.float32))
     restored = model.encoder.layers[0].fc1.weight.detach()
+    assert torch.equal(restored, theirs)                   # frozen: Whisper's own weights, bit for bit
     torch.manual_seed(0)
     random = WhisperEncoder().layers[0].fc1.weight.detach()
-    assert (restored - theirs).abs().max() < 1e-2          # two steps at the warm-up rate barely move Whisper's
     assert (random - theirs).abs().max() > 0.1
+    last = torch.from_numpy(np.array(w["encoder/layer_3/ffn/linear_0/weight"], dtype=np.float32))
+    moved = (model.encoder.layers[3].fc1.weight.detach() - last).abs().max()
+    assert 0 < moved < 1e-2                                  # trainable: two steps at the warm-up rate move it a little
+    assert any("frozen: encoder front end + first 2 layers" in m for m in logs), logs
 
 
 CHILD = r"""

@@ -23,11 +23,14 @@ def test_shipped_base_model_recognises_general_english_and_matches_its_card():
     from clinasr.metrics import edit_counts
     from clinasr.synth import general, tts
 
+    for d in (E.FASTCONFORMER_BASE_DIR, E.BASE_MODEL_DIR):    # both shipped models are the files their cards describe
+        c = json.loads((d / "model_card.json").read_text())
+        assert c["export"]["sha256"] == hashlib.sha256((d / "model.nemo").read_bytes()).hexdigest() and c["name"] == d.name
+        assert (d / "model.nemo").stat().st_size < 50 * 2**20
     card = json.loads((E.BASE_MODEL_DIR / "model_card.json").read_text())
-    assert card["export"]["sha256"] == hashlib.sha256(E.BASE_MODEL.read_bytes()).hexdigest()
-    assert E.BASE_MODEL.stat().st_size < 50 * 2**20
     t = Transcriber(E.BASE_MODEL)
-    assert 10e6 < t.n_params < 40e6 and t.n_params == card["n_params"]
+    assert 5e6 < t.n_params < 40e6 and t.n_params == card["n_params"]
+    assert type(t.model.encoder).__name__ == "WhisperEncoder" and card["encoder_init"] == {"whisper": "tiny.en"}
     rng = random.Random(1)
     errs = words = 0
     for i, s in enumerate(rng.sample(general.load(), 8)):
@@ -155,6 +158,32 @@ def test_next_base_config_adds_a_neural_engine_and_holds_out_its_own():
         bad = {**cfg, "voices": {**cfg["voices"], "train": {"x": ["gmw/en-us", leak]}}}
         with pytest.raises(ValueError, match=re.escape(leak)):
             E.check_own_heldout(bad)
+
+
+def test_a_config_that_extends_another_names_only_what_it_changes(tmp_path):
+    """``extends: FILE``: mappings merge key by key at every depth, lists and scalars are replaced, chains resolve;
+    base_multi_v6.yaml is v5 with the encoder's lower half frozen and nothing else changed."""
+    (tmp_path / "a.yaml").write_text("seed: 0\nvoices: {train: {native: [x, y], regional: [z]}}\n"
+                                     "base: {name: n, trainer_overrides: {batch_size: 8, lr: 1}}\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nvoices: {train: {native: [w]}}\n"
+                                     "base: {trainer_overrides: {lr: 2}}\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\nseed: 3\n")
+    assert E.load_config(tmp_path / "c.yaml") == {
+        "seed": 3, "voices": {"train": {"native": ["w"], "regional": ["z"]}},
+        "base": {"name": "n", "trainer_overrides": {"batch_size": 8, "lr": 2}}}
+    assert E.load_config(tmp_path / "a.yaml")["voices"]["train"]["native"] == ["x", "y"]   # the parent unchanged
+    (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        E.load_config(tmp_path / "d.yaml")
+
+    v5 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v5.yaml")
+    v6 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v6.yaml")
+    assert "extends" not in v6 and {k: v for k, v in v6.items() if k != "base"} == {k: v for k, v in v5.items()
+                                                                                   if k != "base"}
+    changed = {k for k in v5["base"] if v5["base"][k] != v6["base"][k]}
+    assert changed == {"architecture", "trainer_overrides"}
+    assert v6["base"]["trainer_overrides"] == {**v5["base"]["trainer_overrides"], "freeze_encoder_layers": 2}
+    E.check_own_heldout(v6)
 
 
 def test_base_training_continues_across_calls(tmp_path, tiny_model):

@@ -35,10 +35,26 @@ from clinasr.settings import REPO_ROOT, repo_path
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "experiment" / "flywheel.yaml"
 BASE_MODEL_DIR = REPO_ROOT / "models" / "clinasr-base-en-multi"
 BASE_MODEL = BASE_MODEL_DIR / "model.nemo"
+# the previous base (v4): a FastConformer-TDT, the encoder Parakeet has, kept for the levers only a Conformer has
+# (batch-norm statistics, the chunked front end, per-layer compile) and their tests
+FASTCONFORMER_BASE_DIR = REPO_ROOT / "models" / "clinasr-base-en-fastconformer"
+FASTCONFORMER_BASE = FASTCONFORMER_BASE_DIR / "model.nemo"
 
 
 def load_config(path: str | Path | None = None) -> dict:
-    return yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
+    """An experiment config. ``extends: FILE`` (beside it) starts from that config: mappings merge key by key,
+    anything else (a list, a number) is replaced; so a variant names only what it changes."""
+    path = Path(path or DEFAULT_CONFIG)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    parent = cfg.pop("extends", None)
+    return _merged(load_config(path.parent / parent), cfg) if parent else cfg
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmentation: dict | None = None,

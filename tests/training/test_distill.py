@@ -63,7 +63,7 @@ def test_bad_settings_stop_before_training(tmp_path):
 def test_a_fine_tune_distils_on_its_replay_rows_only(tiny_dataset, replay_set, tmp_path, monkeypatch):
     from nemo.collections.asr.models import EncDecRNNTBPEModel
 
-    from clinasr.experiment import BASE_MODEL
+    from clinasr.experiment import FASTCONFORMER_BASE as BASE_MODEL
 
     seen = []
     real = distill.lattice_kl

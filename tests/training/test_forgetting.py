@@ -74,7 +74,7 @@ def test_frozen_layers_and_prediction_network_keep_the_base_weights_and_the_enco
     binding = object()          # training (validation decodes on CUDA) installs the NVRTC fix around the binding
     monkeypatch.setattr(cuda_python_utils, "nvrtc", binding, raising=False)
 
-    from clinasr.experiment import BASE_MODEL
+    from clinasr.experiment import FASTCONFORMER_BASE as BASE_MODEL
 
     base = EncDecRNNTBPEModel.restore_from(str(BASE_MODEL), map_location="cpu").state_dict()
     seen = {}

@@ -286,10 +286,10 @@ def test_activation_checkpointing_recomputes_encoder_layers_with_the_same_gradie
     import torch
     from nemo.collections.asr.models import ASRModel
 
-    from clinasr.experiment import BASE_MODEL
+    from clinasr.experiment import FASTCONFORMER_BASE
     from clinasr.training.train import activation_checkpointing
 
-    model = ASRModel.restore_from(str(BASE_MODEL), map_location="cpu")
+    model = ASRModel.restore_from(str(FASTCONFORMER_BASE), map_location="cpu")
     model.train()
     model.spec_augmentation = None
     model.preprocessor.eval()
@@ -357,11 +357,11 @@ def test_step_levers_are_trainer_options_that_default_to_the_models_behaviour():
     from nemo.collections.asr.models import ASRModel
     from omegaconf import open_dict
 
-    from clinasr.experiment import BASE_MODEL
+    from clinasr.experiment import FASTCONFORMER_BASE
     from clinasr.training.common import TrainingError
     from clinasr.training.strategy import fused_adam_callback, step_levers
 
-    model = ASRModel.restore_from(str(BASE_MODEL), map_location="cpu")
+    model = ASRModel.restore_from(str(FASTCONFORMER_BASE), map_location="cpu")
     with open_dict(model.cfg):
         model.cfg.optim = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3}
     keys = list(model.state_dict())

@@ -275,14 +275,16 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
         base_state = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                       if (tcfg.get("merge_with_base") is not None or tcfg.get("anchor_to_base")) and "config" not in base
                       else None)
-        for lever in ("freeze_encoder_layers", "freeze_prediction_network"):   # fine-tuning levers: nothing to
-            if "config" in base and tcfg.get(lever):                           # keep when built from scratch
+        # fine-tuning levers: nothing to keep when built from scratch, except an encoder that starts pretrained
+        pretrained = {"freeze_encoder_layers": bool((model_cfg or {}).get("encoder_init"))}
+        for lever in ("freeze_encoder_layers", "freeze_prediction_network"):
+            if "config" in base and tcfg.get(lever) and not pretrained.get(lever):
                 log(f"[train] {lever} {tcfg[lever]} ignored: the model is built from {base['config']}, there are no "
                     "base weights to keep")
                 tcfg[lever] = 0
         if n_frozen := freeze_encoder_layers(model, tcfg):
             log(f"[train] frozen: encoder front end + first {tcfg['freeze_encoder_layers']} layers "
-                f"({n_frozen / 1e6:.2f} M parameters keep the base's weights)")
+                f"({n_frozen / 1e6:.2f} M parameters keep the weights they start from)")
         if n_norms := keep_batch_norm_statistics(model, tcfg):
             log(f"[train] the encoder's {n_norms} batch-norm layers keep the base's running statistics")
         if n_frozen := freeze_prediction_network(model, tcfg):
