@@ -175,6 +175,10 @@ def test_a_config_that_extends_another_names_only_what_it_changes(tmp_path):
     (tmp_path / "d.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         E.load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("extends: f.yaml\n")
+    (tmp_path / "f.yaml").write_text("extends: e.yaml\nseed: 1\n")
+    with pytest.raises(ValueError, match=r"comes back to itself \(e.yaml -> f.yaml -> e.yaml\)"):
+        E.load_config(tmp_path / "e.yaml")
 
     v5 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v5.yaml")
     v6 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v6.yaml")

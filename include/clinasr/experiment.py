@@ -44,10 +44,15 @@ FASTCONFORMER_BASE = FASTCONFORMER_BASE_DIR / "model.nemo"
 def load_config(path: str | Path | None = None) -> dict:
     """An experiment config. ``extends: FILE`` (beside it) starts from that config: mappings merge key by key,
     anything else (a list, a number) is replaced; so a variant names only what it changes."""
-    path = Path(path or DEFAULT_CONFIG)
+    return _load_extending(Path(path or DEFAULT_CONFIG), ())
+
+
+def _load_extending(path: Path, chain: tuple) -> dict:
+    if path.resolve() in chain:
+        raise ValueError(f"{path}: 'extends' comes back to itself ({' -> '.join(p.name for p in chain)} -> {path.name})")
     cfg = yaml.safe_load(path.read_text()) or {}
     parent = cfg.pop("extends", None)
-    return _merged(load_config(path.parent / parent), cfg) if parent else cfg
+    return _merged(_load_extending(path.parent / parent, (*chain, path.resolve())), cfg) if parent else cfg
 
 
 def _merged(base: dict, over: dict) -> dict:
