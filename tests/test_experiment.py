@@ -286,7 +286,11 @@ def test_recipes_plot_draws_every_run_and_the_trade_off(tmp_path):
                 "general_heldout": {"wer": wer, "phantoms_per_100": 0.6}}
 
     results = {"runs": {"base": run(0.1, 0.40), "default": run(0.62, 0.46), "default@step200": run(0.52, 0.48)}}
-    E.plot_recipes(results, tmp_path / "r.png")
+    fig = E.plot_recipes(results, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trade = fig.axes[3]
+    [corner] = trade.collections[:1]                    # the shaded target: term accuracy >= 0.70 and rise <= +0.02
+    box = corner.get_paths()[0].get_extents()
+    assert (box.x0, box.x1) == pytest.approx((0.70, 1.0)) and box.y1 == pytest.approx(0.02) and box.y0 < trade.get_ylim()[0]
     with pytest.raises(KeyError):                       # a run without its general-English score is not drawn as 0
         E.plot_recipes({"runs": {**results["runs"], "broken": {"clinical_heldout": {"by_engine": {}}}}}, tmp_path / "x.png")

@@ -694,7 +694,7 @@ def sweep_checkpoints(ckpt_dir: Path, entry: str, final_step: int) -> tuple[list
     raise ValueError(f"checkpoint_sweep entries are stepN or avgK (got {entry!r})")
 
 
-def plot_recipes(results: dict, path: Path) -> None:
+def plot_recipes(results: dict, path: Path):
     """Per recipe: clinical term accuracy on unseen espeak voices and on the unseen engine, general WER
     (with the base's as a line), phantom terms per 100 general utterances, and the trade-off the issue bounds:
     term accuracy on unseen espeak-ng voices against the general-English rise over the base, with the corner
@@ -729,7 +729,7 @@ def plot_recipes(results: dict, path: Path) -> None:
     for a in ax[:3]:
         a.set_xticks(list(xs), names, rotation=30, ha="right", fontsize=8)
     if base is not None:
-        ax[3].axvspan(0.70, 1.0, ymin=0, ymax=1, color="#ccebc5", alpha=0.3)
+        ax[3].fill_between([0.70, 1.0], -1.0, 0.02, color="#ccebc5", alpha=0.5, lw=0)   # where both bounds hold
         ax[3].axhline(0.02, color="k", ls=":", lw=1)
         ax[3].axvline(0.70, color="k", ls=":", lw=1)
         for n in names:
@@ -746,6 +746,7 @@ def plot_recipes(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return fig
 
 
 def recipes_md(results: dict) -> str:
