@@ -4,6 +4,8 @@ everyday English before any drug is learnt (docs/benchmarks.md, "Half of the ris
 all"). Needs the sets of an earlier `bench/recipes_experiment.py` run in --work. ML runtime:
 
     .venv/ml/bin/python bench/replay_only_control.py --work /tmp/clinasr-recipes --out bench/out/replay-only.json
+    .venv/ml/bin/python bench/replay_only_control.py --as-default --steps 1000 --base models/clinasr-base-en-multi/model.nemo \
+        --work /tmp/clinasr-recipes-v6 --out bench/results/recipes-cpu-multibase-v6-replay-only.json   # base v6
 """
 
 from __future__ import annotations
@@ -26,23 +28,29 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/clinasr-recipes", help="the recipes experiment's work dir (its sets)")
     ap.add_argument("--out", default="bench/out/replay-only.json")
     ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--base", default=str(BASE), help="the base .nemo (default: the shipped one)")
+    ap.add_argument("--as-default", action="store_true",
+                    help="the default recipe as it is now (distillation and batch-norm statistics as in "
+                         "configs/trainer/cpu_finetune.yaml), not as it was when the control was first measured")
     a = ap.parse_args(argv)
+    base_nemo = Path(a.base)
+    # as first measured (2026-12-01): the recipe before distillation became the default
+    then = {} if a.as_default else {"distill_from_base": 0, "keep_batch_norm_statistics": False}
     w = Path(a.work)
     man = {n: str(w / "evalsets" / n / "test_manifest.jsonl") for n in ("clinical_heldout", "general_heldout")}
     missing = [m for m in [*man.values(), str(w / "evalsets" / "general_replay" / "train_manifest.jsonl")] if not Path(m).exists()]
     if missing:
         ap.error(f"no sets in {w} ({missing[0]} missing): run bench/recipes_experiment.py --prepare-only --work {w} first")
     t0 = time.time()
-    tr = E._train({"dataset": str(w / "evalsets" / "general_replay"), "base": {"nemo": str(BASE)},
+    tr = E._train({"dataset": str(w / "evalsets" / "general_replay"), "base": {"nemo": str(base_nemo)},
                    "trainer": "configs/trainer/cpu_finetune.yaml",
-                   "trainer_overrides": {"max_steps": a.steps, "max_minutes": 15, "replay": {"ratio": 0},
-                                         # as measured: the recipe before distillation became the default
-                                         "distill_from_base": 0, "keep_batch_norm_statistics": False},
+                   "trainer_overrides": {"max_steps": a.steps, "max_minutes": 15, "replay": {"ratio": 0}, **then},
                    "output_dir": str(w / "ft_replay_only"), "seed": 0}, print,
                   score_on={"manifests": man, "out": str(w / "eval"), "name": "replay_only"})
     rows = {k: v.pop("per_row") for k, v in tr["score"].items()}
-    base = E._score_in_subprocess(BASE, man, w / "eval" / "base_control")
-    res = {"train_seconds": tr["train_seconds"], "global_step": tr["global_step"], "wall": round(time.time() - t0),
+    base = E._score_in_subprocess(base_nemo, man, w / "eval" / "base_control")
+    res = {"base": str(base_nemo), "overrides": {"max_steps": a.steps, "replay": {"ratio": 0}, **then},
+           "train_seconds": tr["train_seconds"], "global_step": tr["global_step"], "wall": round(time.time() - t0),
            "vs_base": {k: metrics.paired_reduction_ci(base[k]["per_row"], rows[k]) for k in rows},
            **{k: E._scores(v) for k, v in tr["score"].items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
