@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     base_nemo = Path(a.base)
     # as first measured (2026-12-01): the recipe before distillation became the default
     then = {} if a.as_default else {"distill_from_base": 0, "keep_batch_norm_statistics": False}
+    overrides = {"max_steps": a.steps, "replay": {"ratio": 0}, **then}
     w = Path(a.work)
     man = {n: str(w / "evalsets" / n / "test_manifest.jsonl") for n in ("clinical_heldout", "general_heldout")}
     missing = [m for m in [*man.values(), str(w / "evalsets" / "general_replay" / "train_manifest.jsonl")] if not Path(m).exists()]
@@ -44,12 +45,12 @@ def main(argv=None) -> int:
     t0 = time.time()
     tr = E._train({"dataset": str(w / "evalsets" / "general_replay"), "base": {"nemo": str(base_nemo)},
                    "trainer": "configs/trainer/cpu_finetune.yaml",
-                   "trainer_overrides": {"max_steps": a.steps, "max_minutes": 15, "replay": {"ratio": 0}, **then},
+                   "trainer_overrides": {**overrides, "max_minutes": 15},
                    "output_dir": str(w / "ft_replay_only"), "seed": 0}, print,
                   score_on={"manifests": man, "out": str(w / "eval"), "name": "replay_only"})
     rows = {k: v.pop("per_row") for k, v in tr["score"].items()}
     base = E._score_in_subprocess(base_nemo, man, w / "eval" / "base_control")
-    res = {"base": str(base_nemo), "overrides": {"max_steps": a.steps, "replay": {"ratio": 0}, **then},
+    res = {"base": str(base_nemo), "overrides": overrides,
            "train_seconds": tr["train_seconds"], "global_step": tr["global_step"], "wall": round(time.time() - t0),
            "vs_base": {k: metrics.paired_reduction_ci(base[k]["per_row"], rows[k]) for k in rows},
            **{k: E._scores(v) for k, v in tr["score"].items()}}

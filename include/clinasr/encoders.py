@@ -68,9 +68,10 @@ def _ct2_layout(b: bytes) -> tuple[int, list[tuple[str, list[int], int, int, int
     return header, records
 
 
-def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
-    """The variables of a CTranslate2 model file (binary format version 6: name, shape, type, bytes per variable)."""
-    b = Path(path).read_bytes()
+def read_ct2(path: str | Path, b: bytes | None = None) -> dict[str, np.ndarray]:
+    """The variables of a CTranslate2 model file (binary format version 6: name, shape, type, bytes per variable);
+    ``b``: the file's bytes when the caller has read them already (the arrays are views into them)."""
+    b = Path(path).read_bytes() if b is None else b
     try:
         _, records = _ct2_layout(b)
     except EncoderWeightsError as e:
@@ -216,7 +217,8 @@ class WhisperEncoder(nn.Module):
         import hashlib
 
         path = whisper_weights_path(spec)
-        w = read_ct2(path)
+        raw = path.read_bytes()   # read once: the weights and their sha256
+        w = read_ct2(path, raw)
         t = lambda n: torch.from_numpy(np.array(w[n], dtype=np.float32))   # noqa: E731
         state = {"pre_encode.conv1.weight": "encoder/conv1/weight", "pre_encode.conv1.bias": "encoder/conv1/bias",
                  "pre_encode.conv2.weight": "encoder/conv2/weight", "pre_encode.conv2.bias": "encoder/conv2/bias",
@@ -250,10 +252,10 @@ class WhisperEncoder(nn.Module):
             for mine, theirs in state.items():
                 own[mine].copy_(t(theirs))
         table = w.get("encoder/position_encodings/encodings")
-        if table is not None and not torch.allclose(t("encoder/position_encodings/encodings"),
+        if table is not None and not torch.allclose(torch.from_numpy(np.array(table, dtype=np.float32)),
                                                     sinusoids(table.shape[0], self.d_model), atol=2e-3):
             raise EncoderWeightsError(f"{path}: its positional table is not Whisper's sinusoids")
-        return {"whisper": spec, "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        return {"whisper": spec, "file": str(path), "sha256": hashlib.sha256(raw).hexdigest(),
                 "tensors": len(state), "parameters": int(sum(own[m].numel() for m in state))}
 
 
