@@ -47,6 +47,32 @@ def test_replay_mixes_general_rows_into_both_splits_at_the_ratio(tiny_dataset, r
     assert f"{n_replay_train} general rows instead of {1000 * len(clinical)}" in many["report"]["train"]["general_replay_short"]
 
 
+def test_clinical_repeats_keep_the_ratio_with_more_distinct_general_rows(tiny_dataset, replay_set, tmp_path):
+    spec = {"source": str(replay_set), "ratio": 1.0, "seed": 3}
+    once = prepare_dataset(str(tiny_dataset), tmp_path / "a", 20.0, spec)
+    n_clinical = once["report"]["train"]["rows"] - once["report"]["train"]["general_replay_rows"]
+    n_replay_train = len(_rows(replay_set / "train_manifest.jsonl"))
+    ratio = 0.5 if n_replay_train >= n_clinical else n_replay_train / (2 * n_clinical)   # a ratio it can fill twice
+    res = prepare_dataset(str(tiny_dataset), tmp_path / "b", 20.0, {**spec, "ratio": ratio, "clinical_repeats": 2})
+    train_rows = _rows(Path(res["manifests"]["train"]))
+    clinical = [r["utt_id"] for r in train_rows if r["domain"] == "clinical"]
+    general = [r["utt_id"] for r in train_rows if r["domain"] == "general"]
+    assert len(clinical) == 2 * n_clinical and all(clinical.count(u) == 2 for u in clinical)     # each row twice
+    assert len(general) == len(set(general)) == round(ratio * n_clinical * 2)                    # distinct, at the ratio
+    assert res["report"]["train"]["clinical_repeats"] == 2 and "clinical_repeats_short" not in res["report"]["train"]
+    val = [r["utt_id"] for r in _rows(Path(res["manifests"]["val"])) if r["domain"] == "clinical"]
+    assert len(val) == len(set(val)) and "clinical_repeats" not in res["report"]["val"]          # val is never repeated
+    # more repeats than the replay set can fill: as many as it can, said in the report
+    many = prepare_dataset(str(tiny_dataset), tmp_path / "c", 20.0, {**spec, "clinical_repeats": 10 * n_replay_train})
+    got = many["report"]["train"]["clinical_repeats"]
+    assert got == max(1, n_replay_train // n_clinical) and f"repeated {got}x, not" in many["report"]["train"]["clinical_repeats_short"]
+    with pytest.raises(TrainingError, match="clinical_repeats must be a whole number >= 1"):
+        replay_spec({"replay_source": str(replay_set)}, {"replay": {"ratio": 1.0, "clinical_repeats": 0}})
+    with pytest.raises(TrainingError, match="clinical_repeats must be a whole number"):
+        replay_spec({"replay_source": str(replay_set)}, {"replay": {"ratio": 1.0, "clinical_repeats": 1.5}})
+    assert replay_spec({"replay_source": str(replay_set)}, {"replay": {"ratio": 1.0, "clinical_repeats": 3}})["clinical_repeats"] == 3
+
+
 def test_a_missing_replay_source_stops_before_training(s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("CLINASR_EVALSETS_CONFIG", str(SMALL))
     tcfg = {"replay": {"set": "general_replay", "ratio": 1.0}}

@@ -26,8 +26,11 @@ def _local(dataset: str, dest: Path) -> Path:
 def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict | None = None) -> dict:
     """Local copies of the manifests with absolute audio paths; rows that cannot be used are reported.
 
-    ``replay`` ({"source", "ratio", "seed"}) mixes general-English rows into both splits: ``ratio`` of them per
-    clinical row, drawn without repeats from the replay set's own split (its val texts never train)."""
+    ``replay`` ({"source", "ratio", "seed"[, "clinical_repeats"]}) mixes general-English rows into both splits:
+    ``ratio`` of them per clinical row, drawn without repeats from the replay set's own split (its val texts never
+    train). ``clinical_repeats: k`` (train split only) lists each clinical row k times, so k times as many distinct
+    general rows keep the same ratio: a run of N steps then sees each clinical row as often as before and each
+    general sentence 1/k as often (fewer, if the replay set cannot fill k: the report says how many)."""
     local = _local(dataset, work / "dataset")
     replay_dir = _local(replay["source"], work / "replay") if replay else None
     out, report = {}, {}
@@ -40,7 +43,7 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
         rows = [{**r, "domain": r.get("domain", "clinical")} for r in rows]
         if not rows:
             raise TrainingError(f"the {split} split of {dataset} has no usable rows ({dropped or 'empty manifest'})")
-        mixed = 0
+        mixed, report_repeats = 0, {}
         if replay_dir is not None:
             general, _ = _usable_rows(replay_dir / f"{split}_manifest.jsonl", replay_dir, max_duration)
             if not general:
@@ -48,16 +51,26 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
                                     "`clinasr evalsets build`")
             import random
 
-            want = round(float(replay["ratio"]) * len(rows))
+            ratio, n_clinical = float(replay["ratio"]), len(rows)
+            asked = int(replay.get("clinical_repeats") or 1) if split == "train" else 1   # val rows never repeat
+            # as many repeats as the replay set can fill at the ratio (at least one)
+            repeats = max(1, min(asked, int(len(general) // max(ratio * n_clinical, 1e-9))))
+            want = round(ratio * n_clinical * repeats)
             rng = random.Random(f"{replay.get('seed', 0)}|replay|{split}")
             picked = rng.sample(general, min(want, len(general)))
-            rows += [{**r, "domain": "general"} for r in picked]
+            rows = rows * repeats + [{**r, "domain": "general"} for r in picked]
             mixed = len(picked)
+            if asked > 1:
+                report_repeats = {"clinical_repeats": repeats}
+                if repeats < asked:
+                    report_repeats["clinical_repeats_short"] = (
+                        f"clinical rows repeated {repeats}x, not {asked}x: the replay set has {len(general)} {split} "
+                        f"rows, {round(ratio * n_clinical * asked)} would keep {ratio:g}:1 at {asked}x")
         dst = work / f"{split}_manifest.jsonl"
         dst.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out[split] = str(dst)
         report[split] = {"rows": len(rows), "hours": round(sum(r["duration"] for r in rows) / 3600, 4), "dropped": dropped,
-                         "general_replay_rows": mixed}
+                         "general_replay_rows": mixed, **report_repeats}
         if replay_dir is not None and mixed < want:   # the replay set is smaller than the ratio asks for: say so
             report[split]["general_replay_short"] = (f"{mixed} general rows instead of {want}: the replay set has no more, "
                                                      f"so the mix is {mixed / max(len(rows) - mixed, 1):.2f}:1, not "
@@ -105,8 +118,12 @@ def replay_spec(args: dict, tcfg: dict, log=print) -> dict | None:
                                 f"available: {e} (or set replay.ratio: 0 and distill_from_base: 0 to fine-tune without replay)") from None
     elif not source.startswith("s3://") and not (Path(source) / "train_manifest.jsonl").exists():
         raise TrainingError(f"replay source {source} has no train_manifest.jsonl: build it with `clinasr evalsets build`")
-    log(f"[train] general-English replay: {ratio}:1 from {source}")
-    return {"source": source, "ratio": ratio, "seed": int(args.get("seed", 0))}
+    repeats = r.get("clinical_repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise TrainingError(f"replay.clinical_repeats must be a whole number >= 1, not {r.get('clinical_repeats')!r}")
+    log(f"[train] general-English replay: {ratio}:1 from {source}"
+        + (f", each clinical row {repeats}x beside {repeats}x as many distinct general rows" if repeats > 1 else ""))
+    return {"source": source, "ratio": ratio, "seed": int(args.get("seed", 0)), "clinical_repeats": repeats}
 
 
 def train_tokenizer(manifest: str, vocab_size: int, out_dir: Path, include_lexicon: bool = True) -> Path:

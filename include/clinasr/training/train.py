@@ -24,6 +24,8 @@ bench/results/recipes-cpu.md; the default recipe is the one that measurement pic
 
     replay: {set: general_replay, ratio: 1.0}   general speech rows per clinical row, in train and val (rows
                                                 carry domain: general|clinical; val WER is then a combined score)
+                                                + clinical_repeats: k: each clinical training row k times beside k x
+                                                as many distinct general rows (each sentence seen 1/k as often)
     freeze_encoder_layers: N                    the preprocessor's sub-sampling and the first N conformer layers
                                                 do not train (and stay in eval mode)
     encoder_lr_scale: s                         the trainable encoder layers learn at s x the decoder/joint rate
@@ -195,8 +197,9 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
     data = prepare_dataset(args["dataset"], work / "data", float(tcfg.get("max_duration", 20.0)), replay)
     log(f"[train] data: {json.dumps(data['report'])}")
     for split, rep in data["report"].items():
-        if rep.get("general_replay_short"):
-            log(f"[train] WARNING {split}: {rep['general_replay_short']} (grow configs/evalsets.yaml's replay set)")
+        for short in ("general_replay_short", "clinical_repeats_short"):
+            if rep.get(short):
+                log(f"[train] WARNING {split}: {rep[short]} (grow configs/evalsets.yaml's replay set)")
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     mirror = _CheckpointMirror(args.get("checkpoint_uri"), ckpt_dir, log)
