@@ -7,6 +7,12 @@ with paired bootstrap CIs of each model against the first.
         new=models/clinasr-base-en-multi/model.nemo whisper=whisper:tiny.en [--out bench/results/base-models]
 
 The sets are built here (CPU, ~2 min on 2 cores) into --work and reused while their config is unchanged.
+Runs on the same renders combine without scoring again (a model's WER is the same to the last digit in every
+run), and a base's card records the flywheel on it (bench/recipes_experiment.py's results.json):
+
+    .venv/ml/bin/python bench/base_model_eval.py --merge bench/results/base-models-v6-card.json \
+        bench/results/base-models-v7.json --card models/clinasr-base-en-multi \
+        --flywheel bench/results/recipes-cpu-multibase-v7.json [--flywheel-runs default_1000 ...]
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ def split_sets(work: Path, log, extra_engines: bool = False) -> dict[str, Path]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", required=True, metavar="NAME=SPEC",
+    ap.add_argument("--models", nargs="+", default=[], metavar="NAME=SPEC",
                     help="a .nemo path or a reference spec (whisper:tiny.en); the first is the baseline of the CIs")
     ap.add_argument("--work", default="/tmp/clinasr-base-eval")
     ap.add_argument("--out", default="bench/results/base-models")
@@ -79,7 +85,20 @@ def main(argv=None) -> int:
                                                    "the model named 'new' is the one it describes")
     ap.add_argument("--extra-engines", action="store_true",
                     help="also score everyday English (clean) in Kokoro-82M and SVOX Pico voices (EXTRA_VOICES)")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                    help="earlier runs' results (their .json) on the same sets: their models come first, in order "
+                         "(a name already taken is skipped); --models then adds models scored here")
+    ap.add_argument("--flywheel", metavar="RESULTS_JSON",
+                    help="with --card: a bench/recipes_experiment.py results.json whose fine-tunes of this base the "
+                         "card records (base, term accuracy, KER reduction, general-English change with CIs)")
+    ap.add_argument("--flywheel-runs", nargs="+", help="the runs of --flywheel to record (default: every fine-tune)")
     a = ap.parse_args(argv)
+    if not a.models and not a.merge:
+        ap.error("name models to score (--models) or earlier results to combine (--merge)")
+    if a.flywheel and not a.card:
+        ap.error("--flywheel records the flywheel in a card: give --card")
+    if a.merge and not a.models:   # nothing to score: no sets to build
+        return finish(merge_results([Path(p) for p in a.merge]), a)
     from clinasr.evaluate import evaluate_set
     from clinasr.reference import make_transcriber
 
@@ -92,6 +111,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = split_sets(work, log, a.extra_engines)
     results: dict = {"sets": {k: sum(1 for _ in open(p)) for k, p in parts.items()}, "bounds": BOUNDS, "models": {}}
+    if a.merge:
+        earlier = merge_results([Path(p) for p in a.merge])
+        check_same_sets(earlier, results, "these sets")
+        results["models"] = earlier["models"]
     per_row: dict = {}
     first = None
     for item in a.models:
@@ -113,11 +136,44 @@ def main(argv=None) -> int:
         log(f"{name}: 10 s clip p95 {results['models'][name]['latency_10s_clip']['p95_s']:.3f} s")
         first = first or name
         Path(f"{out}.json").write_text(json.dumps(results, indent=1, default=str))
-    Path(f"{out}.md").write_text(table(results))
+    return finish(results, a)
+
+
+def finish(results: dict, a) -> int:
+    """The results as JSON and a table beside --out, printed, and into --card's card."""
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{a.out}.json").write_text(json.dumps(results, indent=1, default=str))
+    Path(f"{a.out}.md").write_text(table(results))
     print(table(results))
     if a.card:
-        write_card(Path(a.card), results)
+        write_card(Path(a.card), results, a.flywheel, a.flywheel_runs)
     return 0
+
+
+def check_same_sets(a: dict, b: dict, what: str) -> None:
+    """Results combine only when scored on the same parts of the same sets (rows per part)."""
+    if a["sets"] != b["sets"]:
+        diff = sorted(k for k in set(a["sets"]) | set(b["sets"]) if a["sets"].get(k) != b["sets"].get(k))
+        raise SystemExit(f"cannot combine: {what} differ in rows from the earlier results on {', '.join(diff)} "
+                         "(another render of the sets: score every model again)")
+
+
+def merge_results(paths: list[Path]) -> dict:
+    """Several runs' results on the same sets as one: models in file order, a name already taken skipped."""
+    merged: dict | None = None
+    for p in paths:
+        r = json.loads(p.read_text())
+        if merged is None:
+            merged = {"sets": r["sets"], "bounds": r["bounds"], "models": {}, "merged_from": []}
+        check_same_sets(merged, r, str(p))
+        merged["merged_from"].append(str(p))
+        for name, m in r["models"].items():
+            had = merged["models"].setdefault(name, m)
+            moved = [k for k in had["sets"] if had["sets"][k]["wer"] != m["sets"][k]["wer"]]
+            if moved:   # the same name scored again must score the same: else it is another model or render
+                raise SystemExit(f"cannot combine: {name} in {p} scores differently from the earlier results on "
+                                 f"{', '.join(moved)}")
+    return merged
 
 
 def clip_latency(t, work: Path, runs: int = 20) -> dict:
@@ -146,16 +202,19 @@ def clip_latency(t, work: Path, runs: int = 20) -> dict:
     return {"p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)), "runs": runs}
 
 
-def write_card(model_dir: Path, results: dict) -> None:
-    """The card of ``model_dir`` with every model's figures on the held-out sets (JSON and the MD table)."""
+def write_card(model_dir: Path, results: dict, flywheel: str | None = None, flywheel_runs: list[str] | None = None) -> None:
+    """The card of ``model_dir`` with every model's figures on the held-out sets (JSON and the MD table) and,
+    from a recipes results.json, the flywheel on it."""
     import hashlib
 
-    from clinasr.experiment import model_card_md
+    from clinasr.experiment import flywheel_card, model_card_md
 
     path = model_dir / "model_card.json"
     card = json.loads(path.read_text())
     card["export"]["sha256"] = hashlib.sha256((model_dir / "model.nemo").read_bytes()).hexdigest()
     card["heldout_eval"] = results
+    if flywheel:
+        card["flywheel_cpu"] = flywheel_card(json.loads(Path(flywheel).read_text()), flywheel, flywheel_runs)
     path.write_text(json.dumps(card, indent=1, default=str))
     (model_dir / "MODEL_CARD.md").write_text(
         model_card_md(card) + "\n## On sets no model here trained on (bench/base_model_eval.py)\n\n" + table(results)

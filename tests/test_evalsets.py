@@ -41,10 +41,12 @@ def test_replay_speaks_in_the_base_models_voices_and_follows_its_config(cfg, tmp
     change there rebuilds the set; a missing base config is a clear error."""
     import yaml
 
+    from clinasr.experiment import load_config as load_experiment
+
     s = evalsets.spec(cfg, "general_replay")
     assert s["voices"] == "base"
     scfg = evalsets.synthesis_config(cfg, s, {})
-    base = yaml.safe_load((evalsets.REPO_ROOT / s["base_config"]).read_text())
+    base = load_experiment(evalsets.REPO_ROOT / s["base_config"])     # its extends: chain resolved
     assert {f"{v['engine']}:{v['voice']}" for v in scfg["accent_profiles"]["native"]} == \
         {v if ":" in v else f"espeak:{v}" for v in base["voices"]["train"]["native"]}
     assert scfg["voice_variation"]["espeak_variants"] == base["voice_variation"]["espeak_variants"]
@@ -57,6 +59,16 @@ def test_replay_speaks_in_the_base_models_voices_and_follows_its_config(cfg, tmp
     assert evalsets.config_hash(other, "general_replay") != h
     other["replay"]["general_replay"]["base_config"] = str(tmp_path / "nope.yaml")
     with pytest.raises(evalsets.EvalSetError, match="nope.yaml, which does not exist"):
+        evalsets.config_hash(other, "general_replay")
+    # a base config that names only what it changes speaks with its parent's voices too; a broken chain is named
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nvoices: {train: {regional: [gmw/en-us-nyc]}}\n")
+    other["replay"]["general_replay"]["base_config"] = str(tmp_path / "child.yaml")
+    child = evalsets.synthesis_config(other, evalsets.spec(other, "general_replay"), {})
+    assert child["accent_profiles"]["regional"] == [{"engine": "espeak", "voice": "gmw/en-us-nyc"}]
+    assert len(child["accent_profiles"]["native"]) == len(base["voices"]["train"]["native"])
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    other["replay"]["general_replay"]["base_config"] = str(tmp_path / "loop.yaml")
+    with pytest.raises(evalsets.EvalSetError, match="loop.yaml, which cannot be read: .*comes back to itself"):
         evalsets.config_hash(other, "general_replay")
 
 

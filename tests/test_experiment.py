@@ -160,6 +160,28 @@ def test_next_base_config_adds_a_neural_engine_and_holds_out_its_own():
             E.check_own_heldout(bad)
 
 
+def test_base_v7_adds_second_language_voices_that_exist_and_keeps_the_held_out_accents_unseen():
+    """configs/experiment/base_multi_v7.yaml: v6's config with more second-language espeak-ng voices (every one
+    installed here), none held out, none a close relative of a held-out accent; the replay set speaks like it."""
+    from clinasr import evalsets
+    from clinasr.synth import tts
+
+    v6 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v6.yaml")
+    v7 = E.load_config(REPO / "configs" / "experiment" / "base_multi_v7.yaml")
+    added = set(v7["voices"]["train"]["second_language"]) - set(v6["voices"]["train"]["second_language"])
+    assert set(v6["voices"]["train"]["second_language"]) < set(v7["voices"]["train"]["second_language"]) and len(added) >= 20
+    assert {k: v for k, v in v7.items() if k not in ("voices", "base")} == {k: v for k, v in v6.items() if k not in ("voices", "base")}
+    assert v7["base"]["trainer_overrides"] == v6["base"]["trainer_overrides"]
+    assert not added & {"roa/pt", "itc/la", "roa/pt-br", "roa/it"}
+    scfg = E.synthesis_config(v7["voices"]["train"], v7["accent_mix"], variation=v7["voice_variation"])
+    evalsets.check_training_voices(scfg)
+    E.check_own_heldout(v7)
+    ok, problems = tts.check_voices(tts.voices_from_config({"accent_profiles": tts.profile_entries({"x": sorted(added)})}))
+    assert not problems and len(ok["x"]) == len(added)
+    replay = evalsets.spec(evalsets.load_config(), "general_replay")
+    assert E.load_config(REPO / replay["base_config"])["voices"] == v7["voices"]   # replay speaks like the shipped base
+
+
 def test_a_config_that_extends_another_names_only_what_it_changes(tmp_path):
     """``extends: FILE``: mappings merge key by key at every depth, lists and scalars are replaced, chains resolve;
     base_multi_v6.yaml is v5 with the encoder's lower half frozen and nothing else changed."""
@@ -294,3 +316,51 @@ def test_recipes_plot_draws_every_run_and_the_trade_off(tmp_path):
     assert (box.x0, box.x1) == pytest.approx((0.70, 1.0)) and box.y1 == pytest.approx(0.02) and box.y0 < trade.get_ylim()[0]
     with pytest.raises(KeyError):                       # a run without its general-English score is not drawn as 0
         E.plot_recipes({"runs": {**results["runs"], "broken": {"clinical_heldout": {"by_engine": {}}}}}, tmp_path / "x.png")
+
+
+def test_a_base_cards_flywheel_record_comes_from_the_recipes_results():
+    def run(term, general, ker, change, minutes):
+        ci = lambda e: {"estimate": e, "ci": [e - 0.05, e + 0.05]}  # noqa: E731
+        return {"change": {"replay": {"ratio": 1.0}}, "train_seconds": minutes * 60, "global_step": 1000,
+                "clinical_heldout": {"term_accuracy": term, "wer": 0.3, "by_engine": {"espeak": {"term_accuracy": term + 0.01},
+                                                                                     "piper": {"term_accuracy": term - 0.02}}},
+                "general_heldout": {"wer": general, "phantoms_per_100": 0.0},
+                "vs_base": {"clinical_heldout": {"ker_reduction": ci(ker)}, "general_heldout": {"wer_change": ci(change)}}}
+    results = {"config": {"clinical": {"per_term": 80, "terms": ["warfarin"] * 30}},
+               "runs": {"base": {"clinical_heldout": {"term_accuracy": 0.07}, "general_heldout": {"wer": 0.42}},
+                        "a": run(0.68, 0.45, 0.65, 0.034, 15.1), "b": run(0.71, 0.43, 0.7, 0.012, 14.2)}}
+    fc = E.flywheel_card(results, "r.json")
+    assert list(fc["runs"]) == ["a", "b"] and fc["base"] == {"clinical_term_accuracy": 0.07, "general_wer": 0.42}
+    assert fc["runs"]["b"]["term_accuracy_by_engine"] == {"espeak": 0.72, "piper": 0.69} and "1,000 steps" in fc["recipe"]
+    md = E.flywheel_card_md(fc)
+    assert "| b | 14.2 | 0.710 (0.720 / 0.690) | +70% [+65%, +75%] | 0.300 | +0.012 [-0.038, +0.062] | 0.0 |" in md
+    assert list(E.flywheel_card(results, "r.json", ["b"])["runs"]) == ["b"]
+    with pytest.raises(ValueError, match="r.json has no run 'c'"):
+        E.flywheel_card(results, "r.json", ["c"])
+    card = json.loads((E.BASE_MODEL_DIR / "model_card.json").read_text())
+    assert "The flywheel on it" not in E.model_card_md({**card, "flywheel_cpu": None})
+    assert md in E.model_card_md({**card, "flywheel_cpu": fc})
+
+
+def test_base_model_tables_combine_only_runs_on_the_same_renders(tmp_path, monkeypatch):
+    """bench/base_model_eval.py --merge: models of earlier runs come together in one table and card only when the
+    runs scored the same sets (rows per part) and a model in two runs scored the same in both."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import base_model_eval as B
+
+    def run(models, rows=26):
+        return {"sets": {"general/piper/clean": rows}, "bounds": B.BOUNDS,
+                "models": {n: {"spec": n, "sets": {"general/piper/clean": {"wer": w, "ci": [w - 0.05, w + 0.05]}},
+                               "latency_10s_clip": {"p95_s": 0.2}} for n, w in models.items()}}
+    paths = {}
+    for name, r in {"a": run({"v4": 0.605, "v6": 0.405}), "b": run({"v6": 0.405, "v7": 0.4}),
+                    "other_render": run({"v7": 0.4}, rows=25), "other_model": run({"v6": 0.41})}.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(r))
+    merged = B.merge_results([paths["a"], paths["b"]])
+    assert list(merged["models"]) == ["v4", "v6", "v7"] and merged["models"]["v7"]["sets"]["general/piper/clean"]["wer"] == 0.4
+    assert "| general/piper/clean | 26 | ≤ 0.40 | 0.605 [0.555, 0.655] | 0.405 [0.355, 0.455] | 0.400 [0.350, 0.450] |" in B.table(merged)
+    with pytest.raises(SystemExit, match="differ in rows .* general/piper/clean"):
+        B.merge_results([paths["a"], paths["other_render"]])
+    with pytest.raises(SystemExit, match="v6 in .*other_model.json scores differently"):
+        B.merge_results([paths["a"], paths["other_model"]])

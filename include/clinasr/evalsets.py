@@ -30,8 +30,6 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
-
 from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml, repo_path
 
 DEFAULT_CONFIG = "configs/evalsets.yaml"
@@ -285,11 +283,17 @@ def _render_key(scfg: dict) -> str:
 
 
 def _base_config(s: dict) -> dict:
-    """The base model's experiment config that a replay set with ``voices: base`` speaks like."""
+    """The base model's experiment config that a replay set with ``voices: base`` speaks like (its ``extends:``
+    chain resolved: a base config that names only what it changes still has its parent's voices)."""
+    from clinasr.experiment import load_config as load_experiment
+
     p = repo_path(s.get("base_config") or "configs/experiment/base_multi.yaml")
     if not p.exists():
         raise EvalSetError(f"replay voices come from the base model's config {p}, which does not exist")
-    return yaml.safe_load(p.read_text())
+    try:
+        return load_experiment(p)
+    except (OSError, ValueError) as e:   # a parent that does not exist, or a chain that comes back to itself
+        raise EvalSetError(f"replay voices come from the base model's config {p}, which cannot be read: {e}") from None
 
 
 def build_set(name: str, out_dir: Path, cfg: dict | None = None, workers: int = 2, progress: bool = True,

@@ -423,7 +423,54 @@ def model_card_md(card: dict) -> str:
         f"Limits: synthetic speech only ({_engines(d['voices'])}); no real speakers, so its WER on human",
         "speech is far worse than on its own held-out set. Not for clinical use on its own.", "",
     ]
+    if card.get("flywheel_cpu"):
+        lines += [flywheel_card_md(card["flywheel_cpu"])]
     return "\n".join(lines)
+
+
+def flywheel_card(results: dict, source: str, runs: list[str] | None = None) -> dict:
+    """A base model card's record of the flywheel on it: the base and the named fine-tunes of a
+    ``bench/recipes_experiment.py`` results.json (default: every fine-tune in it), on the held-out sets."""
+    names = runs or [n for n in results["runs"] if n != "base"]
+    missing = [n for n in names if n not in results["runs"]]
+    if missing:
+        raise ValueError(f"{source} has no run {missing[0]!r} (it has {', '.join(results['runs'])})")
+    base = results["runs"]["base"]
+    steps = sorted({results["runs"][n].get("global_step") for n in names} - {None})
+    return {"source": source,
+            "recipe": f"configs/trainer/cpu_finetune.yaml, {', '.join(f'{s:,}' for s in steps)} steps, 2 CPU cores, "
+                      f"{results['config']['clinical']['per_term']} clinical utterances per term "
+                      f"({len(results['config']['clinical']['terms'])} terms)",
+            "base": {"clinical_term_accuracy": base["clinical_heldout"]["term_accuracy"],
+                     "general_wer": base["general_heldout"]["wer"]},
+            "runs": {n: {"change": results["runs"][n].get("change"),
+                         "term_accuracy": results["runs"][n]["clinical_heldout"]["term_accuracy"],
+                         "term_accuracy_by_engine": {e: v["term_accuracy"] for e, v in
+                                                     results["runs"][n]["clinical_heldout"]["by_engine"].items()},
+                         "clinical_wer": results["runs"][n]["clinical_heldout"]["wer"],
+                         "general_wer": results["runs"][n]["general_heldout"]["wer"],
+                         "general_phantoms_per_100": results["runs"][n]["general_heldout"]["phantoms_per_100"],
+                         "train_minutes": round(results["runs"][n]["train_seconds"] / 60, 1),
+                         "vs_base": results["runs"][n]["vs_base"]} for n in names}}
+
+
+def flywheel_card_md(fc: dict) -> str:
+    def ci(v, k, pct=False):
+        e, (lo, hi) = v[k]["estimate"], v[k]["ci"]
+        return f"{e:+.0%} [{lo:+.0%}, {hi:+.0%}]" if pct else f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    lines = ["## The flywheel on it (the default fine-tuning recipe, CPU)", "",
+             f"{fc['recipe']}; {fc['source']}. Held-out voices and engine, sentence shapes no training set used; "
+             "change over the base with paired-bootstrap 95% CIs.", "",
+             "| run | train min | term accuracy (espeak-ng / Piper) | rel. KER reduction [CI] | clinical WER "
+             "| general WER change [CI] | phantoms /100 general |", "|---|---|---|---|---|---|---|",
+             f"| base | | {fc['base']['clinical_term_accuracy']:.3f} | | | {fc['base']['general_wer']:.3f} (WER) | |"]
+    for n, r in fc["runs"].items():
+        by = " / ".join(f"{r['term_accuracy_by_engine'].get(e, float('nan')):.3f}" for e in ("espeak", "piper"))
+        lines.append(f"| {n} | {r.get('train_minutes', '')} | {r['term_accuracy']:.3f} ({by}) | "
+                     f"{ci(r['vs_base']['clinical_heldout'], 'ker_reduction', True)} | {r['clinical_wer']:.3f} | "
+                     f"{ci(r['vs_base']['general_heldout'], 'wer_change')} | {r['general_phantoms_per_100']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _engines(voices: dict) -> str:
@@ -774,10 +821,15 @@ def recipes_md(results: dict) -> str:
             f"{ci(vs.get('general_heldout'), 'wer_change')} | {f(ge['phantoms_per_100'], 1)} | "
             f"{ci(vs.get('general_heldout'), 'phantoms_per_100_change', 1.0)} |")
     s = results["sets"]
-    lines += ["", f"Sets: clinical_heldout {s['clinical_heldout']['rows']} rows ({s['clinical_heldout']['hours'] * 60:.0f} min), "
-              f"general_heldout {s['general_heldout']['rows']} rows ({s['general_heldout']['hours'] * 60:.0f} min), voices "
+
+    def rows(name):   # a set card counts rows per manifest ({"train_manifest.jsonl": n, ...}); older ones one number
+        r = s[name]["rows"]
+        return " + ".join(f"{n} {k.split('_')[0]}" for k, n in r.items()) if isinstance(r, dict) else str(r)
+
+    lines += ["", f"Sets: clinical_heldout {rows('clinical_heldout')} rows ({s['clinical_heldout']['hours'] * 60:.0f} min), "
+              f"general_heldout {rows('general_heldout')} rows ({s['general_heldout']['hours'] * 60:.0f} min), voices "
               f"{', '.join(s['general_heldout']['voices'])} (none in any training set); replay set "
-              f"{s['general_replay']['rows']} rows; clinical training set {results['train_set']['counts']['train']} train rows.",
+              f"{rows('general_replay')} rows; clinical training set {results['train_set']['counts']['train']} train rows.",
               "", "Top phantom terms on general_heldout:", ""]
     for name, r in runs.items():
         top = ", ".join(f"{t['term']} x{t['count']}" for t in r["general_heldout"]["phantom_top"]) or "none"

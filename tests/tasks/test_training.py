@@ -67,4 +67,5 @@ def test_the_training_plan_resolves_the_replay_set_or_fails_naming_it(s3_env, cf
                     s3_env)
     plan = A.training_plan("s3://b/datasets/x", {**params, "replay_ratio": 0.5}, "run-2")
     assert plan["train_args"]["replay_source"] == snap.uri
-    assert plan["train_args"]["trainer_overrides"]["replay"] == {"set": "general_replay", "ratio": 0.5}
+    # the Param changes the ratio; the rest of the config's replay (cpu_finetune.yaml's clinical_repeats) stays
+    assert plan["train_args"]["trainer_overrides"]["replay"] == {"set": "general_replay", "ratio": 0.5, "clinical_repeats": 4}
