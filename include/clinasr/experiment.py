@@ -443,15 +443,15 @@ def flywheel_card(results: dict, source: str, runs: list[str] | None = None) -> 
                       f"({len(results['config']['clinical']['terms'])} terms)",
             "base": {"clinical_term_accuracy": base["clinical_heldout"]["term_accuracy"],
                      "general_wer": base["general_heldout"]["wer"]},
-            "runs": {n: {"change": results["runs"][n].get("change"),
-                         "term_accuracy": results["runs"][n]["clinical_heldout"]["term_accuracy"],
-                         "term_accuracy_by_engine": {e: v["term_accuracy"] for e, v in
-                                                     results["runs"][n]["clinical_heldout"]["by_engine"].items()},
-                         "clinical_wer": results["runs"][n]["clinical_heldout"]["wer"],
-                         "general_wer": results["runs"][n]["general_heldout"]["wer"],
-                         "general_phantoms_per_100": results["runs"][n]["general_heldout"]["phantoms_per_100"],
-                         "train_minutes": round(results["runs"][n]["train_seconds"] / 60, 1),
-                         "vs_base": results["runs"][n]["vs_base"]} for n in names}}
+            "runs": {n: _flywheel_run(results["runs"][n]) for n in names}}
+
+
+def _flywheel_run(r: dict) -> dict:
+    cl, ge = r["clinical_heldout"], r["general_heldout"]
+    return {"change": r.get("change"), "term_accuracy": cl["term_accuracy"],
+            "term_accuracy_by_engine": {e: v["term_accuracy"] for e, v in cl["by_engine"].items()},
+            "clinical_wer": cl["wer"], "general_wer": ge["wer"], "general_phantoms_per_100": ge["phantoms_per_100"],
+            "train_minutes": round(r["train_seconds"] / 60, 1), "vs_base": r["vs_base"]}
 
 
 def flywheel_card_md(fc: dict) -> str:
