@@ -213,8 +213,9 @@ def write_card(model_dir: Path, results: dict, flywheel: str | None = None, flyw
     card = json.loads(path.read_text())
     card["export"]["sha256"] = hashlib.sha256((model_dir / "model.nemo").read_bytes()).hexdigest()
     card["heldout_eval"] = results
-    if flywheel:
-        card["flywheel_cpu"] = flywheel_card(json.loads(Path(flywheel).read_text()), flywheel, flywheel_runs)
+    if flywheel:   # one run of the flywheel per machine kind: a GPU record leaves the CPU one in place, and back
+        fc = flywheel_card(json.loads(Path(flywheel).read_text()), flywheel, flywheel_runs)
+        card[f"flywheel_{fc['where']}"] = fc
     path.write_text(json.dumps(card, indent=1, default=str))
     (model_dir / "MODEL_CARD.md").write_text(
         model_card_md(card) + "\n## On sets no model here trained on (bench/base_model_eval.py)\n\n" + table(results)

@@ -5,6 +5,7 @@ and general-English held-out sets (voices, an engine and sentence shapes no trai
     python bench/recipes_experiment.py                      # every recipe, the config's CPU budget
     python bench/recipes_experiment.py --only today replay  # some recipes
     python bench/recipes_experiment.py --steps 20 --only replay_freeze   # a quick look (measures nothing)
+    python bench/recipes_experiment.py --trained rep4_b32_1000=m.nemo     # score a GPU-trained fine-tune here
 
 Writes results.json / results.md / recipes.log to --out (default bench/out/recipes). Runs in the ML runtime
 (.venv/ml/bin/python). Each fine-tune runs in a fresh interpreter and is scored there, in memory.
@@ -40,6 +41,10 @@ def main(argv=None) -> int:
                     help="render the sets and the clinical training set into --work, then stop (nothing is trained)")
     ap.add_argument("--base-scores", help="the base's scores on the held-out sets from `python -m clinasr.experiment "
                     "score` (JSON), instead of scoring it here")
+    ap.add_argument("--trained", nargs="*", default=[], metavar="[PER_TERM:]RECIPE=MODEL.nemo",
+                    help="score fine-tunes trained elsewhere (bench/recipes_gpu.sh RETURN_MODELS) on these sets beside "
+                    "the base, on every engine (the GPU machine's sets lack Piper); trains nothing. PER_TERM: the "
+                    "model trained on a clinical set of that size (a label)")
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every recipe (values read as YAML), e.g. max_minutes=null")
     ap.add_argument("--no-sweeps", action="store_true",
@@ -56,6 +61,12 @@ def main(argv=None) -> int:
         cfg["clinical"]["per_term"] = a.per_term
     if a.synthesis:
         cfg["clinical"]["synthesis"] = a.synthesis
+    trained = {}
+    for kv in a.trained:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            ap.error(f"--trained takes RECIPE=MODEL.nemo (got {kv!r})")
+        trained[k] = Path(v)
     tover = {}
     for kv in a.trainer_override:
         k, sep, v = kv.partition("=")
@@ -74,7 +85,8 @@ def main(argv=None) -> int:
         log_file.flush()
 
     experiment.phase_recipes(cfg, Path(a.work), out, only=a.only, steps=a.steps, trainer_overrides=tover, log=log,
-                             prepare_only=a.prepare_only, base_scores=a.base_scores)
+                             prepare_only=a.prepare_only, base_scores=a.base_scores,
+                             trained=trained)
     if a.prepare_only:
         return 0
     print((out / "results.md").read_text())

@@ -11,7 +11,8 @@
 # Piper's voice package is too large to carry, so the held-out sets there have the espeak-ng held-out voices only.
 # RECIPES_ARGS (e.g. "--synthesis configs/experiment/synthesis_base_voices.yaml") go to every recipes_experiment.py
 # call and WORK_PREFIX (default /tmp/w) names the prepared dirs: give another training set its own prefix.
-# Results: $OUT/recipes-gpu.json and .md (one table, every run; the device tool returns at most 8 files).
+# Results: $OUT/recipes-gpu.json and .md (one table, every run; the device tool returns at most 8 files), and the
+# fine-tunes named in RETURN_MODELS (below).
 set -uo pipefail
 mode=${1:-}; shift || true
 default_pt=$(python3 -c "import yaml; print(yaml.safe_load(open('configs/experiment/recipes.yaml'))['clinical']['per_term'])")
@@ -82,6 +83,16 @@ dst.write_text(json.dumps(merged, indent=1, default=str))
 dst.with_suffix(".md").write_text(recipes_md(merged))
 print(recipes_md(merged))
 PY
+  # RETURN_MODELS="RECIPE_PTN ...": those fine-tunes come back in float16, in parts of <= 15 MiB (the device tool
+  # returns 8 files of <= 16 MiB): here `cat NAME.nemo.part* > NAME.nemo` and score them on every held-out set, the
+  # held-out engine (Piper) included, with `bench/recipes_experiment.py --trained [PER_TERM:]RECIPE=NAME.nemo`
+  for n in ${RETURN_MODELS:-}; do
+    r=${n%_pt*}; src="/tmp/w_$n/ft_$r/model.nemo"
+    [ -f "$src" ] || { echo "RETURN_MODELS: no $src"; continue; }
+    python3 -c "import sys; from pathlib import Path; from clinasr.experiment import export_half, split_file
+print(export_half(Path(sys.argv[1]), Path(sys.argv[2])), split_file(Path(sys.argv[2])))" "$src" "$final/$n.nemo" \
+      && rm "$final/$n.nemo"
+  done
   ;;
 *) echo "usage: $0 prepare [PER_TERM...] | run [PER_TERM:]RECIPE..." >&2; exit 2 ;;
 esac

@@ -52,7 +52,10 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
         "base": Param("nemo:models/clinasr-base-en-multi/model.nemo", type="string",
                       pattern=r"^(config|nemo|pretrained):.+$",
                       description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
-        "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string"),
+        "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string",
+                                description="cpu_finetune.yaml (2 CPU cores); gpu_finetune_base.yaml: the same recipe at "
+                                            "64 clips a step on one GPU (~3 min; measured to keep everyday English); "
+                                            "gpu_finetune.yaml: Parakeet-scale, DeepSpeed ZeRO-2"),
         # 100 CPU steps (~2 min on 2 cores) keep `make demo` within 15 minutes; the measured recipe runs 600
         "max_steps": Param(100, type="integer", minimum=1),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=4096,

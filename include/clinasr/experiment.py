@@ -423,22 +423,26 @@ def model_card_md(card: dict) -> str:
         f"Limits: synthetic speech only ({_engines(d['voices'])}); no real speakers, so its WER on human",
         "speech is far worse than on its own held-out set. Not for clinical use on its own.", "",
     ]
-    if card.get("flywheel_cpu"):
-        lines += [flywheel_card_md(card["flywheel_cpu"])]
+    lines += [flywheel_card_md(card[k]) for k in ("flywheel_cpu", "flywheel_gpu") if card.get(k)]
     return "\n".join(lines)
 
 
 def flywheel_card(results: dict, source: str, runs: list[str] | None = None) -> dict:
     """A base model card's record of the flywheel on it: the base and the named fine-tunes of a
-    ``bench/recipes_experiment.py`` results.json (default: every fine-tune in it), on the held-out sets."""
+    ``bench/recipes_experiment.py`` results.json (default: every fine-tune in it), on the held-out sets.
+    ``where``: "gpu" when the fine-tunes were trained on the GPU machine and scored here (``--trained``), else "cpu"."""
     names = runs or [n for n in results["runs"] if n != "base"]
     missing = [n for n in names if n not in results["runs"]]
     if missing:
         raise ValueError(f"{source} has no run {missing[0]!r} (it has {', '.join(results['runs'])})")
     base = results["runs"]["base"]
     steps = sorted({results["runs"][n].get("global_step") for n in names} - {None})
-    return {"source": source,
-            "recipe": f"configs/trainer/cpu_finetune.yaml, {', '.join(f'{s:,}' for s in steps)} steps, 2 CPU cores, "
+    gpu = all(results["runs"][n].get("trained_elsewhere") for n in names)
+    batches = sorted({(results["runs"][n].get("trainer") or {}).get("batch_size") for n in names} - {None})
+    where = (f"batch {', '.join(map(str, batches))}, {', '.join(f'{s:,}' for s in steps)} steps, one GPU (fp32), "
+             "scored on the CPU" if gpu else f"{', '.join(f'{s:,}' for s in steps)} steps, 2 CPU cores")
+    return {"source": source, "where": "gpu" if gpu else "cpu",
+            "recipe": f"configs/trainer/cpu_finetune.yaml, {where}, "
                       f"{results['config']['clinical']['per_term']} clinical utterances per term "
                       f"({len(results['config']['clinical']['terms'])} terms)",
             "base": {"clinical_term_accuracy": base["clinical_heldout"]["term_accuracy"],
@@ -451,7 +455,9 @@ def _flywheel_run(r: dict) -> dict:
     return {"change": r.get("change"), "term_accuracy": cl["term_accuracy"],
             "term_accuracy_by_engine": {e: v["term_accuracy"] for e, v in cl["by_engine"].items()},
             "clinical_wer": cl["wer"], "general_wer": ge["wer"], "general_phantoms_per_100": ge["phantoms_per_100"],
-            "train_minutes": round(r["train_seconds"] / 60, 1), "vs_base": r["vs_base"]}
+            "train_minutes": round(r["train_seconds"] / 60, 1), "vs_base": r["vs_base"],
+            **({"ker_reduction_by_engine": {e: v.get("ker_reduction") for e, v in r["vs_base_by_engine"]["clinical_heldout"].items()}}
+               if r.get("vs_base_by_engine") else {})}
 
 
 def flywheel_card_md(fc: dict) -> str:
@@ -459,16 +465,22 @@ def flywheel_card_md(fc: dict) -> str:
         e, (lo, hi) = v[k]["estimate"], v[k]["ci"]
         return f"{e:+.0%} [{lo:+.0%}, {hi:+.0%}]" if pct else f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
-    lines = ["## The flywheel on it (the default fine-tuning recipe, CPU)", "",
+    by_engine = any(r.get("ker_reduction_by_engine") for r in fc["runs"].values())
+    lines = [f"## The flywheel on it (the default fine-tuning recipe, {'one GPU' if fc.get('where') == 'gpu' else 'CPU'})", "",
              f"{fc['recipe']}; {fc['source']}. Held-out voices and engine, sentence shapes no training set used; "
              "change over the base with paired-bootstrap 95% CIs.", "",
-             "| run | train min | term accuracy (espeak-ng / Piper) | rel. KER reduction [CI] | clinical WER "
-             "| general WER change [CI] | phantoms /100 general |", "|---|---|---|---|---|---|---|",
-             f"| base | | {fc['base']['clinical_term_accuracy']:.3f} | | | {fc['base']['general_wer']:.3f} (WER) | |"]
+             "| run | train min | term accuracy (espeak-ng / Piper) | rel. KER reduction [CI] "
+             + ("| espeak-ng / Piper " if by_engine else "") + "| clinical WER "
+             "| general WER change [CI] | phantoms /100 general |", "|---|---|---|---|" + ("---|" if by_engine else "") + "---|---|---|",
+             f"| base | | {fc['base']['clinical_term_accuracy']:.3f} | | " + ("| " if by_engine else "")
+             + f"| {fc['base']['general_wer']:.3f} (WER) | |"]
     for n, r in fc["runs"].items():
         by = " / ".join(f"{r['term_accuracy_by_engine'].get(e, float('nan')):.3f}" for e in ("espeak", "piper"))
+        ker_by = " / ".join(ci({"k": v}, "k", True) if v else "n/a" for v in
+                            ((r.get("ker_reduction_by_engine") or {}).get(e) for e in ("espeak", "piper")))
         lines.append(f"| {n} | {r.get('train_minutes', '')} | {r['term_accuracy']:.3f} ({by}) | "
-                     f"{ci(r['vs_base']['clinical_heldout'], 'ker_reduction', True)} | {r['clinical_wer']:.3f} | "
+                     f"{ci(r['vs_base']['clinical_heldout'], 'ker_reduction', True)} | "
+                     + (f"{ker_by} | " if by_engine else "") + f"{r['clinical_wer']:.3f} | "
                      f"{ci(r['vs_base']['general_heldout'], 'wer_change')} | {r['general_phantoms_per_100']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -638,13 +650,15 @@ def _score_main(args_path: str, result_path: str) -> None:
 
 def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = None, steps: int | None = None,
                   trainer_overrides: dict | None = None, log=print, prepare_only: bool = False,
-                  base_scores: Path | None = None) -> dict:
+                  base_scores: Path | None = None, trained: dict[str, Path] | None = None) -> dict:
     """Every recipe on the same clinical training set; base and each fine-tune scored on the clinical and
     general held-out sets (built here from configs/evalsets.yaml, no object store needed), with paired
     bootstrap CIs against the base. ``prepare_only``: stop once the sets and the clinical training set are
     rendered into ``work`` (a device call that only synthesises; a later call reuses the cached rows).
     ``base_scores``: the base model's scores on these sets from an earlier ``python -m clinasr.experiment score``
-    (several runs in parallel on the GPU machine share one scoring of the base)."""
+    (several runs in parallel on the GPU machine share one scoring of the base). ``trained``: recipe name ->
+    a .nemo that recipe trained elsewhere (the GPU machine, whose held-out sets lack Piper): scored here on
+    every set beside the base, nothing trained."""
     from clinasr import evalsets, metrics
     from clinasr.synth import pipeline
     from clinasr.synth.lexicon import load_lexicon, load_terms
@@ -679,6 +693,9 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
         run = {**extra, **{k: _scores(v) for k, v in scored.items()}}
         if name != "base":
             run["vs_base"] = {k: metrics.paired_reduction_ci(per_row["base"][k], per_row[name][k]) for k in scored}
+            # the same per synthesiser: issue 21 bounds the KER reduction on the held-out voices and engine apart
+            run["vs_base_by_engine"] = {k: metrics.paired_reduction_by_engine(per_row["base"][k], per_row[name][k])
+                                        for k in scored}
         results["runs"][name] = run
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         (out / "results.md").write_text(recipes_md(results))
@@ -691,6 +708,11 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
     unknown = [n for n in only or [] if n not in cfg["recipes"]]
     if unknown:
         raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
+    if trained:
+        for name, run in trained_runs(cfg, trained).items():
+            record(name, _score_in_subprocess(Path(run["model"]), manifests, work / "eval" / name.replace(" ", "_")), run)
+        plot_recipes(results, out / "results.png")
+        return results
     recipes = {n: cfg["recipes"][n] for n in (only or cfg["recipes"])}   # in the order asked for
     tbase = load_yaml(cfg["trainer"])
     for name, change in recipes.items():
@@ -718,6 +740,24 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
             record(f"{name}@{entry}", swept, {**extra, "change": {**change, "checkpoint": entry}})
     plot_recipes(results, out / "results.png")
     return results
+
+
+def trained_runs(cfg: dict, trained: dict[str, Path]) -> dict[str, dict]:
+    """``phase_recipes``' fine-tunes trained elsewhere: key RECIPE, or PER_TERM:RECIPE for one trained on a clinical
+    set of another size (as bench/recipes_gpu.sh names them) -> the run's name in the results and its record.
+    Checked before anything is scored: an unknown recipe or a missing file stops with the key it concerns."""
+    runs = {}
+    for key, path in trained.items():
+        pt, _, recipe = key.rpartition(":")
+        if recipe not in cfg["recipes"]:
+            raise ValueError(f"{key}: unknown recipe {recipe!r}; the config has {list(cfg['recipes'])}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: no model file {path}")
+        if pt and not pt.isdigit():
+            raise ValueError(f"{key}: PER_TERM:RECIPE takes a number of utterances per term (got {pt!r})")
+        runs[f"{recipe} (per_term {pt})" if pt else recipe] = {
+            "change": cfg["recipes"][recipe], "model": str(path), "trained_elsewhere": True, **({"per_term": int(pt)} if pt else {})}
+    return runs
 
 
 def sweep_checkpoints(ckpt_dir: Path, entry: str, final_step: int) -> tuple[list[Path], bool]:
@@ -808,16 +848,21 @@ def recipes_md(results: dict) -> str:
         e, (lo, hi) = v[k]["estimate"] * scale, [x * scale for x in v[k]["ci"]]
         return f"{e:+.0f}% [{lo:+.0f}, {hi:+.0f}]" if pct else f"{e:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
+    by_engine = any(r.get("vs_base_by_engine") for r in runs.values())   # results before 2026-12-02 lack it
     lines = ["| recipe | steps | train min | clinical term acc. (espeak / piper) | clinical WER | rel. KER reduction [95% CI] "
-             "| general WER (espeak / piper) | general WER change [95% CI] | phantoms /100 general | phantom change [CI] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             + ("| rel. KER reduction: espeak / piper [95% CI] " if by_engine else "")
+             + "| general WER (espeak / piper) | general WER change [95% CI] | phantoms /100 general | phantom change [CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if by_engine else "")]
     for name, r in runs.items():
         cl, ge, vs = r["clinical_heldout"], r["general_heldout"], r.get("vs_base") or {}
         eng = lambda d, k: " / ".join(f(d["by_engine"].get(e, {}).get(k)) for e in ("espeak", "piper"))  # noqa: E731
         lines.append(
             f"| {name} | {r.get('global_step', '—')} | {f(r['train_seconds'] / 60, 1) if r.get('train_seconds') else '—'} | "
             f"{f(cl['term_accuracy'])} ({eng(cl, 'term_accuracy')}) | {f(cl['wer'])} | "
-            f"{ci(vs.get('clinical_heldout'), 'ker_reduction', 100, True)} | {f(ge['wer'])} ({eng(ge, 'wer')}) | "
+            f"{ci(vs.get('clinical_heldout'), 'ker_reduction', 100, True)} | "
+            + (" / ".join(ci(((r.get("vs_base_by_engine") or {}).get("clinical_heldout") or {}).get(e), "ker_reduction",
+                             100, True) or "n/a" for e in ("espeak", "piper")) + " | " if by_engine else "")
+            + f"{f(ge['wer'])} ({eng(ge, 'wer')}) | "
             f"{ci(vs.get('general_heldout'), 'wer_change')} | {f(ge['phantoms_per_100'], 1)} | "
             f"{ci(vs.get('general_heldout'), 'phantoms_per_100_change', 1.0)} |")
     s = results["sets"]

@@ -202,7 +202,8 @@ def score_rows(rows: list[dict]) -> dict:
                 s[3] += misses
                 s[4] += len(invented)
         per_row.append({"utt_id": r.get("utt_id"), "errors": e, "words": w, "term_misses": misses,
-                        "terms": len(r.get("terms") or []), "negation_error": neg_error, "phantoms": len(invented)})
+                        "terms": len(r.get("terms") or []), "negation_error": neg_error, "phantoms": len(invented),
+                        "engine": r.get("tts_engine")})   # paired comparisons per synthesiser (held-out engine)
     n_terms = sum(term_total.values())
     n_phantoms = sum(phantoms.values())
     return {
@@ -253,6 +254,14 @@ def bootstrap_ci(per_row: list[dict], n: int = 1000, seed: int = 0, level: float
         return [xs[int(lo * (len(xs) - 1))], xs[int(hi * (len(xs) - 1))]]
 
     return {"wer": pct(wers), "ker": pct(kers), "phantoms_per_100": pct(phantoms), "level": level, "resamples": n}
+
+
+def paired_reduction_by_engine(base: list[dict], cand: list[dict], **kw) -> dict:
+    """:func:`paired_reduction_ci` per synthesiser (``score_rows``'s per_row ``engine``: espeak, piper, ...): the
+    held-out engine's reduction apart from the held-out voices' (issue 21 bounds each). Rows without one are left out."""
+    engines = sorted({r["engine"] for r in base if r.get("engine")})
+    return {e: paired_reduction_ci([r for r in base if r.get("engine") == e], [r for r in cand if r.get("engine") == e], **kw)
+            for e in engines}
 
 
 def paired_reduction_ci(base: list[dict], cand: list[dict], n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
