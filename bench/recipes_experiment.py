@@ -61,18 +61,17 @@ def main(argv=None) -> int:
         cfg["clinical"]["per_term"] = a.per_term
     if a.synthesis:
         cfg["clinical"]["synthesis"] = a.synthesis
-    trained = {}
-    for kv in a.trained:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            ap.error(f"--trained takes RECIPE=MODEL.nemo (got {kv!r})")
-        trained[k] = Path(v)
-    tover = {}
-    for kv in a.trainer_override:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            ap.error(f"--trainer-override takes KEY=VALUE (got {kv!r})")
-        tover[k] = yaml.safe_load(v)
+    def pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
+        out = {}
+        for kv in items:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                ap.error(f"{flag} takes {form} (got {kv!r})")
+            out[k] = v
+        return out
+
+    trained = {k: Path(v) for k, v in pairs(a.trained, "--trained", "RECIPE=MODEL.nemo").items()}
+    tover = {k: yaml.safe_load(v) for k, v in pairs(a.trainer_override, "--trainer-override", "KEY=VALUE").items()}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -85,8 +84,7 @@ def main(argv=None) -> int:
         log_file.flush()
 
     experiment.phase_recipes(cfg, Path(a.work), out, only=a.only, steps=a.steps, trainer_overrides=tover, log=log,
-                             prepare_only=a.prepare_only, base_scores=a.base_scores,
-                             trained=trained)
+                             prepare_only=a.prepare_only, base_scores=a.base_scores, trained=trained)
     if a.prepare_only:
         return 0
     print((out / "results.md").read_text())

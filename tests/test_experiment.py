@@ -410,3 +410,13 @@ def test_recipes_table_shows_the_ker_reduction_per_engine_when_the_results_have_
     by = {"clinical_heldout": {"espeak": {"ker_reduction": ci(0.74)}, "piper": {"ker_reduction": None}}}
     md = E.recipes_md({**res, "runs": {"base": base, "a": {**run, "vs_base_by_engine": by}}})
     assert "| +72% [+67, +77] | +74% [+69, +79] / n/a | 0.390 (" in md
+
+
+def test_a_wrong_trained_model_stops_the_recipes_experiment_before_any_render(tmp_path):
+    """phase_recipes checks --only and --trained first: a typo costs no rendering and no scoring of the base."""
+    cfg = {"recipes": {"rep4_b64_1000": {"batch_size": 64}}}
+    with pytest.raises(ValueError, match="unknown recipe 'rep4_b46_1000'"):
+        E.phase_recipes(cfg, tmp_path / "work", tmp_path / "out", trained={"rep4_b46_1000": tmp_path / "m.nemo"})
+    with pytest.raises(ValueError, match=r"unknown recipes \['nope'\]"):
+        E.phase_recipes(cfg, tmp_path / "work", tmp_path / "out", only=["nope"])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

@@ -656,15 +656,20 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
     bootstrap CIs against the base. ``prepare_only``: stop once the sets and the clinical training set are
     rendered into ``work`` (a device call that only synthesises; a later call reuses the cached rows).
     ``base_scores``: the base model's scores on these sets from an earlier ``python -m clinasr.experiment score``
-    (several runs in parallel on the GPU machine share one scoring of the base). ``trained``: recipe name ->
-    a .nemo that recipe trained elsewhere (the GPU machine, whose held-out sets lack Piper): scored here on
-    every set beside the base, nothing trained."""
+    (several runs in parallel on the GPU machine share one scoring of the base). ``trained``: RECIPE or
+    PER_TERM:RECIPE -> a .nemo that recipe trained elsewhere (the GPU machine, whose held-out sets lack Piper):
+    scored here on every set beside the base, nothing trained. Recipe names and model files are checked before
+    anything is rendered or scored."""
     from clinasr import evalsets, metrics
     from clinasr.synth import pipeline
     from clinasr.synth.lexicon import load_lexicon, load_terms
     from clinasr.synth.transcripts import generate_transcripts
     from clinasr.training.train import load_yaml
 
+    unknown = [n for n in only or [] if n not in cfg["recipes"]]
+    if unknown:
+        raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
+    elsewhere = trained_runs(cfg, trained) if trained else {}
     out.mkdir(parents=True, exist_ok=True)
     ecfg = evalsets.load_config()
     sets = {}
@@ -705,11 +710,8 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
 
     record("base", json.loads(Path(base_scores).read_text()) if base_scores
            else _score_in_subprocess(base, manifests, work / "eval" / "base"), {"model": str(base)})
-    unknown = [n for n in only or [] if n not in cfg["recipes"]]
-    if unknown:
-        raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
-    if trained:
-        for name, run in trained_runs(cfg, trained).items():
+    if elsewhere:
+        for name, run in elsewhere.items():
             record(name, _score_in_subprocess(Path(run["model"]), manifests, work / "eval" / name.replace(" ", "_")), run)
         plot_recipes(results, out / "results.png")
         return results
@@ -855,13 +857,14 @@ def recipes_md(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if by_engine else "")]
     for name, r in runs.items():
         cl, ge, vs = r["clinical_heldout"], r["general_heldout"], r.get("vs_base") or {}
+        vs_engine = (r.get("vs_base_by_engine") or {}).get("clinical_heldout") or {}
         eng = lambda d, k: " / ".join(f(d["by_engine"].get(e, {}).get(k)) for e in ("espeak", "piper"))  # noqa: E731
         lines.append(
             f"| {name} | {r.get('global_step', '—')} | {f(r['train_seconds'] / 60, 1) if r.get('train_seconds') else '—'} | "
             f"{f(cl['term_accuracy'])} ({eng(cl, 'term_accuracy')}) | {f(cl['wer'])} | "
             f"{ci(vs.get('clinical_heldout'), 'ker_reduction', 100, True)} | "
-            + (" / ".join(ci(((r.get("vs_base_by_engine") or {}).get("clinical_heldout") or {}).get(e), "ker_reduction",
-                             100, True) or "n/a" for e in ("espeak", "piper")) + " | " if by_engine else "")
+            + (" / ".join(ci(vs_engine.get(e), "ker_reduction", 100, True) or "n/a" for e in ("espeak", "piper")) + " | "
+               if by_engine else "")
             + f"{f(ge['wer'])} ({eng(ge, 'wer')}) | "
             f"{ci(vs.get('general_heldout'), 'wer_change')} | {f(ge['phantoms_per_100'], 1)} | "
             f"{ci(vs.get('general_heldout'), 'phantoms_per_100_change', 1.0)} |")
