@@ -29,3 +29,12 @@ def test_bad_input_is_a_message_not_a_traceback(clinasr_home):
     assert r.returncode == 2
     assert "error: none of the priority terms is in the lexicon" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_lm_names_a_missing_model_or_text_without_a_traceback(tmp_path):
+    (tmp_path / "m.nemo").write_bytes(b"")
+    for argv, missing in ((["lm", str(tmp_path / "none.nemo"), "--text", "x.txt", "--out", "o.nemo"], "none.nemo"),
+                          (["lm", str(tmp_path / "m.nemo"), "--text", str(tmp_path / "t.txt"), "--out", "o.nemo"], "t.txt")):
+        r = subprocess.run([sys.executable, "-m", "clinasr.cli", *argv], capture_output=True, text=True)
+        assert r.returncode == 2 and missing in r.stderr and "no such file" in r.stderr
+        assert "Traceback" not in r.stderr

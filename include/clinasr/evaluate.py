@@ -248,7 +248,9 @@ def evaluate(args: dict, log=print) -> dict:
             raise EvaluationError(f"model {args['model']}: {e}") from None
         warm = t.warm_up()
         size = f"{t.n_params / 1e6:.2f} M parameters" if t.n_params else "reference model"
-        log(f"[evaluate] {args['model']}: {size} on {t.device} (warm-up {warm:.2f}s)")
+        dec = getattr(t, "decoding", None)
+        log(f"[evaluate] {args['model']}: {size} on {t.device} (warm-up {warm:.2f}s)"
+            + (f", decoding {json.dumps(dec)}" if dec else ""))
         return t
 
     ref = is_reference(args["model"])
@@ -279,6 +281,8 @@ def evaluate(args: dict, log=print) -> dict:
         report.update(device=first["latency"]["device"], n_params=first["transcripts"]["n_params"])
     else:
         report.update(device=t.device, n_params=t.n_params)
+        if getattr(t, "decoding", None):
+            report["decoding"] = t.decoding   # greedy, or beam search with the model's own n-gram LM (clinasr.lm)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     report["report_path"] = str(out / "report.json")
     return report

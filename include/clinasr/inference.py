@@ -86,6 +86,26 @@ class Transcriber(WarmUp):
         except Exception as e:  # a corrupt or foreign file: say which
             raise InferenceError(f"cannot load {path.name} as a NeMo ASR model: {type(e).__name__}: {e}") from None
         self._setup(model.to(device), device, max_chunk_s, version, bf16_min_batch)
+        self._use_embedded_lm(path)
+
+    def _use_embedded_lm(self, path: Path) -> None:
+        """Decode offline as the .nemo asks (beam search with its n-gram LM, :mod:`clinasr.lm`); streaming keeps the
+        label-looping greedy decoder, which carries state across chunks. ``CLINASR_DECODING=greedy`` turns it off."""
+        import tempfile
+
+        from clinasr import lm
+
+        try:
+            self._lm_dir = tempfile.TemporaryDirectory(prefix="clinasr-lm-")
+            cfg, spec = lm.decoding_config(self.model, path, self._lm_dir.name)
+        except lm.LMError as e:
+            raise InferenceError(f"{path.name}: {e}") from None
+        if cfg is None:
+            return
+        greedy = self.model.decoding
+        self.model.change_decoding_strategy(cfg, verbose=False)
+        self.offline_decoding, self.model.decoding = self.model.decoding, greedy
+        self.decoding = {k: spec[k] for k in ("strategy", "beam_size", "ngram_lm_alpha", "order") if k in spec}
 
     @classmethod
     def from_model(cls, model, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",
@@ -103,6 +123,8 @@ class Transcriber(WarmUp):
 
         nemo_fixes.apply()     # before the first CUDA decode: NeMo's kernel compile would corrupt b" " (see there)
         self.device = device
+        self.decoding = {"strategy": "greedy_batch"}   # what offline transcription decodes with
+        self.offline_decoding = model.decoding
         model.eval()
         model.freeze()
         fe = getattr(model.preprocessor, "featurizer", None)
@@ -241,7 +263,7 @@ class Transcriber(WarmUp):
                 bf16 = self.device == "cuda" and 0 < self.bf16_min_batch <= len(batch)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                     enc, enc_len = self.model.forward(input_signal=sig, input_signal_length=lens)
-                hyps = self.model.decoding.rnnt_decoder_predictions_tensor(enc, enc_len, return_hypotheses=timestamps)
+                hyps = self.offline_decoding.rnnt_decoder_predictions_tensor(enc, enc_len, return_hypotheses=timestamps)
                 for k, h in enumerate(hyps):
                     i = owner[b + k]
                     text = h.text if hasattr(h, "text") else str(h)

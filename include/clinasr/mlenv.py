@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "pronounce": "clinasr.synth.pronounce:pronounce_stage",
     "qa": "clinasr.synth.qa:qa_stage",
     "evalset": "clinasr.evalsets:build_set_stage",
+    "lm": "clinasr.lm:build_stage",
 }
 
 

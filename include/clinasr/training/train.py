@@ -105,6 +105,7 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         except Exception as e:
             raise TrainingError(f"cannot load base model {base['nemo']}: {type(e).__name__}: {e}") from None
         desc = f"fine-tune of {base['nemo']}"
+        model._clinasr_source_nemo = path   # its n-gram LM (clinasr.lm) is rebuilt for the fine-tune
     elif "pretrained" in base:
         try:
             model = EncDecRNNTBPEModel.from_pretrained(base["pretrained"], map_location="cpu")
@@ -121,6 +122,7 @@ def load_base_model(base: dict, model_cfg: dict | None, manifests: dict, tcfg: d
         model.change_vocabulary(new_tokenizer_dir=str(tok_dir), new_tokenizer_type="bpe")
         _restore_tdt_loss(model)
         desc += f" with a new {model.tokenizer.vocab_size}-token vocabulary"
+        model._clinasr_source_nemo = None   # a base's LM counts its own tokens: it does not fit the new ones
     model_cfg = encoder_param_groups(_with_optimizer(model_cfg, tcfg), tcfg)
     with open_dict(model.cfg):
         for key in ("optim", "spec_augment", "optim_param_groups"):
@@ -161,6 +163,20 @@ def resolve_nemo(ref: str, work: Path) -> Path:
         return fetch_model(ref, work / "base")
     except (RegistryError, FileNotFoundError) as e:
         raise TrainingError(f"base model: {e}") from None
+
+
+def own_text(manifest: str | Path, out: Path) -> Path:
+    """The run's own training sentences (not the general-English replay; each row once, however often the
+    recipe repeats it) as a text file: what a fine-tune's n-gram LM adds to its base's (clinasr.lm.rebuild)."""
+    seen, lines = set(), []
+    for line in Path(manifest).read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        key = (r.get("utt_id") or r.get("audio_filepath"), r.get("text"))
+        if r.get("domain") != "general" and key not in seen and str(r.get("text") or "").strip():
+            seen.add(key)
+            lines.append(str(r["text"]).strip())
+    out.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    return out
 
 
 def train(args: dict, log=print, on_trained=None, callbacks: list | None = None) -> dict:
@@ -337,6 +353,10 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
             model.change_subsampling_conv_chunking_factor(int(was))
         nemo_path = out / "model.nemo"
         model.save_to(str(nemo_path))
+        from clinasr import lm
+
+        if (src := getattr(model, "_clinasr_source_nemo", None)) and lm.embedded(src) is not None:
+            lm.rebuild(src, nemo_path, [own_text(data["manifests"]["train"], work / "lm_text.txt")], log)
         if on_trained:   # e.g. score the trained model in memory (clinasr.experiment)
             on_trained(model)
         mlflow.log_artifact(str(nemo_path), "model")

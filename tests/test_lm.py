@@ -1,0 +1,152 @@
+"""The subword n-gram LM (clinasr.lm): a real Kneser-Ney distribution, an ARPA file that NeMo's own reader scores as we
+do, embedded in a .nemo that the Transcriber, the service's streaming path and a fine-tune carry on."""
+
+import json
+import math
+import tarfile
+
+import pytest
+import soundfile as sf
+
+from clinasr import lm
+
+pytestmark = pytest.mark.ml
+
+CORPUS = [[1, 2, 3], [1, 2, 4, 5], [2, 3, 5], [4, 5, 1, 2, 3], [3, 3, 2], [5], [1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_every_history_has_a_distribution_that_sums_to_one(order):
+    m = lm.kneser_ney(CORPUS, order=order)
+    vocab = [g[0] for g in m[1] if g[0] != lm.BOS]          # tokens, </s> and <unk>
+    assert {1, 2, 3, 4, 5, lm.EOS, lm.UNK} == set(vocab)
+    histories = [()] + [g for n in range(1, order) for g in m[n] if lm.EOS not in g]
+    for h in histories:
+        total = sum(10 ** lm.log10_prob(m, h, w) for w in vocab)
+        assert total == pytest.approx(1.0, abs=1e-6), (h, total)
+    # seen continuations beat unseen ones after a frequent history
+    if order >= 2:
+        assert lm.log10_prob(m, (1,), 2) > lm.log10_prob(m, (1,), 5)
+
+
+def test_nemo_reads_the_arpa_file_and_scores_as_we_do(tmp_path):
+    from nemo.collections.asr.parts.submodules.ngram_lm.ngram_lm_batched import NGramGPULanguageModel
+    import torch
+
+    m = lm.kneser_ney(CORPUS, order=3)
+    arpa = lm.write_arpa(m, tmp_path / "lm.arpa")
+    head = arpa.read_text().splitlines()
+    assert head[0] == "\\data\\" and head[1] == f"ngram 1={len(m[1])}"
+    nemo_lm = NGramGPULanguageModel.from_arpa(arpa, vocab_size=6, normalize_unk=False, use_triton=False)
+    for sent in ([1, 2, 3], [2, 3, 5, 1], [5, 5, 0]):     # 0: a token the text never had
+        ours = [lm.log10_prob(m, (lm.BOS, *sent[:i]), t) * math.log(10) for i, t in enumerate(sent)]
+        theirs = nemo_lm.score_sentences(torch.tensor([sent]), bos=True)[0].tolist()
+        assert theirs == pytest.approx(ours, abs=1e-4), sent
+
+
+def test_bad_lm_input_is_refused_with_a_reason(tmp_path):
+    with pytest.raises(lm.LMError, match="no non-empty sentence"):
+        lm.kneser_ney([[], []])
+    with pytest.raises(lm.LMError, match="order must be"):
+        lm.kneser_ney(CORPUS, order=0)
+    with pytest.raises(lm.LMError, match="not found"):
+        lm.texts_from(tmp_path / "missing.txt")
+    with pytest.raises(lm.LMError, match="model not found"):
+        lm.build_stage({"model": str(tmp_path / "none.nemo"), "texts": [], "out": str(tmp_path / "o.nemo")})
+    (tmp_path / "junk.nemo").write_bytes(b"not a tar")
+    with pytest.raises(lm.LMError, match="not a .nemo"):
+        lm.build_stage({"model": str(tmp_path / "junk.nemo"), "texts": [], "out": str(tmp_path / "o.nemo")})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"audio_filepath": "a.wav"}\n')
+    with pytest.raises(lm.LMError, match="line 2"):
+        lm.texts_from(bad)
+
+
+@pytest.fixture(scope="module")
+def lm_model(tiny_model, tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "with_lm.nemo"
+    res = lm.build_stage({"model": tiny_model, "out": str(out), "order": 3, "alpha": 0.5, "beam_size": 2,
+                          "texts": ["include/clinasr/data/general_en.txt.gz", str(tiny_dataset / "train_manifest.jsonl")]})
+    return out, res
+
+
+def test_the_lm_travels_inside_the_nemo_and_the_transcriber_decodes_with_it(lm_model, tiny_model, wav, monkeypatch):
+    from clinasr.inference import Transcriber
+
+    out, res = lm_model
+    spec = lm.embedded(out)
+    assert spec == res["spec"] and spec["order"] == 3 and spec["strategy"] == "malsd_batch"
+    assert [t["path"] for t in spec["texts"]] == ["general_en.txt.gz", "train_manifest.jsonl"]
+    assert lm.embedded(tiny_model) is None
+    x = sf.read(wav, dtype="float32")[0]
+    t = Transcriber(out, device="cpu")
+    assert t.decoding == {"strategy": "malsd_batch", "beam_size": 2, "ngram_lm_alpha": 0.5, "order": 3}
+    assert type(t.offline_decoding.decoding).__name__ != type(t.model.decoding.decoding).__name__
+    fused = t.transcribe([x])[0]["text"]
+    assert fused.strip()
+    st = t.new_stream()                                  # streaming keeps the label-looping greedy decoder
+    st.feed(x)
+    streamed = ""
+    while st.ready(True):
+        streamed += t.stream_step([(st, True)])[0]
+    assert streamed.strip()
+    monkeypatch.setenv("CLINASR_DECODING", "greedy")
+    g = Transcriber(out, device="cpu")
+    assert g.decoding == {"strategy": "greedy_batch"}
+    assert g.transcribe([x])[0]["text"] == Transcriber(tiny_model, device="cpu").transcribe([x])[0]["text"]
+    monkeypatch.setenv("CLINASR_DECODING", "beamy")
+    with pytest.raises(Exception, match="CLINASR_DECODING"):
+        Transcriber(out, device="cpu")
+
+
+def _without(nemo, member, dst):
+    """A copy of ``nemo`` without one member."""
+    with tarfile.open(nemo) as t_in, tarfile.open(dst, "w:") as t_out:
+        for info in t_in.getmembers():
+            if info.name != member:
+                t_out.addfile(info, t_in.extractfile(info) if info.isfile() else None)
+    return dst
+
+
+def test_a_model_that_names_an_lm_it_lacks_fails_clearly(lm_model, tmp_path):
+    from clinasr.inference import InferenceError, Transcriber
+
+    out, _ = lm_model
+    broken = _without(out, lm.LM_MEMBER, tmp_path / "broken.nemo")
+    with pytest.raises(InferenceError, match="clinasr_lm.arpa.gz"):
+        Transcriber(broken, device="cpu")
+
+
+def _fine_tune(base, dataset, out):
+    from clinasr.training.train import train
+
+    logs = []
+    r = train({"dataset": str(dataset), "output_dir": str(out), "mlflow": {"enabled": False},
+               "base": {"nemo": str(base)}, "model_overrides": "configs/model/finetune_small.yaml",
+               "trainer_overrides": {"max_steps": 1, "val_check_interval": 1, "checkpoint_every_n_steps": 1,
+                                     "batch_size": 4}}, log=logs.append)
+    return r, logs
+
+
+def test_a_fine_tune_gets_its_base_models_lm_rebuilt_with_its_own_transcripts(lm_model, tiny_dataset, tmp_path):
+    out, res = lm_model
+    r, logs = _fine_tune(out, tiny_dataset, tmp_path / "ft")
+    spec = lm.embedded(r["nemo_path"])
+    assert spec, [m for m in logs if "lm" in m.lower()]
+    assert {k: spec[k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha")} == \
+        {k: res["spec"][k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha")}
+    # the base's shipped text again, and the fine-tune's training manifest (its clinical rows and the replay)
+    assert spec["texts"][:2] == res["spec"]["texts"]
+    # the fine-tune's own clinical sentences, once each (not its replay rows, not its repeats)
+    own = [json.loads(line)["text"] for line in (tiny_dataset / "train_manifest.jsonl").read_text().splitlines()]
+    assert spec["texts"][2]["path"] == "lm_text.txt" and spec["texts"][2]["sentences"] == len(own)
+    assert spec["sentences"] == res["spec"]["sentences"] + spec["texts"][2]["sentences"]
+    assert any("LM rebuilt" in m for m in logs)
+
+
+def test_a_fine_tune_of_a_model_whose_lm_lacks_its_text_decodes_greedily_and_says_so(lm_model, tiny_dataset, tmp_path):
+    out, _ = lm_model
+    base = _without(out, lm.TEXT_MEMBER, tmp_path / "no_text.nemo")
+    r, logs = _fine_tune(base, tiny_dataset, tmp_path / "ft")
+    assert lm.embedded(r["nemo_path"]) is None
+    assert any("without its sentences" in m and "decodes greedily" in m for m in logs)
