@@ -95,15 +95,15 @@ class Transcriber(WarmUp):
 
         from clinasr import lm
 
-        try:
-            self._lm_dir = tempfile.TemporaryDirectory(prefix="clinasr-lm-")
-            cfg, spec = lm.decoding_config(self.model, path, self._lm_dir.name)
-        except lm.LMError as e:
-            raise InferenceError(f"{path.name}: {e}") from None
-        if cfg is None:
-            return
-        greedy = self.model.decoding
-        self.model.change_decoding_strategy(cfg, verbose=False)
+        with tempfile.TemporaryDirectory(prefix="clinasr-lm-") as d:   # NeMo reads the ARPA file while it loads
+            try:
+                cfg, spec = lm.decoding_config(self.model, path, d)
+            except lm.LMError as e:
+                raise InferenceError(f"{path.name}: {e}") from None
+            if cfg is None:
+                return
+            greedy = self.model.decoding
+            self.model.change_decoding_strategy(cfg, verbose=False)
         self.offline_decoding, self.model.decoding = self.model.decoding, greedy
         self.decoding = {k: spec[k] for k in ("strategy", "beam_size", "ngram_lm_alpha", "order") if k in spec}
 

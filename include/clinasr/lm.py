@@ -154,21 +154,6 @@ def write_arpa(model: dict[int, dict[tuple, tuple[float, float]]], path: str | P
     return path
 
 
-def read_text(paths: Sequence[str | Path]) -> list[str]:
-    out = []
-    for p in paths:
-        p = Path(p)
-        opener = gzip.open if p.suffix == ".gz" else open
-        with opener(p, "rt", encoding="utf-8") as f:
-            out.extend(line.strip().lower() for line in f if line.strip() and not line.startswith("#"))
-    return out
-
-
-def build_for_model(tokenizer, texts: Iterable[str], path: str | Path, order: int = 4) -> Path:
-    """An ARPA LM of ``order`` over ``tokenizer``'s ids of ``texts`` (one sentence each) at ``path``."""
-    return write_arpa(kneser_ney((tokenizer.text_to_ids(t) for t in texts), order=order), path)
-
-
 # -- the LM travels inside the model's .nemo file ------------------------------------------------------------------
 # A .nemo is an uncompressed tar; NeMo restores what it knows and ignores other members. The LM, how to decode with
 # it and the sentences it was estimated from are members of their own, so the registry, S3, serving and the gate
@@ -178,30 +163,23 @@ OURS = (LM_MEMBER, DECODING_MEMBER, TEXT_MEMBER)
 DEFAULT_DECODING = {"strategy": "malsd_batch", "beam_size": 4, "ngram_lm_alpha": 0.3}   # alpha 0.3 measured best
 
 
-def _members(nemo_path: str | Path) -> dict[str, bytes]:
+def _members(nemo_path: str | Path, names: Sequence[str]) -> tuple[dict[str, bytes], set[str]]:
+    """The bytes of ``names`` in a .nemo, and which of :data:`OURS` it has (read without the rest)."""
     import tarfile
 
-    out = {}
     with tarfile.open(nemo_path, "r:") as t:
-        for name in OURS:
-            try:
-                f = t.extractfile(name)
-            except KeyError:
-                continue
-            if f is not None:
-                out[name] = f.read()
-    return out
+        present = {n for n in t.getnames() if n in OURS}
+        return {n: t.extractfile(n).read() for n in names if n in present}, present
 
 
 def embedded(nemo_path: str | Path) -> dict | None:
     """The decoding spec a .nemo carries (:data:`DECODING_MEMBER`), or None for a plain model."""
-    m = _members(nemo_path)
+    m, present = _members(nemo_path, [DECODING_MEMBER])
     if DECODING_MEMBER not in m:
         return None
-    spec = json.loads(m[DECODING_MEMBER])
-    if LM_MEMBER not in m:
+    if LM_MEMBER not in present:
         raise LMError(f"{Path(nemo_path).name} names an n-gram LM in {DECODING_MEMBER} but does not carry {LM_MEMBER}")
-    return spec
+    return json.loads(m[DECODING_MEMBER])
 
 
 def embed(nemo_path: str | Path, lm: str | Path, spec: dict, sentences: Sequence[str], out: str | Path | None = None) -> Path:
@@ -234,8 +212,8 @@ def embed(nemo_path: str | Path, lm: str | Path, spec: dict, sentences: Sequence
 
 def decoding_config(model, nemo_path: str | Path, workdir: str | Path, mode: str | None = None):
     """The NeMo decoding config that ``nemo_path``'s embedded spec asks for, with its LM written (plain ARPA, as
-    NeMo reads it) under ``workdir``; None for a plain model or when ``mode`` (``CLINASR_DECODING``) is
-    ``greedy``. Returns ``(cfg, spec)``."""
+    NeMo reads it; it loads the file once, when the strategy changes) under ``workdir``; None for a plain model or
+    when ``mode`` (``CLINASR_DECODING``) is ``greedy``. Returns ``(cfg, spec)``."""
     import copy
     import os
 
@@ -248,7 +226,7 @@ def decoding_config(model, nemo_path: str | Path, workdir: str | Path, mode: str
     if spec is None or mode == "greedy":
         return None, None
     arpa = Path(workdir) / "clinasr_lm.arpa"
-    with gzip.open(io.BytesIO(_members(nemo_path)[LM_MEMBER]), "rt", encoding="utf-8") as f_in, \
+    with gzip.open(io.BytesIO(_members(nemo_path, [LM_MEMBER])[0][LM_MEMBER]), "rt", encoding="utf-8") as f_in, \
             open(arpa, "w", encoding="utf-8") as f_out:
         f_out.write(f_in.read())
     cfg = copy.deepcopy(model.cfg.decoding)
@@ -296,7 +274,8 @@ def texts_from(path: str | Path) -> list[str]:
                 except (ValueError, KeyError, TypeError):
                     raise LMError(f"{p.name} line {i}: not a manifest row with a 'text'") from None
         return [t for t in out if t]
-    return read_text([p])
+    with (gzip.open if p.suffix == ".gz" else open)(p, "rt", encoding="utf-8") as f:
+        return [line.strip().lower() for line in f if line.strip() and not line.startswith("#")]
 
 
 def rebuild(src_nemo: str | Path, dst_nemo: str | Path, texts: Sequence[str | Path], log=print) -> dict | None:
@@ -307,14 +286,14 @@ def rebuild(src_nemo: str | Path, dst_nemo: str | Path, texts: Sequence[str | Pa
     spec = embedded(src_nemo)
     if spec is None:
         return None
-    m = _members(src_nemo)
+    m, _ = _members(src_nemo, [TEXT_MEMBER])
     if TEXT_MEMBER not in m:
         log(f"[lm] WARNING {Path(src_nemo).name}'s LM came without its sentences: the fine-tune gets no LM and "
             "decodes greedily (build one: clinasr lm --help)")
         return None
     base_text = gzip.decompress(m[TEXT_MEMBER]).decode("utf-8").splitlines()
     part = Path(dst_nemo).with_suffix(".lm.nemo")
-    res = build_stage({"model": str(dst_nemo), "texts": [*map(str, texts)], "out": str(part),
+    res = build_stage({"model": str(dst_nemo), "texts": [str(t) for t in texts], "out": str(part),
                        "order": spec.get("order", 4), "alpha": spec.get("ngram_lm_alpha"),
                        "beam_size": spec.get("beam_size"), "strategy": spec.get("strategy")},
                       inherited=(base_text, spec.get("texts", [])))
