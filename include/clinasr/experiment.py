@@ -73,6 +73,9 @@ def synthesis_config(voices: dict[str, list[str]], mix: dict[str, float], augmen
     cfg["accent_mix"] = {p: mix.get(p, 1.0) for p in voices}
     if variation:
         cfg["voice_variation"] = {**cfg.get("voice_variation", {}), **variation}
+    from clinasr.synth import accent
+
+    accent.check(cfg.get("voice_variation", {}).get("accent"))   # a bad accent spec stops before any rendering
     for k, v in (augmentation or {}).items():
         cfg["augmentation"][k] = {**cfg["augmentation"].get(k, {}), **v}
     return cfg

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from clinasr.audio import TARGET_SR, resample
+from clinasr.synth import accent
 
 
 class TTSError(RuntimeError):
@@ -74,6 +75,7 @@ class EspeakEngine:
         _espeak.SetSynthCallback(on_samples)
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
         self._variants: set[str] | None = None
+        self._to_phonemes = None
 
     def has_voice(self, voice: str) -> bool:
         """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
@@ -93,6 +95,25 @@ class EspeakEngine:
                     self._variants = {f.name.lower() for f in d.iterdir()}
                     break
         return self._variants
+
+    def phonemes(self, text: str, voice: str) -> str:
+        """``text`` as the voice's phoneme mnemonics (what ``espeak-ng -x`` prints), clauses joined by a short
+        pause; speaking ``[[...]]`` of it with the same voice says the text as the voice would."""
+        e = self._e
+        if e.SetVoiceByName(voice.encode()) != e.EE_OK:
+            raise TTSError(f"espeak-ng could not select voice {voice}")
+        if self._to_phonemes is None:
+            f = e.dll.espeak_TextToPhonemes
+            f.restype, f.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+            self._to_phonemes = f
+        buf = ctypes.create_string_buffer(text.encode("utf-8"))
+        ptr = ctypes.c_void_p(ctypes.addressof(buf))
+        clauses = []
+        while ptr.value:
+            out = self._to_phonemes(ctypes.byref(ptr), e.CHARS_UTF8, 0)
+            if out:
+                clauses.append(out.decode("utf-8", "replace").strip())
+        return " _: ".join(c for c in clauses if c)
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
         e = self._e
@@ -403,6 +424,12 @@ def render(text: str, voice: Voice, rng: random.Random, variation: dict) -> tupl
             if variant:
                 name = f"{name}+{variant}"
                 params["variant"] = variant
+        spec = accent.check(variation.get("accent"))
+        if spec and accent.applies(voice.voice) and "[[" not in text:
+            rules = accent.choose(rng, spec)
+            if rules:   # said from the voice's own phonemes after the accent's sound changes (clinasr.synth.accent)
+                text = f"[[{accent.perturb(engine('espeak').phonemes(text, name), rules)}]]"
+                params["accent"] = rules
         return engine("espeak").synthesize(text, name, rate=rate, pitch=pitch), params
     if voice.engine == "flite":
         ds = round(rng.uniform(*variation.get("flite_duration_stretch", [1.0, 1.0])), 3)
