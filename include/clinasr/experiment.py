@@ -286,6 +286,14 @@ def phase_base(cfg: dict, work: Path, out: Path, deadline_min: float | None = No
         tover["max_minutes"] = before + this_call
         log(f"[experiment] training budget {this_call:.1f} min"
             + (f" (after {before:.1f} min of earlier calls)" if before else ""))
+    saved = work / "base_train" / "init.json"   # the earlier base a first call started from (``init``)
+    if init:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"init": str(init)}))
+    elif resume and saved.exists():   # a later call resumes without naming it (bench/gpu_base.sh): the same model,
+        init = Path(json.loads(saved.read_text())["init"])   # and the card still says where it started
+    else:
+        saved.unlink(missing_ok=True)   # a run from the model config
     start = ({"nemo": str(init)} if init else {"config": b["model"]})
     tr = _train({"dataset": data["dataset_dir"], "base": start, "trainer": b["trainer"],
                  # from a .nemo, the model config's optimiser, schedule and SpecAugment still apply
