@@ -102,6 +102,10 @@ class Transcriber(WarmUp):
                 raise InferenceError(f"{path.name}: {e}") from None
             if cfg is None:
                 return
+            if self.device == "cpu":   # NeMo's beam search with an LM, minus work whose result it discards
+                from clinasr import fusion_cpu
+
+                fusion_cpu.install()
             greedy = self.model.decoding
             self.model.change_decoding_strategy(cfg, verbose=False)
         self.offline_decoding, self.model.decoding = self.model.decoding, greedy

@@ -12,8 +12,9 @@ The LM travels inside the model's .nemo (:func:`embed`; ``clinasr lm``), the Tra
 (streaming keeps greedy), and a fine-tune gets it rebuilt with its own transcripts (:func:`rebuild`). Measured on
 base v7 (docs/benchmarks.md, "Decoding with an n-gram LM"): everyday-English WER 0.385 -> 0.310 (beam 4, alpha
 0.3), and on its fine-tunes KER -77..-84% on held-out voices and engine with <= 0.6 phantom drugs per 100 everyday
-utterances, but +0.018..+0.028 general WER against the base with its LM and 2.9x greedy's latency (1.2 s p95 for a
-10 s clip on the 2-core VM), so no shipped model carries one by default.
+utterances, but +0.018..+0.028 general WER against the base with its LM, so no shipped model carries one by
+default. On a CPU the Transcriber decodes with :mod:`clinasr.fusion_cpu`'s exact shortcuts (the LM's rows cached per
+state): beam 4 + LM at 0.68x NeMo's own time, 1.8x greedy's (bench/results/fusion-cpu-v8.json).
 """
 from __future__ import annotations
 
