@@ -54,7 +54,8 @@ model with the alias **candidate**, which updates the **clinasr_candidate_model*
                       description="nemo:<path|s3://|models:/...>, pretrained:<NeMo name> or config:<model yaml> (from scratch)"),
         "trainer_config": Param("configs/trainer/cpu_finetune.yaml", type="string",
                                 description="cpu_finetune.yaml (2 CPU cores); gpu_finetune_base.yaml: the same recipe at "
-                                            "64 clips a step on one GPU (~3 min; measured to keep everyday English); "
+                                            "96 clips a step on one GPU (with max_steps 1500: ~4 min; measured to "
+                                            "keep everyday English); "
                                             "gpu_finetune.yaml: Parakeet-scale, DeepSpeed ZeRO-2"),
         # 100 CPU steps (~2 min on 2 cores) keep `make demo` within 15 minutes; the measured recipe runs 600
         "max_steps": Param(100, type="integer", minimum=1),

@@ -265,11 +265,12 @@ def test_average_checkpoints_that_the_run_cannot_keep_stops_before_training(tiny
     assert not (tmp_path / "run" / "data").exists() and not any("parameters" in m for m in logs)
 
 
-def test_the_gpu_recipe_is_the_cpu_recipe_at_64_clips_a_step():
-    """configs/trainer/gpu_finetune_base.yaml is what the GPU measurement ran (bench/results/flywheel-gpu-v7.*): the
-    CPU default with batch_size 64 (and a longer safety cap); any other difference would be an unmeasured recipe."""
+def test_the_gpu_recipe_is_the_cpu_recipe_at_96_clips_a_step_for_1500_steps():
+    """configs/trainer/gpu_finetune_base.yaml is what the GPU measurement ran (bench/results/flywheel-gpu-v7b96-1500.*):
+    the CPU default with batch_size 96 and 1,500 steps (and a longer safety cap); any other difference would be an
+    unmeasured recipe."""
     from clinasr.training.common import load_yaml
 
     cpu, gpu = load_yaml("configs/trainer/cpu_finetune.yaml"), load_yaml("configs/trainer/gpu_finetune_base.yaml")
-    assert {k for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)} == {"batch_size", "max_minutes"}
-    assert gpu["batch_size"] == 64 and gpu["replay"]["clinical_repeats"] == 4 and gpu["max_steps"] == 1000
+    assert {k for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)} == {"batch_size", "max_steps", "max_minutes"}
+    assert gpu["batch_size"] == 96 and gpu["replay"]["clinical_repeats"] == 4 and gpu["max_steps"] == 1500
