@@ -38,3 +38,7 @@ def test_lm_names_a_missing_model_or_text_without_a_traceback(tmp_path):
         r = subprocess.run([sys.executable, "-m", "clinasr.cli", *argv], capture_output=True, text=True)
         assert r.returncode == 2 and missing in r.stderr and "no such file" in r.stderr
         assert "Traceback" not in r.stderr
+    (tmp_path / "t.txt").write_text("a sentence\n")
+    r = subprocess.run([sys.executable, "-m", "clinasr.cli", "lm", str(tmp_path / "m.nemo"), "--text", str(tmp_path / "t.txt"),
+                        "--out", "o.nemo", "--phantom-guard", "1.5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--phantom-guard in [0, 1]" in r.stderr and "Traceback" not in r.stderr

@@ -80,7 +80,8 @@ def test_the_lm_travels_inside_the_nemo_and_the_transcriber_decodes_with_it(lm_m
     assert lm.embedded(tiny_model) is None
     x = sf.read(wav, dtype="float32")[0]
     t = Transcriber(out, device="cpu")
-    assert t.decoding == {"strategy": "malsd_batch", "beam_size": 2, "ngram_lm_alpha": 0.5, "order": 3}
+    assert t.decoding == {"strategy": "malsd_batch", "beam_size": 2, "ngram_lm_alpha": 0.5, "order": 3,
+                          "phantom_guard": {"min_similarity": 0.5}}
     assert type(t.offline_decoding.decoding).__name__ != type(t.model.decoding.decoding).__name__
     fused = t.transcribe([x])[0]["text"]
     assert fused.strip()
@@ -97,6 +98,39 @@ def test_the_lm_travels_inside_the_nemo_and_the_transcriber_decodes_with_it(lm_m
     monkeypatch.setenv("CLINASR_DECODING", "beamy")
     with pytest.raises(Exception, match="CLINASR_DECODING"):
         Transcriber(out, device="cpu")
+
+
+def test_the_phantom_guard_keeps_each_clips_fused_or_greedy_transcript(lm_model, tiny_model, tiny_dataset, tmp_path):
+    import json
+
+    from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
+
+    from clinasr.inference import Transcriber
+
+    out, res = lm_model
+    assert res["spec"]["phantom_guard"] == {"min_similarity": 0.5}
+    off = tmp_path / "guard_off.nemo"
+    r_off = lm.build_stage({"model": tiny_model, "out": str(off), "order": 3, "alpha": 0.5, "beam_size": 2,
+                            "phantom_guard": 0, "texts": ["include/clinasr/data/general_en.txt.gz",
+                                                          str(tiny_dataset / "train_manifest.jsonl")]})
+    assert r_off["spec"]["phantom_guard"] is False
+    rows = [json.loads(r) for r in (tiny_dataset / "val_manifest.jsonl").read_text().splitlines()][:6]
+    clips = [sf.read(tiny_dataset / r["audio_filepath"], dtype="float32")[0] for r in rows]
+    guarded, fused_only, greedy = Transcriber(out, device="cpu"), Transcriber(off, device="cpu"), \
+        Transcriber(tiny_model, device="cpu")
+    assert guarded.guard == 0.5 and fused_only.guard is None and "phantom_guard" not in fused_only.decoding
+    for x in clips:
+        got = guarded.transcribe([x])[0]["text"]
+        assert got in (fused_only.transcribe([x])[0]["text"], greedy.transcribe([x])[0]["text"])
+    assert guarded.guard_stats["chunks"] == len(clips) and fused_only.guard_stats["chunks"] == 0
+    # the choice itself, on NeMo's own hypotheses: an invented drug falls back to the greedy reading, text and timings
+    f = [Hypothesis(score=0.0, y_sequence=[1, 2], text="we ordered fentanyl"),
+         Hypothesis(score=0.0, y_sequence=[3], text="no history of warfarin")]
+    gr = [Hypothesis(score=0.0, y_sequence=[4], text="we ordered pizza"),
+          Hypothesis(score=0.0, y_sequence=[5], text="no history of war farin")]
+    before = dict(guarded.guard_stats)
+    assert guarded._guarded(f, gr) == [gr[0], f[1]]
+    assert guarded.guard_stats == {"chunks": before["chunks"] + 2, "vetoed": before["vetoed"] + 1}
 
 
 def _without(nemo, member, dst):
@@ -133,8 +167,8 @@ def test_a_fine_tune_gets_its_base_models_lm_rebuilt_with_its_own_transcripts(lm
     r, logs = _fine_tune(out, tiny_dataset, tmp_path / "ft")
     spec = lm.embedded(r["nemo_path"])
     assert spec, [m for m in logs if "lm" in m.lower()]
-    assert {k: spec[k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha")} == \
-        {k: res["spec"][k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha")}
+    assert {k: spec[k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha", "phantom_guard")} == \
+        {k: res["spec"][k] for k in ("order", "strategy", "beam_size", "ngram_lm_alpha", "phantom_guard")}
     # the base's shipped text again, and the fine-tune's training manifest (its clinical rows and the replay)
     assert spec["texts"][:2] == res["spec"]["texts"]
     # the fine-tune's own clinical sentences, once each (not its replay rows, not its repeats)

@@ -256,16 +256,20 @@ def cmd_lm(a) -> int:
         if not Path(f).is_file():
             print(f"error: {f}: no such file", file=sys.stderr)
             return 2
-    if a.order < 1 or a.beam_size < 1 or a.alpha < 0:
-        print("error: --order and --beam-size must be at least 1, --alpha at least 0", file=sys.stderr)
+    if a.order < 1 or a.beam_size < 1 or a.alpha < 0 or not 0 <= a.phantom_guard <= 1:
+        print("error: --order and --beam-size must be at least 1, --alpha at least 0, --phantom-guard in [0, 1]",
+              file=sys.stderr)
         return 2
 
     res = mlenv.run_stage("lm", {"model": a.model, "texts": a.text, "out": a.out, "order": a.order, "alpha": a.alpha,
-                                 "beam_size": a.beam_size, "strategy": a.strategy})
+                                 "beam_size": a.beam_size, "strategy": a.strategy,
+                                 "phantom_guard": a.phantom_guard})
     sp = res["spec"]
     print(f"{res['out']}: {sp['order']}-gram LM over {sp['sentences']} sentences ({res['lm_bytes'] / 1e6:.1f} MB "
           f"gzipped), decoding {sp['strategy']}{' beam ' + str(sp['beam_size']) if 'beam_size' in sp else ''} "
-          f"alpha {sp['ngram_lm_alpha']} ({res['seconds']} s)")
+          f"alpha {sp['ngram_lm_alpha']}, phantom guard "
+          f"{'off' if sp['phantom_guard'] is False else 'at letter similarity ' + str(sp['phantom_guard']['min_similarity'])} "
+          f"({res['seconds']} s)")
     return 0
 
 
@@ -420,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with beam search fused with it (CLINASR_DECODING=greedy turns it off); "
                                      "a fine-tune of the model gets it rebuilt from the same sentences (they travel in the "
                                      ".nemo) and its own training transcripts. Measured: better term accuracy, more "
-                                     "phantom drugs (docs/benchmarks.md). Never give it evaluation-set text.")
+                                     "phantom drugs, which the phantom guard vetoes (docs/benchmarks.md). Never give it "
+                                     "evaluation-set text.")
     lmp.add_argument("model", help="the .nemo to give an LM")
     lmp.add_argument("--text", nargs="+", required=True, help="training text: .txt, .txt.gz or manifest .jsonl")
     lmp.add_argument("--out", required=True, help="where to write the model with the LM")
@@ -429,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     lmp.add_argument("--beam-size", type=int, default=4, help="beam width (default 4)")
     lmp.add_argument("--strategy", default="malsd_batch", choices=["malsd_batch", "greedy_batch"],
                      help="NeMo TDT decoding strategy to fuse the LM into (default malsd_batch)")
+    lmp.add_argument("--phantom-guard", type=float, default=0.5, metavar="SIM",
+                     help="keep the greedy transcript when the LM writes a drug, dose, route or frequency spelled unlike "
+                          "the greedy words it replaced (letter similarity below SIM; default 0.5; 0 turns the guard "
+                          "off; clinasr.phantom_guard)")
     lmp.set_defaults(fn=cmd_lm)
 
     r = sub.add_parser("registry", help="show model aliases or roll production back",

@@ -110,6 +110,12 @@ class Transcriber(WarmUp):
             self.model.change_decoding_strategy(cfg, verbose=False)
         self.offline_decoding, self.model.decoding = self.model.decoding, greedy
         self.decoding = {k: spec[k] for k in ("strategy", "beam_size", "ngram_lm_alpha", "order") if k in spec}
+        guard = spec.get("phantom_guard", {})   # on unless the spec says false (clinasr.phantom_guard)
+        if guard is not False:
+            from clinasr import phantom_guard
+
+            self.guard = float((guard or {}).get("min_similarity", phantom_guard.DEFAULT_MIN_SIMILARITY))
+            self.decoding["phantom_guard"] = {"min_similarity": self.guard}
 
     @classmethod
     def from_model(cls, model, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",
@@ -129,6 +135,8 @@ class Transcriber(WarmUp):
         self.device = device
         self.decoding = {"strategy": "greedy_batch"}   # what offline transcription decodes with
         self.offline_decoding = model.decoding
+        self.guard: float | None = None   # the phantom guard's letter similarity bound, with an LM (_use_embedded_lm)
+        self.guard_stats = {"chunks": 0, "vetoed": 0}
         model.eval()
         model.freeze()
         fe = getattr(model.preprocessor, "featurizer", None)
@@ -268,6 +276,9 @@ class Transcriber(WarmUp):
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                     enc, enc_len = self.model.forward(input_signal=sig, input_signal_length=lens)
                 hyps = self.offline_decoding.rnnt_decoder_predictions_tensor(enc, enc_len, return_hypotheses=timestamps)
+                if self.guard is not None:   # the greedy reading of the same encoder output vets the LM's terms
+                    hyps = self._guarded(hyps, self.model.decoding.rnnt_decoder_predictions_tensor(
+                        enc, enc_len, return_hypotheses=timestamps))
                 for k, h in enumerate(hyps):
                     i = owner[b + k]
                     text = h.text if hasattr(h, "text") else str(h)
@@ -282,6 +293,22 @@ class Transcriber(WarmUp):
             if timestamps:
                 r["words"] = words[i]
             out.append(r)
+        return out
+
+    def _guarded(self, fused: list, greedy: list) -> list:
+        """Per chunk, the fused hypothesis unless it writes a lexicon term the greedy one does not support
+        (:mod:`clinasr.phantom_guard`); then the greedy hypothesis, text and timings alike. Counts only, no text,
+        reach the stats (logs without PHI)."""
+        from clinasr import phantom_guard
+        from clinasr.textnorm import normalize
+
+        out = []
+        for f, g in zip(fused, greedy):
+            f_text, g_text = (h.text if hasattr(h, "text") else str(h) for h in (f, g))
+            veto = phantom_guard.vetoes(normalize(f_text), normalize(g_text), self.guard)
+            self.guard_stats["chunks"] += 1
+            self.guard_stats["vetoed"] += bool(veto)
+            out.append(g if veto else f)
         return out
 
     def _words(self, hyp, offset_s: float) -> list[dict]:

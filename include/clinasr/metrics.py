@@ -56,13 +56,12 @@ def _inventory(lex) -> tuple[dict[str, dict[tuple[str, ...], str]], frozenset]:
     return dict(by_first), units
 
 
-def lexicon_terms(text: str, inventory=None) -> Counter:
-    """Occurrences of lexicon terms in normalised ``text``: Counter{(phrase, category)}. A dose is a unit word
-    after number words ("twenty five milligrams"); drugs, routes and frequencies are their lexicon phrases,
+def lexicon_spans(words: list[str], inventory=None) -> list[tuple[int, int, str, str]]:
+    """Lexicon terms in normalised ``words`` as ``(start, end, phrase, category)`` word spans. A dose is a unit
+    word after number words ("twenty five milligrams"); drugs, routes and frequencies are their lexicon phrases,
     longest match first ("as needed for pain" is one frequency, not "as needed" plus words)."""
     by_first, units = inventory or phantom_inventory()
-    words = text.split()
-    found: Counter = Counter()
+    found: list[tuple[int, int, str, str]] = []
     i = 0
     while i < len(words):
         best = None
@@ -70,16 +69,21 @@ def lexicon_terms(text: str, inventory=None) -> Counter:
             if tuple(words[i:i + len(phrase)]) == phrase and (best is None or len(phrase) > len(best[0])):
                 best = (phrase, cat)
         if best:
-            found[(" ".join(best[0]), best[1])] += 1
+            found.append((i, i + len(best[0]), " ".join(best[0]), best[1]))
             i += len(best[0])
             continue
         if words[i] in units and i > 0 and words[i - 1] in _NUMBER_WORDS - {"a", "and"}:
             j = i - 1
             while j > 0 and words[j - 1] in _NUMBER_WORDS:
                 j -= 1
-            found[(" ".join(words[j:i + 1]), "dosage")] += 1
+            found.append((j, i + 1, " ".join(words[j:i + 1]), "dosage"))
         i += 1
     return found
+
+
+def lexicon_terms(text: str, inventory=None) -> Counter:
+    """Occurrences of lexicon terms in normalised ``text``: Counter{(phrase, category)} (:func:`lexicon_spans`)."""
+    return Counter((phrase, cat) for _, _, phrase, cat in lexicon_spans(text.split(), inventory))
 
 
 def phantom_terms(ref: str, hyp: str, inventory=None) -> list[tuple[str, str]]:

@@ -1,0 +1,207 @@
+"""The phantom guard (clinasr.phantom_guard) measured: fine-tunes decoded greedily, with their rebuilt n-gram LM
+(beam search, shallow fusion), and with the LM under the guard, on the same held-out sets, beside the base
+decoded both ways.
+
+    .venv/ml/bin/python bench/phantom_guard_eval.py --work /tmp/clinasr-recipes-v7 \\
+        --base greedy=models/clinasr-base-en-multi/model.nemo lm=BASE_LM.nemo \\
+        --pair s0=FT_GREEDY.nemo[,FT_LM.nemo] --pair s1=... \\
+        --set general_check=bench/data/general_check_en.txt --out bench/results/phantom-guard-v7b96-1500
+
+Each model is scored once per set (``python -m clinasr.experiment score``, a fresh interpreter; the LM model as
+a copy whose decoding spec turns the guard off, so that the LM's own transcripts are kept); the guarded transcript
+of each utterance is then :func:`clinasr.phantom_guard.choose` of the LM and greedy transcripts, which is what the
+Transcriber does with both decodes of one encoder output (bench/results/flywheel-gpu-v7b96-1500-lmguard.md scored
+the guarded models through it: the same figures). The held-out sets come from recipes_experiment.py's --work;
+``--set NAME=TEXT`` renders more everyday-English sets from a text file in the held-out voices (general_heldout's
+config, another seed). Writes results.json and results.md: per fine-tune and decoding, term accuracy and the
+relative KER reduction per engine against the base decoded the same way, the general WER change with a paired
+bootstrap CI, phantom terms per 100 general utterances, and how many vetoes removed a term nobody said.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from clinasr import lm, metrics, phantom_guard  # noqa: E402
+from clinasr.textnorm import normalize  # noqa: E402
+
+
+def guard_off(src: Path, dst: Path) -> Path:
+    """A copy of an LM model whose decoding spec turns the phantom guard off."""
+    if dst.exists():
+        return dst
+    m, _ = lm._members(src, [lm.LM_MEMBER, lm.DECODING_MEMBER, lm.TEXT_MEMBER])
+    if lm.DECODING_MEMBER not in m:
+        raise SystemExit(f"{src} carries no n-gram LM (clinasr lm --help)")
+    spec = {**json.loads(m[lm.DECODING_MEMBER]), "phantom_guard": False}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "lm.arpa.gz").write_bytes(m[lm.LM_MEMBER])
+        lm.embed(src, Path(d) / "lm.arpa.gz", spec, gzip.decompress(m[lm.TEXT_MEMBER]).decode().splitlines(), dst)
+    return dst
+
+
+def rebuilt_lm(ft: Path, base_lm: Path, work: Path, cache: Path) -> Path:
+    """``ft`` with its LM rebuilt from ``base_lm``'s sentences and its clinical training sentences (clinasr.lm.rebuild)."""
+    import shutil
+
+    from clinasr.training.train import own_text
+
+    dst = cache / f"{ft.stem}_lm.nemo"
+    if not dst.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ft, dst)
+        text = own_text(work / "clinical_train" / "train_manifest.jsonl", cache / "lm_text.txt")
+        if lm.rebuild(base_lm, dst, [text]) is None:
+            raise SystemExit(f"{base_lm} has no LM with its sentences to rebuild from")
+    return dst
+
+
+def render_sets(extra: dict[str, str], work: Path) -> dict[str, Path]:
+    """Everyday-English sets from text files, in general_heldout's held-out voices and conditions."""
+    from clinasr import evalsets
+
+    out = {}
+    for i, (name, text) in enumerate(sorted(extra.items())):
+        cfg = evalsets.load_config()
+        s = copy.deepcopy(cfg["sets"]["general_heldout"])
+        s["text"], s["seed"] = text, int(s["seed"]) + 100 + i
+        cfg["sets"][name] = s
+        d = work / "extra_sets" / name
+        if not (d / evalsets.TEST_MANIFEST).exists():
+            evalsets.build_set(name, d, cfg, workers=2, progress=False)
+        out[name] = d / evalsets.TEST_MANIFEST
+    return out
+
+
+def score(model: Path, manifests: dict[str, Path], out: Path) -> dict[str, dict[str, str]]:
+    """{set: {utt_id: hypothesis}} of one model (cached in ``out``)."""
+    done = out / "scores.json"
+    if not done.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        args = {"model": str(model), "out": str(out), "manifests": {k: str(v) for k, v in manifests.items()}}
+        (out / "args.json").write_text(json.dumps(args))
+        with open(out / "score.log", "w") as log:
+            subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(out / "args.json"), str(done)],
+                           check=True, stdout=log, stderr=subprocess.STDOUT)
+    hyps = {}
+    for name in manifests:
+        rows = [json.loads(x) for x in (out / name / "hypotheses.jsonl").read_text().splitlines()]
+        hyps[name] = {r["utt_id"]: r["hypothesis"] for r in rows}
+    return hyps
+
+
+def scored(rows: dict[str, dict], hyps: dict[str, str]) -> dict:
+    return metrics.score_rows([{**rows[u], "hypothesis": h} for u, h in hyps.items()])
+
+
+def guarded(fused: dict[str, str], greedy: dict[str, str], rows: dict[str, dict], inventory) -> tuple[dict, dict]:
+    """The guard's transcripts and what it vetoed: vetoed terms that the reference has too (lost) or not (phantoms)."""
+    out, stats = {}, {"utterances_vetoed": 0, "terms_vetoed": 0, "vetoed_phantoms": 0}
+    for u, f in fused.items():
+        text, vetoes = phantom_guard.choose(normalize(f), normalize(greedy[u]), inventory=inventory)
+        out[u] = text
+        stats["utterances_vetoed"] += bool(vetoes)
+        for v in vetoes:
+            stats["terms_vetoed"] += 1
+            stats["vetoed_phantoms"] += not metrics.contains(normalize(rows[u]["text"]), v["term"])
+    return out, stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True, help="recipes_experiment.py's --work (its held-out sets)")
+    ap.add_argument("--base", nargs=2, required=True, metavar=("greedy=BASE.nemo", "lm=BASE_LM.nemo"))
+    ap.add_argument("--pair", action="append", required=True, metavar="NAME=GREEDY.nemo[,LM.nemo]",
+                    help="a fine-tune: its plain .nemo and the same with its rebuilt LM (without one: rebuilt here "
+                         "from --base's LM and the clinical rows of WORK/clinical_train, as training rebuilds it)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=TEXT",
+                    help="another everyday-English set rendered from a text file (held-out voices)")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    work, out = Path(a.work), Path(a.out)
+    manifests = {n: work / "evalsets" / n / "test_manifest.jsonl" for n in ("clinical_heldout", "general_heldout")}
+    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work))
+    rows = {n: {json.loads(x)["utt_id"]: json.loads(x) for x in p.read_text().splitlines()} for n, p in manifests.items()}
+    general = [n for n in manifests if n != "clinical_heldout"]
+    base = dict(b.split("=", 1) for b in a.base)
+    cache = out / "scores"
+    models = {"base": (Path(base["greedy"]), Path(base["lm"]))}
+    for p in a.pair:
+        name, paths = p.split("=", 1)
+        g, _, f = paths.partition(",")
+        models[name] = (Path(g), Path(f) if f else rebuilt_lm(Path(g), Path(base["lm"]), work, cache))
+    inventory = metrics.phantom_inventory()
+    hyps = {}
+    for name, (g, f) in models.items():
+        off = guard_off(f, cache / f"{name}_lm_guard_off.nemo")
+        hyps[name] = {"greedy": score(g, manifests, cache / f"{name}_greedy"), "lm": score(off, manifests, cache / f"{name}_lm")}
+        hyps[name]["lm+guard"], guards = {}, {}
+        for s in manifests:
+            hyps[name]["lm+guard"][s], guards[s] = guarded(hyps[name]["lm"][s], hyps[name]["greedy"][s], rows[s], inventory)
+        hyps[name]["guard_stats"] = guards
+    results = {"sets": {n: str(p) for n, p in manifests.items()}, "models": {k: [str(x) for x in v] for k, v in models.items()},
+               "min_similarity": phantom_guard.DEFAULT_MIN_SIMILARITY, "runs": {}}
+    for name in models:
+        for dec in ("greedy", "lm", "lm+guard"):
+            r = {}
+            for s in manifests:
+                c, b = scored(rows[s], hyps[name][dec][s]), scored(rows[s], hyps["base"][dec][s])
+                r[s] = {"wer": c["wer"], "ker": c["ker"], "phantoms_per_100": c["phantom_terms"]["per_100_utterances"],
+                        "phantoms": c["phantom_terms"].get("top", []),
+                        "vs_base": metrics.paired_reduction_ci(b["per_row"], c["per_row"]),
+                        "by_engine": metrics.paired_reduction_by_engine(b["per_row"], c["per_row"]),
+                        "term_accuracy_by_engine": {e: 1 - v["ker"] for e, v in _by_engine(rows[s], hyps[name][dec][s]).items()
+                                                    if v["ker"] is not None}}
+                if dec == "lm+guard":
+                    r[s]["guard"] = hyps[name]["guard_stats"][s]
+            results["runs"][f"{name} {dec}"] = r
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(table(results, general))
+    print(table(results, general))
+
+
+def _by_engine(rows: dict[str, dict], hyps: dict[str, str]) -> dict[str, dict]:
+    eng = {}
+    for u, h in hyps.items():
+        eng.setdefault(str(rows[u].get("voice", "?")).split(":", 1)[0], {})[u] = h
+    return {e: scored(rows, hs) for e, hs in eng.items()}
+
+
+def table(res: dict, general: list[str]) -> str:
+    head = ("| model | decoding | term accuracy espeak / piper | KER reduction espeak / piper [95% CI] | "
+            + " | ".join(f"{g}: WER change [95% CI] | phantoms /100" for g in general) + " | vetoes: utterances, terms (of them phantoms) |")
+    lines = [f"# The phantom guard (min similarity {res['min_similarity']})", "",
+             "Against the base decoded the same way (greedy, with its own LM, with its LM under the guard). Held-out "
+             "voices and engine; every set text-disjoint from training.", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for key, r in res["runs"].items():
+        name, dec = key.split(" ", 1)
+        cl = r["clinical_heldout"]
+        acc = " / ".join(f"{cl['term_accuracy_by_engine'].get(e, float('nan')):.3f}" for e in ("espeak", "piper"))
+        ker = " / ".join(_ci(cl["by_engine"].get(e, {}).get("ker_reduction"), pct=True) for e in ("espeak", "piper"))
+        gen = " | ".join(f"{_ci(r[g]['vs_base'].get('wer_change'))} | {r[g]['phantoms_per_100']:.1f}" for g in general)
+        v = " ".join(f"{s}: {st['utterances_vetoed']}, {st['terms_vetoed']} ({st['vetoed_phantoms']});"
+                     for s, st in ((s, r[s]["guard"]) for s in r if "guard" in r[s]))
+        lines.append(f"| {name} | {dec} | {acc} | {ker} | {gen} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ci(d: dict | None, pct: bool = False) -> str:
+    if not d or d.get("estimate") is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:+.0f}%") if pct else (lambda x: f"{x:+.3f}")
+    return f"{f(d['estimate'])} [{f(d['ci'][0])}, {f(d['ci'][1])}]"
+
+
+if __name__ == "__main__":
+    main()
