@@ -33,7 +33,8 @@ from pathlib import Path
 from clinasr.settings import REPO_ROOT, Settings, load_versioned_yaml, repo_path
 
 DEFAULT_CONFIG = "configs/evalsets.yaml"
-BUILDER_VERSION = 2            # bump when build_set changes what it writes: every set is rebuilt (2: rows cached per render config)
+BUILDER_VERSION = 3            # bump when build_set changes what it writes: every set is rebuilt (2: rows cached per render config;
+                               # 3: reproducible audio, espeak-ng forked per utterance and Piper seeded per row)
 TEST_MANIFEST = "test_manifest.jsonl"
 
 
@@ -277,6 +278,7 @@ def _render_key(scfg: dict) -> str:
     renders again instead of mixing old audio into a new hash)."""
     keep = {k: scfg.get(k) for k in ("accent_profiles", "accent_mix", "voice_variation", "augmentation", "limits",
                                      "sample_rate")}
+    keep["builder"] = BUILDER_VERSION
     prons = scfg.get("pronunciations")
     keep["pronunciations"] = _file_sha(prons) if prons and repo_path(prons).exists() else prons
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]

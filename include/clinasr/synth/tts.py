@@ -45,6 +45,9 @@ class Voice:
         return f"{self.engine}:{self.voice}"
 
 
+_ESPEAK = {"sample_rate": None, "warm": False}   # the process's espeak-ng library: initialised, spoken once
+
+
 class EspeakEngine:
     """espeak-ng through pyttsx3's ctypes binding of the library (``pyttsx3.drivers._espeak``), synthesising
     one utterance at a time into memory.
@@ -54,28 +57,48 @@ class EspeakEngine:
     already-deleted directory and worker processes died, taking every queued row with them. Here the library
     runs in AUDIO_OUTPUT_SYNCHRONOUS mode: ``espeak_Synth`` returns when the utterance is done, and the
     callback only appends samples.
+
+    libespeak-ng keeps waveform state from one utterance to the next that neither ``espeak_Initialize`` nor a
+    voice change resets: the same text, voice, rate and pitch came out with a different sample count after other
+    utterances (50,535 samples alone, 50,536 after three others). With a pool of synthesis workers which
+    utterances a worker spoke before is scheduling, so two builds of one config differed in their audio and in
+    their content-addressed snapshot. Each call therefore runs in a child forked from this process, whose
+    library has spoken one fixed utterance and nothing since (``isolate``, on by default where ``os.fork``
+    exists): the audio depends on the utterance alone. It costs a fork per utterance (bench/bench_espeak_fork.py).
     """
 
     name = "espeak"
 
-    def __init__(self):
+    def __init__(self, isolate: bool | None = None):
+        import os
+
         from pyttsx3.drivers import _espeak
 
+        if isolate is None:   # CLINASR_ESPEAK_ISOLATE=0: every utterance in this process (faster, history-dependent)
+            isolate = hasattr(os, "fork") and os.environ.get("CLINASR_ESPEAK_ISOLATE", "1").strip().lower() not in ("0", "false", "no")
+        self.isolate = isolate
+
         self._e = _espeak
-        self.sample_rate = _espeak.Initialize(_espeak.AUDIO_OUTPUT_SYNCHRONOUS, 500)
-        if self.sample_rate <= 0:
-            raise TTSError("espeak-ng failed to initialise (is espeak-ng-data installed? ESPEAK_DATA_PATH)")
+        if _ESPEAK["sample_rate"] is None:   # once per process: the library is one, whatever the engines
+            rate = _espeak.Initialize(_espeak.AUDIO_OUTPUT_SYNCHRONOUS, 500)
+            if rate <= 0:
+                raise TTSError("espeak-ng failed to initialise (is espeak-ng-data installed? ESPEAK_DATA_PATH)")
+            _ESPEAK["sample_rate"] = rate
+        self.sample_rate = _ESPEAK["sample_rate"]
         self._chunks: list[bytes] = []
-
-        def on_samples(wav, n, events):
-            if n > 0 and wav:
-                self._chunks.append(ctypes.string_at(wav, n * 2))
-            return 0   # go on
-
-        _espeak.SetSynthCallback(on_samples)
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
         self._variants: set[str] | None = None
         self._to_phonemes = None
+        if self.isolate and not _ESPEAK["warm"]:   # the library's first utterance sets it up (~1 s, in every
+            # child if the parent never spoke): the process speaks one fixed utterance, once, so that every child
+            # starts from the same state (an engine with isolate=False speaking here would change it)
+            self._synthesize("a", "gmw/en" if "gmw/en" in self._known else sorted(self._known)[0], 175, 50)
+            _ESPEAK["warm"] = True
+
+    def _on_samples(self, wav, n, events):
+        if n > 0 and wav:
+            self._chunks.append(ctypes.string_at(wav, n * 2))
+        return 0   # go on
 
     def has_voice(self, voice: str) -> bool:
         """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
@@ -96,9 +119,48 @@ class EspeakEngine:
                     break
         return self._variants
 
+    def _run(self, fn, *args):
+        """``fn(*args)`` (str or float32 array), in a forked child when ``isolate``: the library state this process
+        holds stays as it was, whatever the call does to it. An exception in the child comes back as TTSError."""
+        if not self.isolate:
+            return fn(*args)
+        import os
+        import pickle
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: one call, its result down the pipe, then out without Python's exit handlers
+            code = 0
+            try:
+                try:
+                    out = ("ok", fn(*args))
+                except TTSError as e:
+                    out = ("error", str(e))
+                except BaseException as e:   # noqa: BLE001 - reported to the parent, never raised here
+                    out = ("error", f"{type(e).__name__}: {e}")
+                with os.fdopen(w, "wb") as f:
+                    f.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+            except BaseException:   # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if not data:
+            raise TTSError(f"espeak-ng synthesis process died (wait status {status})")
+        kind, value = pickle.loads(data)
+        if kind == "error":
+            raise TTSError(value)
+        return value
+
     def phonemes(self, text: str, voice: str) -> str:
         """``text`` as the voice's phoneme mnemonics (what ``espeak-ng -x`` prints), clauses joined by a short
         pause; speaking ``[[...]]`` of it with the same voice says the text as the voice would."""
+        return self._run(self._phonemes, text, voice)
+
+    def _phonemes(self, text: str, voice: str) -> str:
         e = self._e
         if e.SetVoiceByName(voice.encode()) != e.EE_OK:
             raise TTSError(f"espeak-ng could not select voice {voice}")
@@ -116,16 +178,20 @@ class EspeakEngine:
         return " _: ".join(c for c in clauses if c)
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
-        e = self._e
         if not self.has_voice(voice):
             raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
         if not text.strip():
             raise TTSError("empty text")
+        return self._run(self._synthesize, text, voice, rate, pitch)
+
+    def _synthesize(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+        e = self._e
         if e.SetVoiceByName(voice.encode()) != e.EE_OK:
             raise TTSError(f"espeak-ng could not select voice {voice}")
         e.SetParameter(e.RATE, int(rate), 0)
         e.SetParameter(e.PITCH, int(pitch), 0)
         self._chunks = []
+        e.SetSynthCallback(self._on_samples)   # the library has one callback: this engine's, for this call
         # PHONEMES: [[...]] (pronunciation overrides, clinasr.synth.pronounce) is read as espeak phoneme
         # mnemonics, as the espeak-ng command line does; normalised text has no brackets.
         rc = e.Synth(text.encode("utf-8"), flags=e.CHARS_UTF8 | e.PHONEMES | e.ENDPAUSE)
@@ -143,6 +209,7 @@ class PiperEngine:
 
     def __init__(self):
         self._voices: dict[str, object] = {}
+        self._model_bytes: dict[str, bytes] = {}
 
     @staticmethod
     def model_path(voice: str) -> Path:
@@ -176,7 +243,27 @@ class PiperEngine:
             self._voices[voice] = PiperVoice.load(str(path))
         return self._voices[voice]
 
-    def synthesize(self, text: str, voice: str, length_scale: float = 1.0, noise_scale: float = 0.667) -> np.ndarray:
+    def seeded(self, voice: str, seed: int):
+        """The voice in a fresh ONNX session whose random ops start from ``seed``. Piper's VITS graph samples noise
+        (RandomNormalLike) on every call from a generator seeded when its session is made, so one cached session
+        gives the same text different audio depending on what it spoke before (two renders of an evaluation set
+        shared none of their Piper files); a session per utterance, made after ``onnxruntime.set_seed``, gives each
+        seed one waveform. It costs the session (~0.35 s on this VM's CPU against ~0.15 s of synthesis)."""
+        import dataclasses
+
+        import onnxruntime as ort
+
+        base = self.voice(voice)
+        if voice not in self._model_bytes:
+            self._model_bytes[voice] = self.model_path(voice).read_bytes()
+        ort.set_seed(int(seed) % 2**31)
+        session = ort.InferenceSession(self._model_bytes[voice], sess_options=ort.SessionOptions(),
+                                       providers=["CPUExecutionProvider"])
+        return dataclasses.replace(base, session=session)
+
+    def synthesize(self, text: str, voice: str, length_scale: float = 1.0, noise_scale: float = 0.667,
+                   seed: int | None = None) -> np.ndarray:
+        """``seed``: the same audio for the same seed, whatever this engine spoke before (:meth:`seeded`)."""
         import io
         import wave
 
@@ -184,7 +271,7 @@ class PiperEngine:
 
         if not text.strip():
             raise TTSError("empty text")
-        v = self.voice(voice)
+        v = self.voice(voice) if seed is None else self.seeded(voice, seed)
         buf = io.BytesIO()
         with wave.open(buf, "wb") as w:
             v.synthesize_wav(text, w, syn_config=SynthesisConfig(length_scale=length_scale, noise_scale=noise_scale))
@@ -444,5 +531,6 @@ def render(text: str, voice: Voice, rng: random.Random, variation: dict) -> tupl
         pi = round(rng.uniform(*variation.get("pico_pitch", [1.0, 1.0])), 3)
         return engine("pico").synthesize(text, voice.voice, speed=sp, pitch=pi), {"speed": sp, "pitch": pi}
     ls = round(rng.uniform(*variation.get("piper_length_scale", [1.0, 1.0])), 3)
-    return engine("piper").synthesize(text, voice.voice, length_scale=ls), {"length_scale": ls}
+    seed = rng.randrange(2**31)   # Piper samples noise: a seed per utterance makes its audio reproducible
+    return engine("piper").synthesize(text, voice.voice, length_scale=ls, seed=seed), {"length_scale": ls, "seed": seed}
 
