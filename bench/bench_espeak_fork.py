@@ -1,8 +1,9 @@
-"""What the per-utterance fork of the espeak-ng engine costs, and what it buys (clinasr.synth.tts.EspeakEngine).
+"""What the per-utterance fork of the espeak-ng engine costs, and what it buys (clinasr.synth.tts.EspeakEngine,
+clinasr.synth.espeak_server).
 
     .venv/ml/bin/python bench/bench_espeak_fork.py [N] [--out bench/results/espeak-fork.json]
 
-Renders N clinical and everyday sentences (default 60) across the training voices twice per mode, the second time in
+Renders N everyday sentences (default 60) across the training voices twice per mode, the second time in
 reverse order: ``isolate=True`` (each utterance in a child forked from an engine that spoke one fixed utterance, the
 default) and ``isolate=False`` (every utterance in the one library state, as before). Prints ms per utterance for both,
 their ratio, and how many utterances came out sample-identical in both orders: what a pool of synthesis workers,
@@ -33,6 +34,7 @@ def render(mode: str, n: int) -> dict:
     sents = eval_sentences("include/clinasr/data/eval_general_en.txt")
     jobs = [(rng.choice(sents), rng.choice(VOICES), rng.randint(150, 200), rng.randint(35, 65)) for _ in range(n)]
     eng = EspeakEngine(isolate=mode == "isolated")
+    eng.synthesize("a", "gmw/en")   # start-up out of the timing (the fork server's ~1 s, once per worker)
     times, out = [], [{}, {}]
     for rnd, order in enumerate((range(n), reversed(range(n)))):
         for i in order:

@@ -244,7 +244,7 @@ def test_espeak_audio_depends_on_the_utterance_alone_not_on_what_the_engine_spok
     assert np.array_equal(alone, again)
     assert alone.dtype == np.float32 and len(alone) > 16000
     with pytest.raises(tts.TTSError, match="could not select voice|no voice"):   # errors cross the fork
-        later._run(later._synthesize, "x", "xx/nope", 175, 50)
+        later._call("synth", "x", "xx/nope", 175, 50)
     # without the fork the same engine's audio changes with its history (what the isolation is for)
     plain = tts.EspeakEngine(isolate=False)
     fresh = plain.synthesize("the train to the city leaves at half past seven", "gmw/en-029", rate=160, pitch=45)

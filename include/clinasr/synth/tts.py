@@ -45,7 +45,7 @@ class Voice:
         return f"{self.engine}:{self.voice}"
 
 
-_ESPEAK = {"sample_rate": None, "warm": False}   # the process's espeak-ng library: initialised, spoken once
+_ESPEAK = {"sample_rate": None}   # this process's espeak-ng library (voice lists; speech when not isolated)
 
 
 class EspeakEngine:
@@ -62,9 +62,10 @@ class EspeakEngine:
     voice change resets: the same text, voice, rate and pitch came out with a different sample count after other
     utterances (50,535 samples alone, 50,536 after three others). With a pool of synthesis workers which
     utterances a worker spoke before is scheduling, so two builds of one config differed in their audio and in
-    their content-addressed snapshot. Each call therefore runs in a child forked from this process, whose
+    their content-addressed snapshot. Each call therefore runs in a child forked from a small process whose
     library has spoken one fixed utterance and nothing since (``isolate``, on by default where ``os.fork``
-    exists): the audio depends on the utterance alone. It costs a fork per utterance (bench/bench_espeak_fork.py).
+    exists; :mod:`clinasr.synth.espeak_server`): the audio depends on the utterance alone
+    (bench/bench_espeak_fork.py measures the cost).
     """
 
     name = "espeak"
@@ -89,11 +90,7 @@ class EspeakEngine:
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
         self._variants: set[str] | None = None
         self._to_phonemes = None
-        if self.isolate and not _ESPEAK["warm"]:   # the library's first utterance sets it up (~1 s, in every
-            # child if the parent never spoke): the process speaks one fixed utterance, once, so that every child
-            # starts from the same state (an engine with isolate=False speaking here would change it)
-            self._synthesize("a", "gmw/en" if "gmw/en" in self._known else sorted(self._known)[0], 175, 50)
-            _ESPEAK["warm"] = True
+        self._server = None    # the fork server (isolate), started on the first call
 
     def _on_samples(self, wav, n, events):
         if n > 0 and wav:
@@ -119,46 +116,55 @@ class EspeakEngine:
                     break
         return self._variants
 
-    def _run(self, fn, *args):
-        """``fn(*args)`` (str or float32 array), in a forked child when ``isolate``: the library state this process
-        holds stays as it was, whatever the call does to it. An exception in the child comes back as TTSError."""
-        if not self.isolate:
-            return fn(*args)
-        import os
+    def _call(self, op: str, *args):
+        """One request to the fork server (:mod:`clinasr.synth.espeak_server`), started on first use and again once
+        if it has died. An error there comes back as TTSError."""
         import pickle
+        import struct
+        import subprocess
+        import sys
 
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:   # the child: one call, its result down the pipe, then out without Python's exit handlers
-            code = 0
+        for attempt in (0, 1):
+            if self._server is None or self._server.poll() is not None:
+                self._server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("espeak_server.py"))],
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                kind, value = self._read()
+                if kind != "ready":
+                    raise TTSError(value)
+                self._server_rate = int(value)
             try:
-                try:
-                    out = ("ok", fn(*args))
-                except TTSError as e:
-                    out = ("error", str(e))
-                except BaseException as e:   # noqa: BLE001 - reported to the parent, never raised here
-                    out = ("error", f"{type(e).__name__}: {e}")
-                with os.fdopen(w, "wb") as f:
-                    f.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
-            except BaseException:   # noqa: BLE001
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        if not data:
-            raise TTSError(f"espeak-ng synthesis process died (wait status {status})")
-        kind, value = pickle.loads(data)
-        if kind == "error":
-            raise TTSError(value)
-        return value
+                data = pickle.dumps((op, *args), protocol=pickle.HIGHEST_PROTOCOL)
+                self._server.stdin.write(struct.pack("<I", len(data)) + data)
+                self._server.stdin.flush()
+                kind, value = self._read()
+            except (OSError, EOFError, pickle.UnpicklingError, struct.error):
+                self.close()
+                if attempt:
+                    raise TTSError("the espeak-ng server process died twice in a row") from None
+                continue
+            if kind == "error":
+                raise TTSError(value)
+            return value
+
+    def _read(self):
+        import pickle
+        import struct
+
+        head = self._server.stdout.read(4)
+        if len(head) < 4:
+            raise EOFError("espeak-ng server closed")
+        return pickle.loads(self._server.stdout.read(struct.unpack("<I", head)[0]))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.kill()
+            self._server.wait()
+            self._server = None
 
     def phonemes(self, text: str, voice: str) -> str:
         """``text`` as the voice's phoneme mnemonics (what ``espeak-ng -x`` prints), clauses joined by a short
         pause; speaking ``[[...]]`` of it with the same voice says the text as the voice would."""
-        return self._run(self._phonemes, text, voice)
+        return self._call("phonemes", text, voice) if self.isolate else self._phonemes(text, voice)
 
     def _phonemes(self, text: str, voice: str) -> str:
         e = self._e
@@ -182,7 +188,13 @@ class EspeakEngine:
             raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
         if not text.strip():
             raise TTSError("empty text")
-        return self._run(self._synthesize, text, voice, rate, pitch)
+        if not self.isolate:
+            return self._synthesize(text, voice, rate, pitch)
+        pcm = self._call("synth", text, voice, int(rate), int(pitch))
+        if not pcm:
+            raise TTSError(f"espeak-ng produced no audio for voice {voice}")
+        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+        return resample(x, self._server_rate, TARGET_SR)
 
     def _synthesize(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
         e = self._e
