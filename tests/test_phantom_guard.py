@@ -55,3 +55,9 @@ def test_a_term_added_a_second_time_needs_support_of_its_own():
     fused, acoustic = "warfarin and warfarin", "warfarin and a car"
     assert g.vetoes(fused, acoustic) == []   # the first warfarin is heard: context for the second
     assert [v["term"] for v in g.vetoes("walk to warfarin", "walk to a car")] == ["warfarin"]
+
+
+def test_a_specs_setting_reads_as_its_bound_or_off():
+    assert g.bound(None) == g.DEFAULT_MIN_SIMILARITY and g.bound({}) == g.DEFAULT_MIN_SIMILARITY
+    assert g.bound({"min_similarity": 0.7}) == 0.7 and g.bound(0.3) == 0.3
+    assert g.bound(False) is None and g.bound(0) is None and g.bound({"min_similarity": 0}) is None

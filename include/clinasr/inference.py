@@ -110,11 +110,10 @@ class Transcriber(WarmUp):
             self.model.change_decoding_strategy(cfg, verbose=False)
         self.offline_decoding, self.model.decoding = self.model.decoding, greedy
         self.decoding = {k: spec[k] for k in ("strategy", "beam_size", "ngram_lm_alpha", "order") if k in spec}
-        guard = spec.get("phantom_guard", {})   # on unless the spec says false (clinasr.phantom_guard)
-        if guard is not False:
-            from clinasr import phantom_guard
+        from clinasr import phantom_guard
 
-            self.guard = float((guard or {}).get("min_similarity", phantom_guard.DEFAULT_MIN_SIMILARITY))
+        self.guard = phantom_guard.bound(spec.get("phantom_guard"))   # on unless the spec says false
+        if self.guard is not None:
             self.decoding["phantom_guard"] = {"min_similarity": self.guard}
 
     @classmethod

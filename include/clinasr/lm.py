@@ -236,16 +236,9 @@ def decoding_config(model, nemo_path: str | Path, workdir: str | Path, mode: str
         cfg.strategy = spec.get("strategy", DEFAULT_DECODING["strategy"])
         if cfg.strategy == "greedy_batch":
             cfg.greedy.ngram_lm_model, cfg.greedy.ngram_lm_alpha = str(arpa), alpha
-            target = cfg.greedy
         else:
             cfg.beam = {"beam_size": int(spec.get("beam_size", DEFAULT_DECODING["beam_size"])),
                         "return_best_hypothesis": True, "ngram_lm_model": str(arpa), "ngram_lm_alpha": alpha}
-            target = cfg.beam
-        if boost := spec.get("boost"):   # NeMo's phrase-boosting tree (GPU-PB), fused beside the n-gram LM
-            target.boosting_tree = {"key_phrases_list": list(boost["phrases"]),
-                                    "context_score": float(boost.get("context_score", 1.0)),
-                                    "depth_scaling": float(boost.get("depth_scaling", 2.0))}
-            target.boosting_tree_alpha = float(boost.get("alpha", 1.0))
     return cfg, spec
 
 
@@ -338,12 +331,10 @@ def build_stage(args: dict, inherited: tuple[list[str], list[dict]] | None = Non
             "order": order, "texts": sources, "sentences": len(sentences), "method": "interpolated Kneser-Ney"}
     if strategy != "greedy_batch":
         spec["beam_size"] = int(args.get("beam_size") or DEFAULT_DECODING["beam_size"])
-    guard = args.get("phantom_guard")   # None: the default bound; 0 or False: off (clinasr.phantom_guard)
-    if guard is None or isinstance(guard, dict):
-        from clinasr.phantom_guard import DEFAULT_MIN_SIMILARITY
+    from clinasr.phantom_guard import bound
 
-        guard = (guard or {}).get("min_similarity", DEFAULT_MIN_SIMILARITY)
-    spec["phantom_guard"] = {"min_similarity": float(guard)} if guard else False
+    guard = bound(args.get("phantom_guard"))   # None: the default bound; 0 or False: off
+    spec["phantom_guard"] = {"min_similarity": guard} if guard else False
     with tempfile.TemporaryDirectory(prefix="clinasr-lm-") as d:
         arpa = write_arpa(kneser_ney((sp.encode(t) for t in sentences), order=order), Path(d) / "lm.arpa.gz")
         size = arpa.stat().st_size

@@ -26,6 +26,14 @@ from clinasr import metrics
 DEFAULT_MIN_SIMILARITY = 0.5
 
 
+def bound(setting) -> float | None:
+    """The similarity bound a decoding spec's ``phantom_guard`` asks for: absent (None) is the default, a dict its
+    ``min_similarity``, a number itself; False or 0 turns the guard off (None)."""
+    if setting is None or isinstance(setting, dict):
+        setting = (setting or {}).get("min_similarity", DEFAULT_MIN_SIMILARITY)
+    return float(setting) if setting else None
+
+
 def similarity(a: str, b: str) -> float:
     """1 - Levenshtein distance / the longer length, over the letters of ``a`` and ``b`` without spaces."""
     a, b = a.replace(" ", ""), b.replace(" ", "")

@@ -19,7 +19,6 @@ Every engine returns float32 16 kHz mono audio.
 
 from __future__ import annotations
 
-import ctypes
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,16 +85,9 @@ class EspeakEngine:
                 raise TTSError("espeak-ng failed to initialise (is espeak-ng-data installed? ESPEAK_DATA_PATH)")
             _ESPEAK["sample_rate"] = rate
         self.sample_rate = _ESPEAK["sample_rate"]
-        self._chunks: list[bytes] = []
         self._known = {v.identifier.decode("utf-8", "replace").lower() for v in _espeak.ListVoices(None)}
         self._variants: set[str] | None = None
-        self._to_phonemes = None
         self._server = None    # the fork server (isolate), started on the first call
-
-    def _on_samples(self, wav, n, events):
-        if n > 0 and wav:
-            self._chunks.append(ctypes.string_at(wav, n * 2))
-        return 0   # go on
 
     def has_voice(self, voice: str) -> bool:
         """``voice`` is a voice identifier, optionally with a ``+variant`` of espeak-ng's ``voices/!v``."""
@@ -161,59 +153,36 @@ class EspeakEngine:
             self._server.wait()
             self._server = None
 
+    def _local(self, fn, *args):
+        """``fn`` of :mod:`clinasr.synth.espeak_server` on this process's library (not isolated)."""
+        try:
+            return fn(self._e, *args)
+        except RuntimeError as e:
+            raise TTSError(str(e)) from None
+
     def phonemes(self, text: str, voice: str) -> str:
         """``text`` as the voice's phoneme mnemonics (what ``espeak-ng -x`` prints), clauses joined by a short
         pause; speaking ``[[...]]`` of it with the same voice says the text as the voice would."""
-        return self._call("phonemes", text, voice) if self.isolate else self._phonemes(text, voice)
+        from clinasr.synth import espeak_server
 
-    def _phonemes(self, text: str, voice: str) -> str:
-        e = self._e
-        if e.SetVoiceByName(voice.encode()) != e.EE_OK:
-            raise TTSError(f"espeak-ng could not select voice {voice}")
-        if self._to_phonemes is None:
-            f = e.dll.espeak_TextToPhonemes
-            f.restype, f.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
-            self._to_phonemes = f
-        buf = ctypes.create_string_buffer(text.encode("utf-8"))
-        ptr = ctypes.c_void_p(ctypes.addressof(buf))
-        clauses = []
-        while ptr.value:
-            out = self._to_phonemes(ctypes.byref(ptr), e.CHARS_UTF8, 0)
-            if out:
-                clauses.append(out.decode("utf-8", "replace").strip())
-        return " _: ".join(c for c in clauses if c)
+        return self._call("phonemes", text, voice) if self.isolate else self._local(espeak_server.phonemes, text, voice)
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> np.ndarray:
+        from clinasr.synth import espeak_server
+
         if not self.has_voice(voice):
             raise TTSError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
         if not text.strip():
             raise TTSError("empty text")
-        if not self.isolate:
-            return self._synthesize(text, voice, rate, pitch)
-        pcm = self._call("synth", text, voice, int(rate), int(pitch))
+        args = (text, voice, int(rate), int(pitch))
+        if self.isolate:
+            pcm, sr = self._call("synth", *args), self._server_rate
+        else:
+            pcm, sr = self._local(espeak_server.speak, *args), self.sample_rate
         if not pcm:
             raise TTSError(f"espeak-ng produced no audio for voice {voice}")
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        return resample(x, self._server_rate, TARGET_SR)
-
-    def _synthesize(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-        e = self._e
-        if e.SetVoiceByName(voice.encode()) != e.EE_OK:
-            raise TTSError(f"espeak-ng could not select voice {voice}")
-        e.SetParameter(e.RATE, int(rate), 0)
-        e.SetParameter(e.PITCH, int(pitch), 0)
-        self._chunks = []
-        e.SetSynthCallback(self._on_samples)   # the library has one callback: this engine's, for this call
-        # PHONEMES: [[...]] (pronunciation overrides, clinasr.synth.pronounce) is read as espeak phoneme
-        # mnemonics, as the espeak-ng command line does; normalised text has no brackets.
-        rc = e.Synth(text.encode("utf-8"), flags=e.CHARS_UTF8 | e.PHONEMES | e.ENDPAUSE)
-        if rc != e.EE_OK:
-            raise TTSError(f"espeak-ng synthesis failed (code {rc}) for voice {voice}")
-        pcm = b"".join(self._chunks)
-        if not pcm:
-            raise TTSError(f"espeak-ng produced no audio for voice {voice}")
-        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        return resample(x, self.sample_rate, TARGET_SR)
+        return resample(x, sr, TARGET_SR)
 
 
 class PiperEngine:
