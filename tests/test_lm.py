@@ -133,6 +133,52 @@ def test_the_phantom_guard_keeps_each_clips_fused_or_greedy_transcript(lm_model,
     assert guarded.guard_stats == {"chunks": before["chunks"] + 2, "vetoed": before["vetoed"] + 1}
 
 
+def test_the_guards_counts_reach_the_evaluation_report_and_the_services_metrics(lm_model, tiny_dataset, tmp_path,
+                                                                              monkeypatch):
+    """Every chunk the guard checked, and every veto, per evaluation set (metrics.json, the leaderboard) and per served
+    model version (Prometheus counters); a greedy model reports none."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from clinasr import evaluate, gate
+    from clinasr.inference import Transcriber
+    from clinasr.serving import Loaded, Metrics, ServeConfig, create_app
+
+    out, _ = lm_model
+    t = Transcriber(out, device="cpu")
+    manifest = tiny_dataset / "val_manifest.jsonl"
+    n = len(manifest.read_text().splitlines())
+    res = evaluate.evaluate_set(t, "val", manifest, tmp_path / "eval", progress=False)
+    assert res["phantom_guard"] == {"chunks": res["rows"]["scored"], "vetoed": t.guard_stats["vetoed"]}
+    assert res["rows"]["scored"] == n
+    assert json.loads((tmp_path / "eval" / "val" / "metrics.json").read_text())["phantom_guard"] == res["phantom_guard"]
+    board = gate.leaderboard_text(gate.leaderboards({"model": "cand", "sets": {"val": res}}, None, None)["val"])
+    assert f"(guard vetoed {t.guard_stats['vetoed']} of {n} chunks)" in board
+    with monkeypatch.context() as mp:
+        mp.setenv("CLINASR_DECODING", "greedy")
+        greedy = evaluate.evaluate_set(Transcriber(out, device="cpu"), "val", manifest, tmp_path / "eval_greedy",
+                                       progress=False)
+    assert "phantom_guard" not in greedy
+
+    m = Metrics()
+    m.count_guard("v1", {"chunks": 2, "vetoed": 1}, {"chunks": 5, "vetoed": 3})
+    m.count_guard("v1", {"chunks": 5, "vetoed": 3}, {"chunks": 5, "vetoed": 3})    # a greedy batch: nothing
+    assert m.guard_chunks.labels("v1")._value.get() == 3 and m.guard_vetoes.labels("v1")._value.get() == 2
+
+    app = create_app(ServeConfig(work_dir=str(tmp_path / "work"), max_wait_ms=1, record_traffic=False))
+    served = Transcriber(out, device="cpu")
+    app.state.holder.current = Loaded(served, str(out), "lm.nemo", "lm", time.time())
+    wavs = [tiny_dataset / json.loads(r)["audio_filepath"] for r in manifest.read_text().splitlines()[:3]]
+    with TestClient(app) as tc:
+        for w in wavs:
+            assert tc.post("/v1/audio/transcriptions", files={"file": w.open("rb")}, data={"model": "m"}).status_code == 200
+        text = tc.get("/metrics").text
+    assert f'clinasr_phantom_guard_chunks_total{{version="lm.nemo"}} {float(len(wavs))}' in text
+    assert f'clinasr_phantom_guard_vetoes_total{{version="lm.nemo"}} {float(served.guard_stats["vetoed"])}' in text
+
+
 def _without(nemo, member, dst):
     """A copy of ``nemo`` without one member."""
     with tarfile.open(nemo) as t_in, tarfile.open(dst, "w:") as t_out:

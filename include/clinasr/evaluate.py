@@ -165,7 +165,7 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
 
     conds = [audio.stats(r["_audio"]) for r in rows]
     audio_s = sum(len(r["_audio"]) for r in rows) / audio.TARGET_SR
-    hit, key = None, None
+    hit, key, guard = None, None, None
     if cache is not None:
         shas = [hashlib.sha256(r["_audio"].tobytes()).hexdigest() for r in rows]
         key = cache.key(shas)
@@ -178,12 +178,16 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
         log(f"[evaluate] reference {cache.label} on {name}: cached (key {key}), {len(rows)} utterances not "
             "decoded again, scored afresh")
     else:
+        stats = getattr(t, "guard_stats", None)   # the phantom guard's counts (a model with an n-gram LM)
+        before = dict(stats) if stats else None
         for r in tqdm(rows, desc=f"evaluate {name}", unit="utt", disable=not progress, mininterval=5):
             x = r.pop("_audio")
             t0 = time.perf_counter()
             r["hypothesis"] = t.transcribe([x])[0]["text"]
             r["latency_s"] = time.perf_counter() - t0
         device, n_params = t.device, getattr(t, "n_params", None)
+        if before is not None and stats["chunks"] > before["chunks"]:
+            guard = {k: stats[k] - before[k] for k in before}
         if cache is not None:
             cache.put(key, rows, shas, device, n_params)
             log(f"[evaluate] reference {cache.label} on {name}: decoded, cached (key {key})")
@@ -207,6 +211,8 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
     result = {**scores, "ci": ci, "latency": latency, "audio": audio_stats, "manifest": str(manifest),
               "rows": {"scored": len(rows), "skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped)},
               "hypotheses": str(d / "hypotheses.jsonl")}
+    if guard:   # chunks the guard checked, and those where the LM wrote a term the greedy reading did not support
+        result["phantom_guard"] = guard
     if len(rows) < usable:   # a sample: the CI above is this sample's
         result["sample"] = {"scored": len(rows), "of": usable, "seed": SAMPLE_SEED}
     if cache is not None:
@@ -274,6 +280,8 @@ def evaluate(args: dict, log=print) -> dict:
         log(f"[evaluate] {s['name']}: WER {res['wer']:.3f}  KER {res['ker'] if res['ker'] is None else round(res['ker'], 3)}  "
             f"phantom terms {res['phantom_terms']['per_100_utterances']:.1f}/100  "
             f"negation acc {res['negation_accuracy']}  p95 {res['latency']['p95_s'] * 1000:.0f} ms  "
+            + (f"phantom guard {res['phantom_guard']['vetoed']} of {res['phantom_guard']['chunks']} chunks vetoed  "
+               if res.get("phantom_guard") else "") +
             f"({res['rows']['scored']} scored{sampled}, {res['rows']['skipped']} skipped {res['rows']['skipped_by_reason']})")
         report["sets"][s["name"]] = res
     if isinstance(t, _Lazy) and t.loaded is None:   # every set from the cache: the model as the cache recorded it

@@ -90,6 +90,7 @@ def leaderboard(candidate: dict, baseline: dict | None, references: list[dict] |
                      "negation_accuracy": m.get("negation_accuracy"),
                      "critical_negation_errors": m.get("critical_negation_errors"),
                      "phantoms_per_100": (m.get("phantom_terms") or {}).get("per_100_utterances"),
+                     "phantom_guard": m.get("phantom_guard"),
                      "rtfx": (m.get("latency") or {}).get("rtfx"), "p95_s": (m.get("latency") or {}).get("p95_s"),
                      "device": (m.get("latency") or {}).get("device"), "scored": m["rows"]["scored"],
                      "sample": f"{m['sample']['scored']}/{m['sample']['of']}" if m.get("sample") else None})
@@ -99,6 +100,12 @@ def leaderboard(candidate: dict, baseline: dict | None, references: list[dict] |
 def role_text(row: dict) -> str:
     """'reference (sample 12/45)' for a model scored on a sample of the set's rows (its CI is the sample's)."""
     return row["role"] + (f" (sample {row['sample']})" if row.get("sample") else "")
+
+
+def phantom_cell(row: dict) -> str:
+    """Phantom terms per 100 utterances, with what the phantom guard vetoed when the model decodes with an LM."""
+    g = row.get("phantom_guard")
+    return _fmt(row.get("phantoms_per_100")) + (f" (guard vetoed {g['vetoed']} of {g['chunks']} chunks)" if g else "")
 
 
 def leaderboard_text(rows: list[dict]) -> str:
@@ -113,7 +120,7 @@ def leaderboard_text(rows: list[dict]) -> str:
         ci = " [" + ", ".join(f"{v:.2f}" for v in r["wer_ci"]) + "]" if r.get("wer_ci") else ""
         out.append("| " + " | ".join([r["model"], role_text(r), f"{r['wer']:.3f}{ci}", _fmt(r["ker"])]
                                      + [_fmt(r["ker_by_category"].get(c)) for c in cats]
-                                     + [_fmt(r["negation_accuracy"]), _fmt(r.get("phantoms_per_100")),
+                                     + [_fmt(r["negation_accuracy"]), phantom_cell(r),
                                         f"{r['rtfx']:.1f} ({r['device']})"]) + " |")
     return "\n".join(out)
 
@@ -335,7 +342,7 @@ def _board_html(set_name: str, board: list[dict], decided: bool) -> str:
         + (f"<td colspan={5 + len(cats)}>not evaluated: {e(r['error'])}</td></tr>" if "error" in r else
            f"<td>{r['wer']:.3f} {e(str([round(v, 3) for v in r.get('wer_ci') or []]))}</td><td>{_fmt(r['ker'])}</td>"
            + "".join(f"<td>{_fmt(r['ker_by_category'].get(k))}</td>" for k in cats)
-           + f"<td>{_fmt(r['negation_accuracy'])}</td><td>{_fmt(r.get('phantoms_per_100'))}</td>"
+           + f"<td>{_fmt(r['negation_accuracy'])}</td><td>{e(phantom_cell(r))}</td>"
              f"<td>{r['rtfx']:.1f} ({e(str(r['device']))})</td></tr>")
         for r in board)
     return (f"<h3>{e(set_name)}{' (the in-domain set of the decision)' if decided else ''}</h3>"

@@ -242,9 +242,12 @@ class Batcher:
             work = [item[1] for item in items]
             call = (lambda: t.stream_step(work)) if kind == "stream" else \
                 (lambda: t.transcribe([w[0] for w in work], timestamps=any(w[1] for w in work)))
+            stats = getattr(t, "guard_stats", None)
+            before = dict(stats) if stats is not None else None
             t0 = time.perf_counter()
             res = await loop.run_in_executor(None, call)
             took = time.perf_counter() - t0
+            self.metrics.count_guard(model.version, before, stats)
             if len(res) != len(items):   # a request without its result would wait for ever
                 raise RuntimeError(f"the model returned {len(res)} results for a batch of {len(items)}")
             self.metrics.batch_size.observe(len(items))
@@ -325,6 +328,18 @@ class Metrics:
         self.stream_rtf = Histogram("clinasr_stream_rtf", "Streams: compute seconds per audio second", ["kind"],
                                     registry=r, buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2))
         self.streams = Gauge("clinasr_streams_active", "Open /v1/realtime sessions", registry=r)
+        self.guard_chunks = Counter("clinasr_phantom_guard_chunks_total", "Audio chunks decoded with the model's n-gram "
+                                    "LM that the phantom guard checked", ["version"], registry=r)
+        self.guard_vetoes = Counter("clinasr_phantom_guard_vetoes_total", "Chunks whose LM transcript wrote a drug, "
+                                    "dose, route or frequency the greedy reading did not support: the greedy "
+                                    "transcript was served", ["version"], registry=r)
+
+    def count_guard(self, version: str, before: dict | None, after: dict | None) -> None:
+        """Add a batch's phantom-guard counts (the Transcriber's running ``guard_stats``) to the counters."""
+        if before is None or after is None or after["chunks"] == before["chunks"]:
+            return
+        self.guard_chunks.labels(version).inc(after["chunks"] - before["chunks"])
+        self.guard_vetoes.labels(version).inc(after["vetoed"] - before["vetoed"])
 
 
 # -- response formatting ------------------------------------------------------------------------------
