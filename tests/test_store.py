@@ -55,6 +55,32 @@ def test_fetch_snapshot_checks_hashes(s3_env, tmp_path):
         store.fetch_snapshot(snap.uri, tmp_path / "copy3")
 
 
+def test_a_snapshot_of_many_files_goes_up_and_comes_back_in_parallel_whole_or_in_part(s3_env, tmp_path, monkeypatch):
+    """Files go up and come back on several threads (CLINASR_S3_CONCURRENCY); a fetch may ask for some files only
+    (every one still checked against the listing), and a path the snapshot lacks is an error naming it."""
+    d = tmp_path / "many"
+    for i in range(40):
+        (d / "audio").mkdir(parents=True, exist_ok=True)
+        (d / "audio" / f"{i:02d}.wav").write_bytes(b"RIFF" + bytes([i]) * (100 + i))
+    (d / "train_manifest.jsonl").write_text("".join(f'{{"audio_filepath": "audio/{i:02d}.wav"}}\n' for i in range(40)))
+    monkeypatch.setenv("CLINASR_S3_CONCURRENCY", "6")
+    store = ObjectStore(s3_env)
+    snap = store.stage_snapshot(d)
+    assert len(store.list_keys(snap.uri + "/")) == 42                     # 40 clips, the manifest, the marker
+    whole = store.fetch_snapshot(snap.uri, tmp_path / "whole")
+    assert all((whole / "audio" / f"{i:02d}.wav").read_bytes() == (d / "audio" / f"{i:02d}.wav").read_bytes()
+               for i in range(40))
+    part = store.fetch_snapshot(snap.uri, tmp_path / "part", ["train_manifest.jsonl", "audio/07.wav", "audio/07.wav"])
+    assert sorted(p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()) == \
+        ["audio/07.wav", "train_manifest.jsonl"]
+    with pytest.raises(StoreError, match="has no 'audio/99.wav' \\(and 1 more\\)"):
+        store.fetch_snapshot(snap.uri, tmp_path / "part", ["audio/99.wav", "audio/98.wav"])
+    store.put_bytes(b"RIFF not the recorded audio", f"{snap.uri}/audio/03.wav")   # a corrupted object among many
+    with pytest.raises(StoreError, match="audio/03.wav in .* does not match its recorded sha256"):
+        store.fetch_snapshot(snap.uri, tmp_path / "again")
+    assert store.fetch_snapshot(snap.uri, tmp_path / "part2", ["audio/04.wav"]).joinpath("audio/04.wav").exists()
+
+
 def test_an_interrupted_snapshot_is_never_used(s3_env, tmp_path):
     from clinasr.store import SNAPSHOT_MARKER
 

@@ -82,7 +82,8 @@ class ObjectStore:
             self._client = boto3.client(
                 "s3",
                 region_name=self.settings.aws_region,
-                config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                              max_pool_connections=max(10, int(os.environ.get("CLINASR_S3_CONCURRENCY", "8")))),
                 **kwargs,
             )
         return self._client
@@ -202,11 +203,12 @@ class ObjectStore:
     def exists(self, uri: str) -> bool:
         return self.head(*parse_s3_uri(uri)) is not None
 
-    def put_file(self, path: Path, uri: str, sha256: str | None = None) -> dict:
-        """Upload with server-side encryption; skip when an object with the same sha256 is there."""
+    def put_file(self, path: Path, uri: str, sha256: str | None = None, absent: bool = False) -> dict:
+        """Upload with server-side encryption; skip when an object with the same sha256 is there (``absent``: the
+        caller listed the prefix and knows it is not, so no HEAD request is made)."""
         bucket, key = parse_s3_uri(uri)
         sha256 = sha256 or sha256_file(path)
-        head = self.head(bucket, key)
+        head = None if absent else self.head(bucket, key)
         if head and head.get("Metadata", {}).get("sha256") == sha256:
             return {"uri": uri, "sha256": sha256, "uploaded": False}
         with open(path, "rb") as f:
@@ -272,16 +274,58 @@ class ObjectStore:
         snap = Snapshot(uri=base, snapshot_id=snapshot_id, digest=digest, files=files)
         if self.exists(f"{base}/{SNAPSHOT_MARKER}"):
             return snap  # immutable and complete: a retry uploads nothing
-        for f in files:
-            self.put_file(local_dir / f["path"], f"{base}/{f['path']}", sha256=f["sha256"])
+        there = set(self.list_keys(base + "/"))   # one LIST per 1,000 keys instead of a HEAD per file (a retry
+        _, prefix = parse_s3_uri(base)            # of an interrupted upload still checks what it finds)
+        self._each(lambda f: self.put_file(local_dir / f["path"], f"{base}/{f['path']}", sha256=f["sha256"],
+                                           absent=f"{prefix}/{f['path']}" not in there), files)
         marker = {"snapshot_id": snapshot_id, "digest": digest, "files": files, "total_bytes": snap.total_bytes}
         self.put_bytes(json.dumps(marker, indent=1).encode(), f"{base}/{SNAPSHOT_MARKER}")
         return snap
 
-    def fetch_snapshot(self, uri: str, dest: Path) -> Path:
+    def _each(self, fn, items: list) -> None:
+        """``fn`` over ``items`` on CLINASR_S3_CONCURRENCY threads (default 8; one request per file, so a snapshot
+        of 10,000 clips is bound by round trips, not bytes); the first error is raised once all have stopped."""
+        workers = max(1, int(os.environ.get("CLINASR_S3_CONCURRENCY", "8")))
+        if workers == 1 or len(items) < 2:
+            for x in items:
+                fn(x)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.client   # made once, before the threads share it (boto3 clients are thread-safe)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(fn, items):
+                pass
+
+    def fetch_snapshot(self, uri: str, dest: Path, paths: list[str] | None = None) -> Path:
         """Download a snapshot into ``dest`` and check it: the completion marker must exist (an interrupted
         upload has none and is never used), its file listing must hash to the snapshot's id (an edited entry
-        is caught), and every file must match its recorded sha256."""
+        is caught), and every file must match its recorded sha256. ``paths``: only these files of it (a
+        fine-tune's replay rows of a large replay set); a path the snapshot does not have is an error."""
+        uri = uri.rstrip("/")
+        files = self.snapshot_files(uri)
+        if paths is not None:
+            listed = {f["path"]: f for f in files}
+            missing = [x for x in paths if x not in listed]
+            if missing:
+                raise StoreError(f"snapshot {uri} has no {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
+                                                                           if len(missing) > 1 else ""))
+            files = [listed[x] for x in dict.fromkeys(paths)]
+
+        def fetch(f: dict) -> None:
+            target = dest / f["path"]
+            if target.exists() and sha256_file(target) == f["sha256"]:
+                return  # already fetched and intact
+            self.download(f"{uri}/{f['path']}", target)
+            if sha256_file(target) != f["sha256"]:
+                raise StoreError(f"{f['path']} in {uri} does not match its recorded sha256")
+
+        self._each(fetch, files)
+        return dest
+
+    def snapshot_files(self, uri: str) -> list[dict]:
+        """A snapshot's file listing ({path, sha256, size}), checked: the completion marker must exist and its
+        listing must hash to the snapshot's id."""
         uri = uri.rstrip("/")
         try:
             marker = json.loads(self.get_bytes(f"{uri}/{SNAPSHOT_MARKER}"))
@@ -293,14 +337,7 @@ class ObjectStore:
         if digest != marker.get("digest") or not digest.startswith(uri.rsplit("/", 1)[-1]):
             raise StoreError(f"snapshot {uri}: its file listing ({SNAPSHOT_MARKER}) does not hash to the snapshot id "
                              f"(an entry was changed after staging); do not use it")
-        for f in marker["files"]:
-            target = dest / f["path"]
-            if target.exists() and sha256_file(target) == f["sha256"]:
-                continue  # already fetched and intact
-            self.download(f"{uri}/{f['path']}", target)
-            if sha256_file(target) != f["sha256"]:
-                raise StoreError(f"{f['path']} in {uri} does not match its recorded sha256")
-        return dest
+        return marker["files"]
 
 
 def _is_loopback(url: str) -> bool:

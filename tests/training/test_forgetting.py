@@ -47,6 +47,27 @@ def test_replay_mixes_general_rows_into_both_splits_at_the_ratio(tiny_dataset, r
     assert f"{n_replay_train} general rows instead of {1000 * len(clinical)}" in many["report"]["train"]["general_replay_short"]
 
 
+def test_replay_from_the_object_store_fetches_only_the_rows_it_mixes_in(tiny_dataset, replay_set, s3_env, tmp_path):
+    """A replay set staged as an S3 snapshot: the same rows are mixed in as from a local copy, and only the
+    manifests and the chosen rows' clips are downloaded."""
+    from clinasr.store import ObjectStore
+
+    snap = ObjectStore(s3_env).stage_snapshot(replay_set, prefix="evalsets/general_replay")
+    spec = {"ratio": 0.5, "seed": 3, "clinical_repeats": 1}
+    local = prepare_dataset(str(tiny_dataset), tmp_path / "l", 20.0, {**spec, "source": str(replay_set)})
+    remote = prepare_dataset(str(tiny_dataset), tmp_path / "r", 20.0, {**spec, "source": snap.uri})
+    key = lambda rows: [(r["utt_id"], r["text"], r["domain"]) for r in rows]   # noqa: E731
+    for split in ("train", "val"):
+        a, b = _rows(Path(local["manifests"][split])), _rows(Path(remote["manifests"][split]))
+        assert key(a) == key(b) and local["report"][split] == remote["report"][split]
+        assert all(Path(r["audio_filepath"]).read_bytes() == Path(q["audio_filepath"]).read_bytes() for r, q in zip(a, b))
+    fetched = {p.relative_to(tmp_path / "r" / "replay").as_posix() for p in (tmp_path / "r" / "replay").rglob("*")
+               if p.is_file()}
+    mixed = sum(remote["report"][s]["general_replay_rows"] for s in ("train", "val"))
+    assert fetched - {"train_manifest.jsonl", "val_manifest.jsonl"} and \
+        len(fetched) == mixed + 2 < len(list(replay_set.rglob("*.wav"))) + 2
+
+
 def test_clinical_repeats_keep_the_ratio_with_more_distinct_general_rows(tiny_dataset, replay_set, tmp_path):
     spec = {"source": str(replay_set), "ratio": 1.0, "seed": 3}
     once = prepare_dataset(str(tiny_dataset), tmp_path / "a", 20.0, spec)

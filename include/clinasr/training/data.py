@@ -32,7 +32,7 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
     general rows keep the same ratio: a run of N steps then sees each clinical row as often as before and each
     general sentence 1/k as often (fewer, if the replay set cannot fill k: the report says how many)."""
     local = _local(dataset, work / "dataset")
-    replay_dir = _local(replay["source"], work / "replay") if replay else None
+    replay_dir, fetch_rows = _replay_local(replay["source"], work / "replay") if replay else (None, None)
     out, report = {}, {}
     work.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
@@ -45,7 +45,8 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
             raise TrainingError(f"the {split} split of {dataset} has no usable rows ({dropped or 'empty manifest'})")
         mixed, report_repeats = 0, {}
         if replay_dir is not None:
-            general, _ = _usable_rows(replay_dir / f"{split}_manifest.jsonl", replay_dir, max_duration)
+            general, _ = _usable_rows(replay_dir / f"{split}_manifest.jsonl", replay_dir, max_duration,
+                                      fetch_rows.listed if fetch_rows else None)
             if not general:
                 raise TrainingError(f"replay source {replay['source']} has no usable {split} rows: rebuild it with "
                                     "`clinasr evalsets build`")
@@ -58,6 +59,8 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
             want = round(ratio * n_clinical * repeats)
             rng = random.Random(f"{replay.get('seed', 0)}|replay|{split}")
             picked = rng.sample(general, min(want, len(general)))
+            if fetch_rows:
+                fetch_rows(picked)
             rows = rows * repeats + [{**r, "domain": "general"} for r in picked]
             mixed = len(picked)
             if asked > 1:
@@ -78,15 +81,41 @@ def prepare_dataset(dataset: str, work: Path, max_duration: float, replay: dict 
     return {"manifests": out, "report": report, "local_dir": str(local)}
 
 
-def _usable_rows(src: Path, local: Path, max_duration: float) -> tuple[list[dict], dict]:
+class _SnapshotRows:
+    """The audio of chosen rows of an S3 snapshot, fetched on demand: a fine-tune uses a few hundred to a few
+    thousand rows of a 10,000-clip replay set, so only its manifests and those rows' clips are downloaded (each
+    checked against the snapshot's sha256 listing)."""
+
+    def __init__(self, uri: str, dest: Path):
+        from clinasr.store import ObjectStore
+
+        self.uri, self.dest, self.store = uri, dest, ObjectStore()
+        self.listed = {f["path"] for f in self.store.snapshot_files(uri)}
+        self.store.fetch_snapshot(uri, dest, [m for m in ("train_manifest.jsonl", "val_manifest.jsonl") if m in self.listed])
+
+    def __call__(self, rows: list[dict]) -> None:
+        self.store.fetch_snapshot(self.uri, self.dest,
+                                  [Path(r["audio_filepath"]).relative_to(self.dest).as_posix() for r in rows])
+
+
+def _replay_local(source: str, dest: Path) -> tuple[Path, _SnapshotRows | None]:
+    if source.startswith("s3://"):
+        return dest, _SnapshotRows(source, dest)
+    return Path(source), None
+
+
+def _usable_rows(src: Path, local: Path, max_duration: float, listed: set[str] | None = None) -> tuple[list[dict], dict]:
+    """The rows of a manifest that can be used, absolute paths; ``listed``: the files of a snapshot not yet
+    fetched (its rows' audio counts as present when the snapshot has it)."""
     rows, dropped = [], {}
     if not src.exists():
         return rows, dropped
     for r in _read_manifest(src):
-        p = Path(r["audio_filepath"])
-        p = p if p.is_absolute() else local / p
+        rel = Path(r["audio_filepath"])
+        p = rel if rel.is_absolute() else local / rel
+        present = p.exists() if listed is None else not rel.is_absolute() and rel.as_posix() in listed
         reason = None
-        if not p.exists():
+        if not present:
             reason = "audio missing"
         elif r.get("duration", 0) > max_duration:
             reason = f"longer than max_duration {max_duration}s"
