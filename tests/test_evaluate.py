@@ -56,6 +56,42 @@ def test_evaluate_scores_sets_saves_hypotheses_and_measures_latency(tiny_model, 
     assert json.loads(open(rep["report_path"]).read())["sets"].keys() == {"validation", "messy"}
 
 
+def test_our_models_transcripts_are_reused_for_the_same_weights_code_and_audio(tiny_model, tiny_dataset, tmp_path,
+                                                                               monkeypatch):
+    """The production model scored again as a baseline, or a candidate in the override run: the same weights on the
+    same audio decode nothing again (no model is loaded) and score the same; other weights, or another decoding
+    switch, are another model."""
+    import clinasr.inference as inference
+
+    loads = []
+    real_init = inference.Transcriber.__init__
+    monkeypatch.setattr(inference.Transcriber, "__init__", lambda self, *a, **kw: loads.append(1) or real_init(self, *a, **kw))
+    logs = []
+
+    def run(out, model=tiny_model):
+        return evaluate({"model": str(model), "output_dir": str(tmp_path / out), "progress": False,
+                         "sets": [{"name": "validation", "manifest": str(tiny_dataset)}],
+                         "transcript_cache": str(tmp_path / "cache")}, log=logs.append)
+
+    first = run("a")
+    assert len(loads) == 1 and not first["sets"]["validation"]["transcripts"]["cached"]
+    second = run("b")
+    v1, v2 = first["sets"]["validation"], second["sets"]["validation"]
+    assert len(loads) == 1 and v2["transcripts"]["cached"] and v2["latency"]["cached"]
+    assert v2["wer"] == v1["wer"] and v2["ci"] == v1["ci"] and second["n_params"] == first["n_params"]
+    assert [json.loads(x)["hypothesis"] for x in open(v1["hypotheses"])] == \
+        [json.loads(x)["hypothesis"] for x in open(v2["hypotheses"])]
+    assert f"cached transcripts (key {v1['transcripts']['cache_key']})" in "\n".join(logs)
+    copy = tmp_path / "copy.nemo"                      # the same weights under another name: the same model
+    shutil.copy(tiny_model, copy)
+    assert run("c", copy)["sets"]["validation"]["transcripts"]["cached"] and len(loads) == 1
+    with open(copy, "ab") as f:                        # other bytes: another model, decoded afresh
+        f.write(b"\0" * 1024)
+    assert not run("d", copy)["sets"]["validation"]["transcripts"]["cached"] and len(loads) == 2
+    monkeypatch.setenv("CLINASR_DECODING", "greedy")   # another decoding switch: decoded afresh
+    assert not run("e")["sets"]["validation"]["transcripts"]["cached"] and len(loads) == 3
+
+
 def test_evaluation_errors_are_clear(tiny_model, tmp_path):
     with pytest.raises(EvaluationError, match="model .*not found"):
         evaluate({"model": str(tmp_path / "none.nemo"), "output_dir": str(tmp_path),

@@ -161,6 +161,14 @@ def test_the_guards_counts_reach_the_evaluation_report_and_the_services_metrics(
         greedy = evaluate.evaluate_set(Transcriber(out, device="cpu"), "val", manifest, tmp_path / "eval_greedy",
                                        progress=False)
     assert "phantom_guard" not in greedy
+    # transcripts reused from the cache keep the guard's counts and the decoding they were made with
+    args = {"model": str(out), "sets": [{"name": "val", "manifest": str(manifest)}], "progress": False,
+            "transcript_cache": str(tmp_path / "cache")}
+    made = evaluate.evaluate({**args, "output_dir": str(tmp_path / "e1")})
+    again = evaluate.evaluate({**args, "output_dir": str(tmp_path / "e2")})
+    assert again["sets"]["val"]["transcripts"]["cached"] and not made["sets"]["val"]["transcripts"]["cached"]
+    assert again["sets"]["val"]["phantom_guard"] == made["sets"]["val"]["phantom_guard"] == res["phantom_guard"]
+    assert again["decoding"] == made["decoding"] == t.decoding and t.decoding["strategy"] == "malsd_batch"
 
     m = Metrics()
     m.count_guard("v1", {"chunks": 2, "vetoed": 1}, {"chunks": 5, "vetoed": 3})

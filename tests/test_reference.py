@@ -86,7 +86,7 @@ def test_reference_transcripts_are_cached_and_a_sample_is_labelled(tiny_dataset,
     second = run("b")
     assert len(loads) == 1 and len(decodes) == 4                        # no model loaded, nothing decoded
     assert second["transcripts"] == {**first["transcripts"], "cached": True} and second["latency"]["cached"]
-    assert f"reference whisper-tiny.en on train: cached (key {first['transcripts']['cache_key']})" in "\n".join(logs)
+    assert f"whisper-tiny.en on train: cached transcripts (key {first['transcripts']['cache_key']})" in "\n".join(logs)
     hyps = [[json.loads(x) for x in open(r["hypotheses"])] for r in (first, second)]
     assert [h["audio_filepath"] for h in hyps[0]] == [h["audio_filepath"] for h in hyps[1]]   # the same sample
     assert hyps[0] == hyps[1] and second["wer"] == first["wer"] and second["ci"] == first["ci"]

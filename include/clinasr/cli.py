@@ -173,6 +173,7 @@ def cmd_evaluate(a) -> int:
     from clinasr import mlenv
     from clinasr.gate import decide, leaderboards_text, load_gate, render_html, score_references, summary
     from clinasr.settings import Settings
+    from clinasr.tasks.evaluate_promote import transcript_cache
 
     gate = load_gate(a.gate)   # a bad gate config fails before anything is decoded
     sets, missing = [], {}
@@ -192,17 +193,17 @@ def cmd_evaluate(a) -> int:
               file=sys.stderr)
         return 2
     out = Path(a.out)
+    cache = transcript_cache(Settings.from_env())   # transcripts reused across runs (same model, same audio)
     cand = mlenv.run_stage("evaluate", {"model": a.model, "sets": sets, "output_dir": str(out / "candidate"),
-                                        "max_rows": a.max_rows})
+                                        "max_rows": a.max_rows, "transcript_cache": cache})
     base = None
     if a.baseline:
         base = mlenv.run_stage("evaluate", {"model": a.baseline, "sets": sets, "output_dir": str(out / "baseline"),
-                                            "max_rows": a.max_rows})
-    ref_cache = str(Settings.from_env().path("cache", "reference-transcripts"))   # transcripts reused across runs
+                                            "max_rows": a.max_rows, "transcript_cache": cache})
     refs = score_references([] if a.no_references else (a.reference or gate["reference_models"]),
                             lambda i, spec: mlenv.run_stage("evaluate", {
                                 "model": spec, "sets": sets, "max_rows": a.max_rows,
-                                "max_utterances": gate["reference_max_utterances"], "reference_cache": ref_cache,
+                                "max_utterances": gate["reference_max_utterances"], "transcript_cache": cache,
                                 "output_dir": str(out / f"reference-{i + 1}")}),
                             mlenv.StageError, lambda m: print(m, file=sys.stderr))
     if a.no_heldout and gate["in_domain_set"] not in cand["sets"]:

@@ -10,9 +10,10 @@
     max_utterances   optional: score a fixed seeded sample of at most this many usable rows per set
                      (:func:`sample_rows`; the result's ``sample`` says n of N); the gate config's
                      ``reference_max_utterances`` for reference models
-    reference_cache  optional directory: a reference model's transcripts are kept there and reused when the
-                     same model decodes the same audio again (:class:`TranscriptCache`); scores are always
-                     recomputed from them
+    transcript_cache optional directory: the model's transcripts are kept there and reused when the same model
+                     (same weights, decoding, code and packages) decodes the same audio again
+                     (:class:`TranscriptCache`); scores are always recomputed from them
+                     (``reference_cache``: the same, read for reference models only)
 
 Every manifest row is either scored or counted as skipped with its reason (bad JSON, no text, audio
 missing/undecodable/empty/too long); nothing is dropped silently. Latency is measured per utterance
@@ -116,17 +117,46 @@ def sample_rows(rows: list[dict], n: int | None, seed: str = SAMPLE_SEED) -> lis
     return [r for r in rows if id(r) in keep]
 
 
-class TranscriptCache:
-    """A reference model's transcripts of one set, reused when the same model decodes the same audio again.
+def model_identity(path: Path) -> dict:
+    """What decides one of our models' transcripts, read without loading it: the .nemo's sha256 (weights, an embedded
+    LM and its decoding spec), the decoding switches of the environment, the source of the code that decodes
+    (Transcriber, LM fusion, the phantom guard, the normaliser), package versions and the device."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    The key is the model's :func:`clinasr.reference.identity` (spec, weights, decoding options, package
-    versions, weight type, device) and the sha256 of every decoded 16 kHz array, in order: another set
+    import torch
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    from clinasr.store import sha256_file
+
+    code = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for mod in ("inference", "lm", "fusion_cpu", "phantom_guard", "textnorm", "nemo_fixes"):
+        code.update((here / f"{mod}.py").read_bytes())
+    return {"kind": "nemo", "weights_sha256": sha256_file(path), "code_sha256": code.hexdigest(),
+            "env": {k: os.environ.get(k) for k in ("CLINASR_DECODING", "CLINASR_BF16_MIN_BATCH")},
+            "nemo_toolkit": ver("nemo_toolkit"), "torch": ver("torch"),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+class TranscriptCache:
+    """A model's transcripts of one set, reused when the same model decodes the same audio again (a reference
+    model in every evaluation run; the production model, scored as the baseline of each candidate on unchanged
+    sets; a candidate scored again in an override run).
+
+    The key is the model's identity (:func:`clinasr.reference.identity` for a reference: spec, weights, decoding
+    options, package versions, weight type, device; :func:`model_identity` for ours) and the sha256 of every
+    decoded 16 kHz array, in order: another set
     snapshot, another sample or another term selection is another key. Transcripts and per-utterance latency
     are cached, not scores: the normaliser and metrics are re-run on every evaluation, so a change to them
     applies at once and needs no cache version."""
 
     def __init__(self, directory: str | Path, identity: dict, label: str = ""):
-        self.dir, self.identity, self.label = Path(directory), identity, label or identity["spec"]
+        self.dir, self.identity, self.label = Path(directory), identity, label or identity.get("spec", "model")
 
     def key(self, audio_sha256: list[str]) -> str:
         return hashlib.sha256(json.dumps({"model": self.identity, "audio": audio_sha256},
@@ -139,9 +169,10 @@ class TranscriptCache:
             return None
         return entry if [r["audio_sha256"] for r in entry.get("rows", [])] == audio_sha256 else None
 
-    def put(self, key: str, rows: list[dict], audio_sha256: list[str], device: str, n_params) -> None:
+    def put(self, key: str, rows: list[dict], audio_sha256: list[str], device: str, n_params,
+            meta: dict | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        entry = {"key": key, "identity": self.identity, "device": device, "n_params": n_params,
+        entry = {"key": key, "identity": self.identity, "device": device, "n_params": n_params, "meta": meta or {},
                  "rows": [{"audio_sha256": h, "utt_id": r.get("utt_id"), "hypothesis": r["hypothesis"],
                            "latency_s": r["latency_s"]} for r, h in zip(rows, audio_sha256)]}
         tmp = self.dir / f".{key}.{os.getpid()}.tmp"
@@ -175,7 +206,8 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
             r.pop("_audio")
             r["hypothesis"], r["latency_s"] = c["hypothesis"], c["latency_s"]
         device, n_params = hit["device"], hit["n_params"]
-        log(f"[evaluate] reference {cache.label} on {name}: cached (key {key}), {len(rows)} utterances not "
+        guard = (hit.get("meta") or {}).get("phantom_guard")
+        log(f"[evaluate] {cache.label} on {name}: cached transcripts (key {key}), {len(rows)} utterances not "
             "decoded again, scored afresh")
     else:
         stats = getattr(t, "guard_stats", None)   # the phantom guard's counts (a model with an n-gram LM)
@@ -189,8 +221,9 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
         if before is not None and stats["chunks"] > before["chunks"]:
             guard = {k: stats[k] - before[k] for k in before}
         if cache is not None:
-            cache.put(key, rows, shas, device, n_params)
-            log(f"[evaluate] reference {cache.label} on {name}: decoded, cached (key {key})")
+            cache.put(key, rows, shas, device, n_params,
+                      {"phantom_guard": guard, "decoding": getattr(t, "decoding", None)})
+            log(f"[evaluate] {cache.label} on {name}: decoded, transcripts cached (key {key})")
     lat = [r["latency_s"] for r in rows]
     scores = metrics.score_rows(rows)
     per_row = scores.pop("per_row")
@@ -217,6 +250,8 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
         result["sample"] = {"scored": len(rows), "of": usable, "seed": SAMPLE_SEED}
     if cache is not None:
         result["transcripts"] = {"cache_key": key, "cached": bool(hit), "n_params": n_params}
+        if hit and (hit.get("meta") or {}).get("decoding"):
+            result["transcripts"]["decoding"] = hit["meta"]["decoding"]
     (d / "metrics.json").write_text(json.dumps(result, indent=1))
     return {**result, "per_row": per_row} if keep_per_row else result
 
@@ -236,7 +271,7 @@ class _Lazy:
 def evaluate(args: dict, log=print) -> dict:
     from clinasr.inference import InferenceError
     from clinasr.reference import ReferenceError, identity, is_reference, label, make_transcriber
-    from clinasr.registry import RegistryError
+    from clinasr.registry import RegistryError, fetch_model
 
     out = Path(args["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -247,9 +282,17 @@ def evaluate(args: dict, log=print) -> dict:
     if len(set(names)) != len(names):
         raise EvaluationError(f"evaluation set names must be unique: {names}")
 
+    ref = is_reference(args["model"])
+    source = args["model"]
+    if not ref:   # ours: the local file first (its sha256 keys the transcript cache)
+        try:
+            source = str(fetch_model(args["model"], out / "model"))
+        except (RegistryError, FileNotFoundError) as e:
+            raise EvaluationError(f"model {args['model']}: {e}") from None
+
     def load():
         try:
-            t = make_transcriber(args["model"], out / "model", version=str(args.get("model_version", "")))
+            t = make_transcriber(source, out / "model", version=str(args.get("model_version", "")))
         except (RegistryError, FileNotFoundError, ReferenceError, InferenceError) as e:
             raise EvaluationError(f"model {args['model']}: {e}") from None
         warm = t.warm_up()
@@ -259,11 +302,12 @@ def evaluate(args: dict, log=print) -> dict:
             + (f", decoding {json.dumps(dec)}" if dec else ""))
         return t
 
-    ref = is_reference(args["model"])
     cache = None
-    if ref and args.get("reference_cache"):
+    cache_dir = args.get("transcript_cache") or (args.get("reference_cache") if ref else None)
+    if cache_dir:
         try:
-            cache = TranscriptCache(args["reference_cache"], identity(args["model"]), label(args["model"]))
+            cache = TranscriptCache(cache_dir, identity(args["model"]), label(args["model"])) if ref else \
+                TranscriptCache(cache_dir, model_identity(Path(source)), args["model"])
         except ReferenceError as e:
             raise EvaluationError(f"model {args['model']}: {e}") from None
     # with a cache the model is loaded only when a set must be decoded
@@ -287,6 +331,8 @@ def evaluate(args: dict, log=print) -> dict:
     if isinstance(t, _Lazy) and t.loaded is None:   # every set from the cache: the model as the cache recorded it
         first = next(iter(report["sets"].values()))
         report.update(device=first["latency"]["device"], n_params=first["transcripts"]["n_params"])
+        if first["transcripts"].get("decoding"):
+            report["decoding"] = first["transcripts"]["decoding"]
     else:
         report.update(device=t.device, n_params=t.n_params)
         if getattr(t, "decoding", None):

@@ -102,9 +102,14 @@ def heldout_sets(dataset: str, gate_config: str) -> tuple[list[dict], dict[str, 
 
 
 def evaluate_model(ref: str, sets: list[dict], which: str, run_id: str, **stage_args) -> dict:
+    """Score one model on the sets. Its transcripts are cached by model identity and audio (evaluate.TranscriptCache,
+    ``<home>/cache/transcripts``; ``CLINASR_TRANSCRIPT_CACHE=0`` turns it off): the production model scored again
+    as the next candidate's baseline on the same set snapshots, or a candidate in the override run after a
+    rejection, decodes nothing again; scores are recomputed."""
     from clinasr import mlenv
 
     settings = Settings.from_env()
+    stage_args.setdefault("transcript_cache", transcript_cache(settings))
     out = work_dir(settings, "clinasr_evaluate_promote", run_id) / which
     report = mlenv.run_stage("evaluate", {"model": ref, "sets": sets, "output_dir": str(out), "progress": False,
                                           **stage_args}, settings, log=log.info)
@@ -122,17 +127,23 @@ def evaluate_references(specs: list[str], sets: list[dict], run_id: str,
                         max_utterances: int | None = None) -> list[dict]:
     """Score each off-the-shelf reference model on the same sets (on a fixed sample of at most
     ``max_utterances`` rows per set: the gate config's ``reference_max_utterances``). A reference's transcripts
-    are cached under ``<home>/cache/reference-transcripts`` by model identity and audio (evaluate.TranscriptCache):
+    are cached under ``<home>/cache/transcripts`` by model identity and audio (evaluate.TranscriptCache):
     the same sets again (the override run after a rejection, the next candidate) decode nothing. A reference that
     cannot be loaded or run (e.g. no hub for a pretrained name) is reported with its error; it never fails the
     evaluation."""
     from clinasr.gate import score_references
     from clinasr.mlenv import StageError
 
-    cache = str(Settings.from_env().path("cache", "reference-transcripts"))
     return score_references(specs, lambda i, spec: evaluate_model(spec, sets, f"reference-{i + 1}", run_id,
-                                                                  max_utterances=max_utterances, reference_cache=cache),
+                                                                  max_utterances=max_utterances),
                             StageError, log.warning)
+
+
+def transcript_cache(settings: Settings) -> str | None:
+    """Where evaluations keep transcripts for reuse; None when ``CLINASR_TRANSCRIPT_CACHE=0``."""
+    import os
+
+    return None if os.environ.get("CLINASR_TRANSCRIPT_CACHE", "1") == "0" else str(settings.path("cache", "transcripts"))
 
 
 def apply_gate(plan: dict, candidate: dict, baseline: dict | None, params: dict, run_id: str, user: str | None,
