@@ -12,7 +12,7 @@ run), and a base's card records the flywheel on it (bench/recipes_experiment.py'
 
     .venv/ml/bin/python bench/base_model_eval.py --merge bench/results/base-models-v6-card.json \
         bench/results/base-models-v7.json --card models/clinasr-base-en-multi \
-        --flywheel bench/results/recipes-cpu-multibase-v7.json [--flywheel-runs default_1000 ...]
+        --flywheel bench/results/recipes-cpu-multibase-v7.json [MORE_SEEDS.json] [--flywheel-runs default_1000 ...]
 """
 
 from __future__ import annotations
@@ -88,9 +88,10 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", default=[], metavar="JSON",
                     help="earlier runs' results (their .json) on the same sets: their models come first, in order "
                          "(a name already taken is skipped); --models then adds models scored here")
-    ap.add_argument("--flywheel", metavar="RESULTS_JSON",
-                    help="with --card: a bench/recipes_experiment.py results.json whose fine-tunes of this base the "
-                         "card records (base, term accuracy, KER reduction, general-English change with CIs)")
+    ap.add_argument("--flywheel", metavar="RESULTS_JSON", nargs="+",
+                    help="with --card: bench/recipes_experiment.py results.json files whose fine-tunes of this base the "
+                         "card records (base, term accuracy, KER reduction, general-English change with CIs); several "
+                         "files (more seeds of one recipe) only when they scored the base alike")
     ap.add_argument("--flywheel-runs", nargs="+", help="the runs of --flywheel to record (default: every fine-tune)")
     a = ap.parse_args(argv)
     if not a.models and not a.merge:
@@ -202,7 +203,25 @@ def clip_latency(t, work: Path, runs: int = 20) -> dict:
     return {"p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)), "runs": runs}
 
 
-def write_card(model_dir: Path, results: dict, flywheel: str | None = None, flywheel_runs: list[str] | None = None) -> None:
+def flywheel_results(paths: list[str]) -> dict:
+    """One recipes results.json, or several (more seeds of a recipe, scored in separate runs) as one: the base's
+    figures must agree, otherwise the runs did not score the same sets alike; a run name must not repeat."""
+    first = json.loads(Path(paths[0]).read_text())
+    base = first["runs"]["base"]
+    for p in paths[1:]:
+        other = json.loads(Path(p).read_text())
+        for k in ("clinical_heldout", "general_heldout"):
+            if other["runs"]["base"][k] != base[k]:
+                raise SystemExit(f"{p} scored the base differently from {paths[0]} on {k}: not one set of renders")
+        dup = (set(other["runs"]) & set(first["runs"])) - {"base"}
+        if dup:
+            raise SystemExit(f"{p} repeats run {sorted(dup)[0]!r} of an earlier --flywheel file")
+        first["runs"].update({n: r for n, r in other["runs"].items() if n != "base"})
+    return first
+
+
+def write_card(model_dir: Path, results: dict, flywheel: list[str] | None = None,
+               flywheel_runs: list[str] | None = None) -> None:
     """The card of ``model_dir`` with every model's figures on the held-out sets (JSON and the MD table) and,
     from a recipes results.json, the flywheel on it."""
     import hashlib
@@ -214,7 +233,7 @@ def write_card(model_dir: Path, results: dict, flywheel: str | None = None, flyw
     card["export"]["sha256"] = hashlib.sha256((model_dir / "model.nemo").read_bytes()).hexdigest()
     card["heldout_eval"] = results
     if flywheel:   # one run of the flywheel per machine kind: a GPU record leaves the CPU one in place, and back
-        fc = flywheel_card(json.loads(Path(flywheel).read_text()), flywheel, flywheel_runs)
+        fc = flywheel_card(flywheel_results(flywheel), ", ".join(flywheel), flywheel_runs)
         card[f"flywheel_{fc['where']}"] = fc
     path.write_text(json.dumps(card, indent=1, default=str))
     (model_dir / "MODEL_CARD.md").write_text(

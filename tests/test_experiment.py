@@ -378,6 +378,25 @@ def test_base_model_tables_combine_only_runs_on_the_same_renders(tmp_path, monke
         B.merge_results([paths["a"], paths["other_model"]])
 
 
+def test_more_seeds_of_a_recipe_join_the_card_only_when_they_scored_the_base_alike(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import base_model_eval as B
+
+    base = {"clinical_heldout": {"term_accuracy": 0.07, "wer": 0.67}, "general_heldout": {"wer": 0.385}}
+
+    def write(name, runs, b=base):
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps({"config": {}, "runs": {"base": b, **{r: {"seed": r} for r in runs}}}))
+        return str(p)
+
+    a, b = write("a", ["s0", "s1"]), write("b", ["s3"])
+    assert list(B.flywheel_results([a, b])["runs"]) == ["base", "s0", "s1", "s3"]
+    with pytest.raises(SystemExit, match="scored the base differently .* general_heldout"):
+        B.flywheel_results([a, write("c", ["s4"], {**base, "general_heldout": {"wer": 0.39}})])
+    with pytest.raises(SystemExit, match="repeats run 's1'"):
+        B.flywheel_results([a, write("d", ["s1"])])
+
+
 def test_fine_tunes_trained_elsewhere_are_named_by_recipe_and_clinical_set_and_checked_first(tmp_path):
     """bench/recipes_experiment.py --trained: GPU-trained models scored here on every engine; a typo in a recipe
     name or a missing file stops before anything is scored, naming the key."""

@@ -466,7 +466,8 @@ def _flywheel_run(r: dict) -> dict:
     return {"change": r.get("change"), "term_accuracy": cl["term_accuracy"],
             "term_accuracy_by_engine": {e: v["term_accuracy"] for e, v in cl["by_engine"].items()},
             "clinical_wer": cl["wer"], "general_wer": ge["wer"], "general_phantoms_per_100": ge["phantoms_per_100"],
-            "train_minutes": round(r["train_seconds"] / 60, 1), "vs_base": r["vs_base"],
+            "train_minutes": round(r["train_seconds"] / 60, 1) if r.get("train_seconds") else None,
+            "vs_base": r["vs_base"],
             **({"ker_reduction_by_engine": {e: v.get("ker_reduction") for e, v in r["vs_base_by_engine"]["clinical_heldout"].items()}}
                if r.get("vs_base_by_engine") else {})}
 
@@ -489,7 +490,7 @@ def flywheel_card_md(fc: dict) -> str:
         by = " / ".join(f"{r['term_accuracy_by_engine'].get(e, float('nan')):.3f}" for e in ("espeak", "piper"))
         ker_by = " / ".join(ci({"k": v}, "k", True) if v else "n/a" for v in
                             ((r.get("ker_reduction_by_engine") or {}).get(e) for e in ("espeak", "piper")))
-        lines.append(f"| {n} | {r.get('train_minutes', '')} | {r['term_accuracy']:.3f} ({by}) | "
+        lines.append(f"| {n} | {r.get('train_minutes') or ''} | {r['term_accuracy']:.3f} ({by}) | "
                      f"{ci(r['vs_base']['clinical_heldout'], 'ker_reduction', True)} | "
                      + (f"{ker_by} | " if by_engine else "") + f"{r['clinical_wer']:.3f} | "
                      f"{ci(r['vs_base']['general_heldout'], 'wer_change')} | {r['general_phantoms_per_100']:.1f} |")
