@@ -267,6 +267,24 @@ def test_piper_audio_depends_on_the_seed_not_on_what_the_engine_spoke_before():
     assert params == again and "seed" in params and np.array_equal(x, y)
 
 
+def test_pico_audio_depends_on_the_sentence_not_on_what_the_engine_spoke_before():
+    """The Pico library carries state from one utterance to the next: each utterance is spoken in a child forked
+    from one fixed state, so a sentence comes out the same first or after another one; spoken in the process itself
+    (CLINASR_PICO_ISOLATE=0) it does not, which is why."""
+    x, y = "please close the window", "give warfarin five milligrams by mouth once daily"
+    e = tts.PicoEngine()
+    first = e.synthesize(x, "en-US")
+    e.synthesize(y, "en-GB")
+    assert np.array_equal(first, e.synthesize(x, "en-US")) and len(first) > A.TARGET_SR // 2
+    assert np.array_equal(first, tts.PicoEngine().synthesize(x, "en-US"))
+    plain = tts.PicoEngine(isolate=False)
+    alone = plain.synthesize(x, "en-US")
+    plain.synthesize(y, "en-US")
+    assert not np.array_equal(alone, plain.synthesize(x, "en-US"))
+    with pytest.raises(tts.TTSError, match="pico has no voice"):
+        e.synthesize(x, "xx-XX")
+
+
 def test_flite_is_a_third_engine_with_duration_and_pitch_variation():
     """CMU Flite (Debian flite): another synthesiser family, 16 kHz float32 out (its 8 kHz kal voice resampled),
     duration stretch makes speech longer, an unknown voice or a [[phoneme]] override is a clear TTSError."""

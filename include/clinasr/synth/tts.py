@@ -387,17 +387,64 @@ class KokoroEngine:
 
 
 class PicoEngine:
-    """SVOX Pico through ``py-nanotts`` (the engine and its language files inside the wheel), 16 kHz PCM."""
+    """SVOX Pico through ``py-nanotts`` (the engine and its language files inside the wheel), 16 kHz PCM.
+
+    The Pico library keeps state from one utterance to the next (the same sentence after another one came out as
+    other samples), so, like espeak-ng, each utterance is spoken in a child forked from a process that has spoken
+    one fixed utterance and nothing since: the audio depends on the request alone (~10 ms a fork;
+    ``CLINASR_PICO_ISOLATE=0`` speaks in this process, faster and history-dependent; the state is the process's,
+    so an engine that speaks in it moves every engine's starting point). Kokoro needs none of this:
+    the same sentence came out the same in any order."""
 
     name = "pico"
+    WARM_UP = ("the quick brown fox jumps over the lazy dog", "en-US")
+    _warmed = False   # the library's state is the process's: one warm-up per process, whatever the instances
 
-    def __init__(self):
+    def __init__(self, isolate: bool | None = None):
+        import os
+
         try:
             from py_nanotts import NanoTTS, Voice as PicoVoice
         except ImportError:
             raise TTSError("pico is not installed (requirements-ml.txt: py-nanotts)") from None
         self.tts = NanoTTS()
         self.voices = {v.value for v in PicoVoice}
+        if isolate is None:
+            isolate = hasattr(os, "fork") and os.environ.get("CLINASR_PICO_ISOLATE", "1").strip().lower() not in ("0", "false", "no")
+        self.isolate = isolate
+        if isolate and not PicoEngine._warmed:   # the state every child starts from
+            self.tts.speak(self.WARM_UP[0], voice=self.WARM_UP[1], volume=0.5)
+            PicoEngine._warmed = True
+
+    def _speak(self, text: str, voice: str, speed: float, pitch: float) -> bytes:
+        if not self.isolate:
+            return self.tts.speak(text, voice=voice, speed=speed, pitch=pitch, volume=0.5)   # at 1.0 it clips
+        import os
+        import pickle
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: speak, hand the samples (or the error) back, leave without any cleanup
+            try:
+                os.close(r)
+                try:
+                    out = ("ok", self.tts.speak(text, voice=voice, speed=speed, pitch=pitch, volume=0.5))
+                except Exception as e:
+                    out = ("error", f"{type(e).__name__}: {e}")
+                with os.fdopen(w, "wb") as f:
+                    f.write(pickle.dumps(out))
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"the pico child process died (status {status})")
+        kind, value = pickle.loads(data)
+        if kind != "ok":
+            raise RuntimeError(value)
+        return value
 
     def has_voice(self, voice: str) -> bool:
         return voice in self.voices
@@ -410,7 +457,7 @@ class PicoEngine:
         if any(c in text for c in "<>&"):   # py-nanotts wraps the text in Pico's <speed>/<pitch> markup
             raise TTSError("pico cannot read '<', '>' or '&' (its markup)")
         try:
-            pcm = self.tts.speak(text, voice=voice, speed=speed, pitch=pitch, volume=0.5)  # at 1.0 it clips
+            pcm = self._speak(text, voice, speed, pitch)
             return np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
         except Exception as e:
             raise TTSError(f"pico failed for voice {voice}: {type(e).__name__}: {e}") from None
