@@ -69,9 +69,13 @@ def _http_service(argv: list[str], health_path: str, port: int, timeout_s: float
                 time.sleep(0.3)
         yield url
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:   # as `clinasr platform down` stops a service: SIGTERM, then SIGKILL
             os.killpg(proc.pid, 15)
-            proc.wait(20)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:   # SeaweedFS sometimes takes longer than 20 s to stop on a loaded VM
+                os.killpg(proc.pid, 9)
+                proc.wait(10)
         if log_path:
             out.close()
 
