@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from clinasr import audio, metrics
+from clinasr import audio, metrics, phantom_guard
 
 
 class EvaluationError(RuntimeError):
@@ -121,16 +121,9 @@ def model_identity(path: Path) -> dict:
     """What decides one of our models' transcripts, read without loading it: the .nemo's sha256 (weights, an embedded
     LM and its decoding spec), the decoding switches of the environment, the source of the code that decodes
     (Transcriber, LM fusion, the phantom guard, the normaliser), package versions and the device."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
-    def ver(pkg: str) -> str | None:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
+    from clinasr.reference import package_version as ver
     from clinasr.store import sha256_file
 
     code = hashlib.sha256()
@@ -211,15 +204,14 @@ def evaluate_set(t, name: str, manifest: Path, out_dir: Path, max_rows: int | No
             "decoded again, scored afresh")
     else:
         stats = getattr(t, "guard_stats", None)   # the phantom guard's counts (a model with an n-gram LM)
-        before = dict(stats) if stats else None
+        before = dict(stats) if stats is not None else None
         for r in tqdm(rows, desc=f"evaluate {name}", unit="utt", disable=not progress, mininterval=5):
             x = r.pop("_audio")
             t0 = time.perf_counter()
             r["hypothesis"] = t.transcribe([x])[0]["text"]
             r["latency_s"] = time.perf_counter() - t0
         device, n_params = t.device, getattr(t, "n_params", None)
-        if before is not None and stats["chunks"] > before["chunks"]:
-            guard = {k: stats[k] - before[k] for k in before}
+        guard = phantom_guard.counted(before, stats)
         if cache is not None:
             cache.put(key, rows, shas, device, n_params,
                       {"phantom_guard": guard, "decoding": getattr(t, "decoding", None)})

@@ -34,6 +34,14 @@ def bound(setting) -> float | None:
     return float(setting) if setting else None
 
 
+def counted(before: dict | None, after: dict | None) -> dict | None:
+    """What a stretch of decoding added to a Transcriber's running ``guard_stats`` ({"chunks", "vetoed"}), or None
+    when the guard checked nothing in it (a greedy model, a streaming batch)."""
+    if before is None or after is None or after["chunks"] == before["chunks"]:
+        return None
+    return {k: after[k] - before[k] for k in before}
+
+
 def similarity(a: str, b: str) -> float:
     """1 - Levenshtein distance / the longer length, over the letters of ``a`` and ``b`` without spaces."""
     a, b = a.replace(" ", ""), b.replace(" ", "")

@@ -107,20 +107,24 @@ class WhisperTranscriber(WarmUp):
         return out
 
 
+def package_version(pkg: str) -> str | None:
+    """An installed distribution's version, None when it is not installed (part of a transcript cache's key)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
 def identity(spec: str) -> dict:
     """What decides a reference model's transcripts, read without loading it: the spec, the weights (sha256 of a
     local Whisper model.bin; a hub name stands for itself), the decoding options and the versions of the packages
     whose defaults decode, the weight type and the device. Equal identities on the same audio give the same
     transcripts, so :class:`clinasr.evaluate.TranscriptCache` keys on it."""
     import hashlib
-    from importlib.metadata import PackageNotFoundError, version
 
-    def ver(pkg: str) -> str | None:
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return None
-
+    ver = package_version
     kind, _, name = spec.partition(":")
     if kind == "whisper":
         import ctranslate2

@@ -336,10 +336,11 @@ class Metrics:
 
     def count_guard(self, version: str, before: dict | None, after: dict | None) -> None:
         """Add a batch's phantom-guard counts (the Transcriber's running ``guard_stats``) to the counters."""
-        if before is None or after is None or after["chunks"] == before["chunks"]:
-            return
-        self.guard_chunks.labels(version).inc(after["chunks"] - before["chunks"])
-        self.guard_vetoes.labels(version).inc(after["vetoed"] - before["vetoed"])
+        from clinasr.phantom_guard import counted
+
+        if added := counted(before, after):
+            self.guard_chunks.labels(version).inc(added["chunks"])
+            self.guard_vetoes.labels(version).inc(added["vetoed"])
 
 
 # -- response formatting ------------------------------------------------------------------------------

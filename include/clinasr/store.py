@@ -83,7 +83,7 @@ class ObjectStore:
                 "s3",
                 region_name=self.settings.aws_region,
                 config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                              max_pool_connections=max(10, int(os.environ.get("CLINASR_S3_CONCURRENCY", "8")))),
+                              max_pool_connections=max(10, _concurrency())),
                 **kwargs,
             )
         return self._client
@@ -285,7 +285,7 @@ class ObjectStore:
     def _each(self, fn, items: list) -> None:
         """``fn`` over ``items`` on CLINASR_S3_CONCURRENCY threads (default 8; one request per file, so a snapshot
         of 10,000 clips is bound by round trips, not bytes); the first error is raised once all have stopped."""
-        workers = max(1, int(os.environ.get("CLINASR_S3_CONCURRENCY", "8")))
+        workers = _concurrency()
         if workers == 1 or len(items) < 2:
             for x in items:
                 fn(x)
@@ -303,7 +303,11 @@ class ObjectStore:
         is caught), and every file must match its recorded sha256. ``paths``: only these files of it (a
         fine-tune's replay rows of a large replay set); a path the snapshot does not have is an error."""
         uri = uri.rstrip("/")
-        files = self.snapshot_files(uri)
+        return self.fetch_files(uri, dest, self.snapshot_files(uri), paths)
+
+    def fetch_files(self, uri: str, dest: Path, files: list[dict], paths: list[str] | None = None) -> Path:
+        """Download entries of a snapshot's checked listing (:meth:`snapshot_files`: a caller that fetches from one
+        snapshot several times reads its marker once), each checked against its sha256; ``paths``: only these."""
         if paths is not None:
             listed = {f["path"]: f for f in files}
             missing = [x for x in paths if x not in listed]
@@ -338,6 +342,11 @@ class ObjectStore:
             raise StoreError(f"snapshot {uri}: its file listing ({SNAPSHOT_MARKER}) does not hash to the snapshot id "
                              f"(an entry was changed after staging); do not use it")
         return marker["files"]
+
+
+def _concurrency() -> int:
+    """S3 requests in flight when a snapshot is staged or fetched (CLINASR_S3_CONCURRENCY, default 8)."""
+    return max(1, int(os.environ.get("CLINASR_S3_CONCURRENCY", "8")))
 
 
 def _is_loopback(url: str) -> bool:

@@ -89,13 +89,15 @@ class _SnapshotRows:
     def __init__(self, uri: str, dest: Path):
         from clinasr.store import ObjectStore
 
-        self.uri, self.dest, self.store = uri, dest, ObjectStore()
-        self.listed = {f["path"] for f in self.store.snapshot_files(uri)}
-        self.store.fetch_snapshot(uri, dest, [m for m in ("train_manifest.jsonl", "val_manifest.jsonl") if m in self.listed])
+        self.uri, self.dest, self.store = uri.rstrip("/"), dest, ObjectStore()
+        self.files = self.store.snapshot_files(self.uri)   # the marker, read and checked once
+        self.listed = {f["path"] for f in self.files}
+        self.store.fetch_files(self.uri, dest, self.files,
+                               [m for m in ("train_manifest.jsonl", "val_manifest.jsonl") if m in self.listed])
 
     def __call__(self, rows: list[dict]) -> None:
-        self.store.fetch_snapshot(self.uri, self.dest,
-                                  [Path(r["audio_filepath"]).relative_to(self.dest).as_posix() for r in rows])
+        self.store.fetch_files(self.uri, self.dest, self.files,
+                               [Path(r["audio_filepath"]).relative_to(self.dest).as_posix() for r in rows])
 
 
 def _replay_local(source: str, dest: Path) -> tuple[Path, _SnapshotRows | None]:
