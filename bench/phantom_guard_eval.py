@@ -13,7 +13,11 @@ of each utterance is then :func:`clinasr.phantom_guard.choose` of the LM and gre
 Transcriber does with both decodes of one encoder output (bench/results/flywheel-gpu-v7b96-1500-lmguard.md scored
 the guarded models through it: the same figures). The held-out sets come from recipes_experiment.py's --work;
 ``--set NAME=TEXT`` renders more everyday-English sets from a text file in the held-out voices (general_heldout's
-config, another seed). Writes results.json and results.md: per fine-tune and decoding, term accuracy and the
+config, another seed); ``--clinical-set NAME=SEED`` renders clinical_heldout's config again with another seed (new
+sentences of the held-out template family, the same held-out voices): a validation set to choose settings on
+(bench/choose_merge.py) apart from the sets they are reported on. ``--jobs N`` scores N models at once (the GPU
+machine). Fine-tunes of one base trained on one clinical set get the same rebuilt LM (the base's LM sentences plus
+the same clinical sentences, the same tokenizer): it is estimated once and embedded in each. Writes results.json and results.md: per fine-tune and decoding, term accuracy and the
 relative KER reduction per engine against the base decoded the same way, the general WER change with a paired
 bootstrap CI, phantom terms per 100 general utterances, and how many vetoes removed a term nobody said.
 """
@@ -49,36 +53,58 @@ def guard_off(src: Path, dst: Path) -> Path:
     return dst
 
 
-def rebuilt_lm(ft: Path, base_lm: Path, work: Path, cache: Path) -> Path:
-    """``ft`` with its LM rebuilt from ``base_lm``'s sentences and its clinical training sentences (clinasr.lm.rebuild)."""
+def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, built: dict | None = None) -> Path:
+    """``ft`` with its LM rebuilt from ``base_lm``'s sentences and its clinical training sentences (clinasr.lm.rebuild).
+    ``built`` (one dict per run): the first rebuild's LM members, embedded as they are in every later fine-tune of
+    the same base and clinical set, which would rebuild the same LM."""
     import shutil
 
     from clinasr.training.train import own_text
 
-    dst = cache / f"{ft.stem}_lm.nemo"
-    if not dst.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ft, dst)
-        text = own_text(work / "clinical_train" / "train_manifest.jsonl", cache / "lm_text.txt")
-        if lm.rebuild(base_lm, dst, [text]) is None:
-            raise SystemExit(f"{base_lm} has no LM with its sentences to rebuild from")
+    dst = cache / f"{name}_lm.nemo"
+    if dst.exists():
+        return dst
+    cache.mkdir(parents=True, exist_ok=True)
+    if built:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "lm.arpa.gz").write_bytes(built[lm.LM_MEMBER])
+            lm.embed(ft, Path(d) / "lm.arpa.gz", json.loads(built[lm.DECODING_MEMBER]),
+                     gzip.decompress(built[lm.TEXT_MEMBER]).decode().splitlines(), dst)
+        return dst
+    shutil.copy(ft, dst)
+    text = own_text(work / "clinical_train" / "train_manifest.jsonl", cache / "lm_text.txt")
+    if lm.rebuild(base_lm, dst, [text]) is None:
+        raise SystemExit(f"{base_lm} has no LM with its sentences to rebuild from")
+    if built is not None:
+        built.update(lm._members(dst, [lm.LM_MEMBER, lm.DECODING_MEMBER, lm.TEXT_MEMBER])[0])
     return dst
 
 
-def render_sets(extra: dict[str, str], work: Path) -> dict[str, Path]:
-    """Everyday-English sets from text files, in general_heldout's held-out voices and conditions."""
+def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | None = None, workers: int = 2) -> dict[str, Path]:
+    """Everyday-English sets from text files, in general_heldout's held-out voices and conditions, and clinical
+    sets of clinical_heldout's config with other seeds (``clinical``: name -> seed)."""
     from clinasr import evalsets
 
     out = {}
-    for i, (name, text) in enumerate(sorted(extra.items())):
+    todo = [(n, "general_heldout", {"text": t}) for n, t in sorted(extra.items())]
+    todo += [(n, "clinical_heldout", {"seed": int(seed)}) for n, seed in sorted((clinical or {}).items())]
+    for i, (name, like, change) in enumerate(todo):
         cfg = evalsets.load_config()
-        s = copy.deepcopy(cfg["sets"]["general_heldout"])
-        s["text"], s["seed"] = text, int(s["seed"]) + 100 + i
+        s = copy.deepcopy(cfg["sets"][like])
+        s["seed"] = int(s["seed"]) + 100 + i
+        s.update(change)
         cfg["sets"][name] = s
         d = work / "extra_sets" / name
         if not (d / evalsets.TEST_MANIFEST).exists():
-            evalsets.build_set(name, d, cfg, workers=2, progress=False)
+            evalsets.build_set(name, d, cfg, workers=workers, progress=False)
         out[name] = d / evalsets.TEST_MANIFEST
+        if like == "clinical_heldout":   # another seed draws some of the test set's sentences again: left out
+            test = {json.loads(x)["text"] for x in (work / "evalsets" / like / evalsets.TEST_MANIFEST).read_text().splitlines()}
+            rows = out[name].read_text().splitlines()
+            kept = [x for x in rows if json.loads(x)["text"] not in test]
+            out[name] = d / "test_manifest.disjoint.jsonl"
+            out[name].write_text("".join(x + "\n" for x in kept))
+            print(f"[sets] {name}: {len(rows) - len(kept)} of {len(rows)} rows left out (their sentence is in {like})")
     return out
 
 
@@ -90,8 +116,10 @@ def score(model: Path, manifests: dict[str, Path], out: Path) -> dict[str, dict[
         args = {"model": str(model), "out": str(out), "manifests": {k: str(v) for k, v in manifests.items()}}
         (out / "args.json").write_text(json.dumps(args))
         with open(out / "score.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(out / "args.json"), str(done)],
-                           check=True, stdout=log, stderr=subprocess.STDOUT)
+            rc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(out / "args.json"), str(done)],
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc:
+            raise SystemExit(f"scoring {model} failed (exit {rc}): {out / 'score.log'}")
     hyps = {}
     for name in manifests:
         rows = [json.loads(x) for x in (out / name / "hypotheses.jsonl").read_text().splitlines()]
@@ -125,30 +153,43 @@ def main() -> None:
                          "from --base's LM and the clinical rows of WORK/clinical_train, as training rebuilds it)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=TEXT",
                     help="another everyday-English set rendered from a text file (held-out voices)")
+    ap.add_argument("--clinical-set", action="append", default=[], metavar="NAME=SEED",
+                    help="another clinical set: clinical_heldout's config with another seed (held-out voices)")
+    ap.add_argument("--jobs", type=int, default=1, help="models scored at once (default 1)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    from concurrent.futures import ThreadPoolExecutor
+
     work, out = Path(a.work), Path(a.out)
     manifests = {n: work / "evalsets" / n / "test_manifest.jsonl" for n in ("clinical_heldout", "general_heldout")}
-    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work))
+    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work,
+                                 dict(s.split("=", 1) for s in a.clinical_set), workers=max(2, a.jobs)))
     rows = {n: {json.loads(x)["utt_id"]: json.loads(x) for x in p.read_text().splitlines()} for n, p in manifests.items()}
-    general = [n for n in manifests if n != "clinical_heldout"]
+    clinical = ["clinical_heldout", *sorted(dict(s.split("=", 1) for s in a.clinical_set))]
+    general = [n for n in manifests if n not in clinical]
     base = dict(b.split("=", 1) for b in a.base)
     cache = out / "scores"
     models = {"base": (Path(base["greedy"]), Path(base["lm"]))}
+    built: dict = {}
     for p in a.pair:
         name, paths = p.split("=", 1)
         g, _, f = paths.partition(",")
-        models[name] = (Path(g), Path(f) if f else rebuilt_lm(Path(g), Path(base["lm"]), work, cache))
+        models[name] = (Path(g), Path(f) if f else rebuilt_lm(name, Path(g), Path(base["lm"]), work, cache, built))
     inventory = metrics.phantom_inventory()
+    jobs = [(name, dec, path) for name, (g, f) in models.items()
+            for dec, path in (("greedy", g), ("lm", guard_off(f, cache / f"{name}_lm_guard_off.nemo")))]
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        done = dict(zip([(n, d) for n, d, _ in jobs],
+                        pool.map(lambda j: score(j[2], manifests, cache / f"{j[0]}_{j[1]}"), jobs)))
     hyps = {}
-    for name, (g, f) in models.items():
-        off = guard_off(f, cache / f"{name}_lm_guard_off.nemo")
-        hyps[name] = {"greedy": score(g, manifests, cache / f"{name}_greedy"), "lm": score(off, manifests, cache / f"{name}_lm")}
+    for name in models:
+        hyps[name] = {"greedy": done[(name, "greedy")], "lm": done[(name, "lm")]}
         hyps[name]["lm+guard"], guards = {}, {}
         for s in manifests:
             hyps[name]["lm+guard"][s], guards[s] = guarded(hyps[name]["lm"][s], hyps[name]["greedy"][s], rows[s], inventory)
         hyps[name]["guard_stats"] = guards
-    results = {"sets": {n: str(p) for n, p in manifests.items()}, "models": {k: [str(x) for x in v] for k, v in models.items()},
+    results = {"sets": {n: str(p) for n, p in manifests.items()}, "clinical_sets": clinical,
+               "models": {k: [str(x) for x in v] for k, v in models.items()},
                "min_similarity": phantom_guard.DEFAULT_MIN_SIMILARITY, "runs": {}}
     for name in models:
         for dec in ("greedy", "lm", "lm+guard"):

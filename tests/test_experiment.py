@@ -440,3 +440,42 @@ def test_a_wrong_trained_model_stops_the_recipes_experiment_before_any_render(tm
     with pytest.raises(ValueError, match=r"unknown recipes \['nope'\]"):
         E.phase_recipes(cfg, tmp_path / "work", tmp_path / "out", only=["nope"])
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_merge_weight_is_chosen_on_the_validation_sets_and_reported_on_the_test_sets(monkeypatch, tmp_path):
+    """bench/choose_merge.py: a (weight, decoding) is chosen by how many seeds meet issue 20's three bounds on the
+    validation sets only; one that looks better on the test sets is not chosen; every seed's figures are kept."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import choose_merge
+
+    def run(acc, rise, ph=0.0):
+        return {"term_accuracy_by_engine": {"espeak": acc, "piper": acc - 0.1}, "phantoms_per_100": ph,
+                "vs_base": {"wer_change": {"estimate": rise}}}
+
+    def gen(rise, ph=0.0):
+        return {"term_accuracy_by_engine": {}, "phantoms_per_100": ph, "vs_base": {"wer_change": {"estimate": rise}}}
+
+    runs = {}
+    for seed in ("s0", "s1"):
+        # unmerged: passes on the test sets, fails the validation WER bound
+        runs[f"{seed} lm+guard"] = {"clinical_dev": run(0.80, 0), "general_dev": gen(0.03),
+                                    "clinical_heldout": run(0.80, 0), "general_heldout": gen(0.01)}
+        # merged at 0.7: passes on validation (one general set is within, the phantom rate too)
+        runs[f"{seed}_m70 lm+guard"] = {"clinical_dev": run(0.74, 0), "general_dev": gen(0.015, 0.5),
+                                        "clinical_heldout": run(0.72, 0), "general_heldout": gen(0.025)}
+        # merged at 0.55: within the WER bound, too little term accuracy
+        runs[f"{seed}_m55 lm+guard"] = {"clinical_dev": run(0.65, 0), "general_dev": gen(0.0),
+                                        "clinical_heldout": run(0.66, 0), "general_heldout": gen(0.0)}
+    runs["s1_m70 lm+guard"]["general_dev"] = gen(0.015, 1.5)   # too many phantoms on one seed
+    runs["base lm+guard"] = runs["s0 lm+guard"]
+    runs["s0_m55 lm"] = runs["s1_m55 lm"] = runs["s0_m70 lm+guard"]   # the LM without the guard: never a candidate
+    res = {"sets": dict.fromkeys(["clinical_dev", "general_dev", "clinical_heldout", "general_heldout"], "x"), "runs": runs}
+    ch = choose_merge.choose(res, (["clinical_dev"], ["general_dev"]), (["clinical_heldout"], ["general_heldout"]))
+    assert ch["chosen"] == {"weight": 0.7, "decoding": "lm+guard"}
+    best = ch["candidates"][0]
+    assert best["dev"]["seeds_meeting"] == 1 and best["test"]["seeds_meeting"] == 0
+    unmerged = next(c for c in ch["candidates"] if c["weight"] == 1.0)
+    assert unmerged["dev"]["seeds_meeting"] == 0 and unmerged["test"]["seeds_meeting"] == 2
+    assert {c["decoding"] for c in ch["candidates"]} == {"lm+guard"}
+    md = choose_merge.table(ch)
+    assert "Chosen: weight 0.7, lm+guard" in md and "s1 0.720 (0.620), +0.025" in md
