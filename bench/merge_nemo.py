@@ -36,8 +36,8 @@ def merge(ft: Path, base_state: dict, alpha: float, out: Path) -> dict:
     mixed = kept = 0
     for k, v in state.items():
         b = base_state.get(k)
-        if b is not None and torch.is_floating_point(v) and b.shape == v.shape:
-            state[k] = alpha * v + (1 - alpha) * b.to(v.dtype)
+        if b is not None and torch.is_floating_point(v) and b.shape == v.shape and not torch.equal(v, b.to(v.dtype)):
+            state[k] = alpha * v + (1 - alpha) * b.to(v.dtype)   # what the fine-tune left as it was stays bit for bit
             mixed += 1
         else:
             kept += 1

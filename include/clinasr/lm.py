@@ -12,8 +12,9 @@ The LM travels inside the model's .nemo (:func:`embed`; ``clinasr lm``), the Tra
 (streaming keeps greedy), and a fine-tune gets it rebuilt with its own transcripts (:func:`rebuild`). Measured on
 base v7 (docs/benchmarks.md, "Decoding with an n-gram LM"): everyday-English WER 0.385 -> 0.310 (beam 4, alpha
 0.3), and on its fine-tunes KER -77..-84% on held-out voices and engine with <= 0.6 phantom drugs per 100 everyday
-utterances, but +0.018..+0.028 general WER against the base with its LM, so no shipped model carries one by
-default. On a CPU the Transcriber decodes with :mod:`clinasr.fusion_cpu`'s exact shortcuts (the LM's rows cached per
+utterances, but +0.018..+0.028 general WER against the base with its LM. Since 2026-12-03 the shipped base
+carries one and the CPU recipe merges its weights with the base at 0.7 (chosen on validation sets; docs/benchmarks.md
+"The CPU recipe chosen on validation sets"). On a CPU the Transcriber decodes with :mod:`clinasr.fusion_cpu`'s exact shortcuts (the LM's rows cached per
 state): beam 4 + LM at 0.68x NeMo's own time, 1.8x greedy's (bench/results/fusion-cpu-v8.json).
 """
 from __future__ import annotations

@@ -183,6 +183,13 @@ def test_merge_with_base_interpolates_every_weight():
                     p.fill_(v)
 
     base, ft = M(1.0), M(3.0)
+    with torch.no_grad():   # a weight the fine-tune left as the base had it (a frozen layer) stays bit for bit
+        base.lin.bias.copy_(torch.tensor([0.1, 0.7]))
+        ft.lin.bias.copy_(base.lin.bias)
+    assert 0.7 * 0.1 + 0.3 * 0.1 != 0.1                                   # where interpolating would round it
+    assert merge_with_base(ft, base.state_dict(), {"merge_with_base": 0.7}) == 0.7
+    assert torch.equal(ft.lin.bias, base.lin.bias)
+    ft = M(3.0)
     assert merge_with_base(ft, base.state_dict(), {"merge_with_base": 0.25}) == 0.25
     assert torch.allclose(ft.lin.weight, torch.full((2, 3), 0.25 * 3 + 0.75 * 1))
     assert torch.allclose(ft.bn.running_mean, torch.full((2,), 1.5))
@@ -288,10 +295,13 @@ def test_average_checkpoints_that_the_run_cannot_keep_stops_before_training(tiny
 
 def test_the_gpu_recipe_is_the_cpu_recipe_at_96_clips_a_step_for_1500_steps():
     """configs/trainer/gpu_finetune_base.yaml is what the GPU measurement ran (bench/results/flywheel-gpu-v7b96-1500.*):
-    the CPU default with batch_size 96 and 1,500 steps (and a longer safety cap); any other difference would be an
-    unmeasured recipe."""
+    the CPU default with batch_size 96 and 1,500 steps (and a longer safety cap), unmerged: the CPU recipe's merge
+    with the base at 0.7 was chosen for the CPU's 8,000 clips (bench/results/choose-merge-cpu-v7.md); any other
+    difference would be an unmeasured recipe."""
     from clinasr.training.common import load_yaml
 
     cpu, gpu = load_yaml("configs/trainer/cpu_finetune.yaml"), load_yaml("configs/trainer/gpu_finetune_base.yaml")
-    assert {k for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)} == {"batch_size", "max_steps", "max_minutes"}
+    assert {k for k in cpu.keys() | gpu.keys() if cpu.get(k) != gpu.get(k)} == {"batch_size", "max_steps", "max_minutes",
+                                                                                "merge_with_base"}
+    assert cpu["merge_with_base"] == 0.7 and gpu["merge_with_base"] is None
     assert gpu["batch_size"] == 96 and gpu["replay"]["clinical_repeats"] == 4 and gpu["max_steps"] == 1500

@@ -252,7 +252,9 @@ def anchor_to_base(model, base_state: dict | None, tcfg: dict) -> int:
 def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
     """Trainer option ``merge_with_base: a`` (0 < a < 1): weight-space ensembling of the fine-tuned model with the
     base it started from (Wortsman et al., "Robust fine-tuning of zero-shot models", WiSE-FT). Interpolating
-    the weights keeps much of the base's general ability at a small cost in the new domain."""
+    the weights keeps much of the base's general ability at a small cost in the new domain. A tensor the fine-tune
+    left as the base had it (frozen layers, the batch-norm statistics it keeps) stays bit for bit the base's:
+    ``a * x + (1 - a) * x`` is not always ``x`` in floating point."""
     a = tcfg.get("merge_with_base")
     if a is None or float(a) >= 1.0:
         return None
@@ -265,7 +267,9 @@ def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
         for k, v in model.state_dict().items():
             b = base_state.get(k)
             if b is not None and torch.is_floating_point(v) and b.shape == v.shape:
-                v.copy_(a * v + (1 - a) * b.to(v.device, v.dtype))
+                b = b.to(v.device, v.dtype)
+                if not torch.equal(v, b):
+                    v.copy_(a * v + (1 - a) * b)
     return a
 
 
