@@ -108,16 +108,20 @@ def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | No
     return out
 
 
-def score(model: Path, manifests: dict[str, Path], out: Path) -> dict[str, dict[str, str]]:
-    """{set: {utt_id: hypothesis}} of one model (cached in ``out``)."""
+def score(model: Path, manifests: dict[str, Path], out: Path, greedy: bool = False) -> dict[str, dict[str, str]]:
+    """{set: {utt_id: hypothesis}} of one model (cached in ``out``); ``greedy``: without the LM a model may carry
+    (CLINASR_DECODING=greedy; the shipped base and its fine-tunes carry one since 2026-12-03)."""
+    import os
+
     done = out / "scores.json"
     if not done.exists():
         out.mkdir(parents=True, exist_ok=True)
         args = {"model": str(model), "out": str(out), "manifests": {k: str(v) for k, v in manifests.items()}}
         (out / "args.json").write_text(json.dumps(args))
         with open(out / "score.log", "w") as log:
+            env = {**os.environ, **({"CLINASR_DECODING": "greedy"} if greedy else {})}
             rc = subprocess.run([sys.executable, "-m", "clinasr.experiment", "score", str(out / "args.json"), str(done)],
-                                stdout=log, stderr=subprocess.STDOUT).returncode
+                                stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         if rc:
             raise SystemExit(f"scoring {model} failed (exit {rc}): {out / 'score.log'}")
     hyps = {}
@@ -180,7 +184,7 @@ def main() -> None:
             for dec, path in (("greedy", g), ("lm", guard_off(f, cache / f"{name}_lm_guard_off.nemo")))]
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
         done = dict(zip([(n, d) for n, d, _ in jobs],
-                        pool.map(lambda j: score(j[2], manifests, cache / f"{j[0]}_{j[1]}"), jobs)))
+                        pool.map(lambda j: score(j[2], manifests, cache / f"{j[0]}_{j[1]}", greedy=j[1] == "greedy"), jobs)))
     hyps = {}
     for name in models:
         hyps[name] = {"greedy": done[(name, "greedy")], "lm": done[(name, "lm")]}
