@@ -6,15 +6,20 @@ that one fine-tune can be scored at several merge weights without training again
         --out /tmp/merged FT1.nemo FT2.nemo ...
 
 Writes OUT/<stem>_m<alpha*100>.nemo: every floating-point tensor that base and fine-tune share (same name and
-shape) becomes alpha x fine-tuned + (1 - alpha) x base; the rest (integer counters, tensors only one side has)
+shape) and that the fine-tune changed becomes alpha x fine-tuned + (1 - alpha) x base; the rest (integer counters, tensors only one side has)
 and every other member of the fine-tune's archive (config, tokenizer, an embedded LM) are copied unchanged.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tarfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+from clinasr.training.strategy import interpolate  # noqa: E402
 
 WEIGHTS = "model_weights.ckpt"
 
@@ -33,14 +38,8 @@ def merge(ft: Path, base_state: dict, alpha: float, out: Path) -> dict:
     import torch
 
     state = _weights(ft)
-    mixed = kept = 0
-    for k, v in state.items():
-        b = base_state.get(k)
-        if b is not None and torch.is_floating_point(v) and b.shape == v.shape and not torch.equal(v, b.to(v.dtype)):
-            state[k] = alpha * v + (1 - alpha) * b.to(v.dtype)   # what the fine-tune left as it was stays bit for bit
-            mixed += 1
-        else:
-            kept += 1
+    mixed = interpolate(state, base_state, alpha)   # what the fine-tune left as it was stays bit for bit
+    kept = len(state) - mixed
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()

@@ -38,19 +38,27 @@ from clinasr import lm, metrics, phantom_guard  # noqa: E402
 from clinasr.textnorm import normalize  # noqa: E402
 
 
-def guard_off(src: Path, dst: Path) -> Path:
-    """A copy of an LM model whose decoding spec turns the phantom guard off."""
-    if dst.exists():
-        return dst
+def lm_members(src: Path) -> dict[str, bytes]:
+    """The LM, decoding spec and LM sentences a .nemo carries (clinasr.lm's members)."""
     m, _ = lm._members(src, [lm.LM_MEMBER, lm.DECODING_MEMBER, lm.TEXT_MEMBER])
     if lm.DECODING_MEMBER not in m:
         raise SystemExit(f"{src} carries no n-gram LM (clinasr lm --help)")
-    spec = {**json.loads(m[lm.DECODING_MEMBER]), "phantom_guard": False}
+    return m
+
+
+def embed_members(model: Path, m: dict[str, bytes], dst: Path, **spec_changes) -> Path:
+    """``model`` written to ``dst`` with the LM members ``m`` (of :func:`lm_members`), its spec changed as asked."""
+    spec = {**json.loads(m[lm.DECODING_MEMBER]), **spec_changes}
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "lm.arpa.gz").write_bytes(m[lm.LM_MEMBER])
-        lm.embed(src, Path(d) / "lm.arpa.gz", spec, gzip.decompress(m[lm.TEXT_MEMBER]).decode().splitlines(), dst)
+        lm.embed(model, Path(d) / "lm.arpa.gz", spec, gzip.decompress(m[lm.TEXT_MEMBER]).decode().splitlines(), dst)
     return dst
+
+
+def guard_off(src: Path, dst: Path) -> Path:
+    """A copy of an LM model whose decoding spec turns the phantom guard off."""
+    return dst if dst.exists() else embed_members(src, lm_members(src), dst, phantom_guard=False)
 
 
 def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, built: dict | None = None) -> Path:
@@ -66,17 +74,13 @@ def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, buil
         return dst
     cache.mkdir(parents=True, exist_ok=True)
     if built:
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "lm.arpa.gz").write_bytes(built[lm.LM_MEMBER])
-            lm.embed(ft, Path(d) / "lm.arpa.gz", json.loads(built[lm.DECODING_MEMBER]),
-                     gzip.decompress(built[lm.TEXT_MEMBER]).decode().splitlines(), dst)
-        return dst
+        return embed_members(ft, built, dst)
     shutil.copy(ft, dst)
     text = own_text(work / "clinical_train" / "train_manifest.jsonl", cache / "lm_text.txt")
     if lm.rebuild(base_lm, dst, [text]) is None:
         raise SystemExit(f"{base_lm} has no LM with its sentences to rebuild from")
     if built is not None:
-        built.update(lm._members(dst, [lm.LM_MEMBER, lm.DECODING_MEMBER, lm.TEXT_MEMBER])[0])
+        built.update(lm_members(dst))
     return dst
 
 
@@ -166,10 +170,10 @@ def main() -> None:
 
     work, out = Path(a.work), Path(a.out)
     manifests = {n: work / "evalsets" / n / "test_manifest.jsonl" for n in ("clinical_heldout", "general_heldout")}
-    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work,
-                                 dict(s.split("=", 1) for s in a.clinical_set), workers=max(2, a.jobs)))
+    clinical_sets = dict(s.split("=", 1) for s in a.clinical_set)
+    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work, clinical_sets, workers=max(2, a.jobs)))
     rows = {n: {json.loads(x)["utt_id"]: json.loads(x) for x in p.read_text().splitlines()} for n, p in manifests.items()}
-    clinical = ["clinical_heldout", *sorted(dict(s.split("=", 1) for s in a.clinical_set))]
+    clinical = ["clinical_heldout", *sorted(clinical_sets)]
     general = [n for n in manifests if n not in clinical]
     base = dict(b.split("=", 1) for b in a.base)
     cache = out / "scores"

@@ -261,16 +261,27 @@ def merge_with_base(model, base_state: dict | None, tcfg: dict) -> float | None:
     a = float(a)
     if base_state is None:
         raise TrainingError("merge_with_base needs a base model to merge with (base nemo: or pretrained:)")
+    interpolate(model.state_dict(), base_state, a)
+    return a
+
+
+def interpolate(state: dict, base_state: dict, a: float) -> int:
+    """In place, every floating-point tensor of ``state`` that ``base_state`` has with the same shape becomes
+    ``a * state + (1 - a) * base``, except one equal to the base's, which stays as it is; the rest (integer counters,
+    tensors only one side has) is untouched. Returns how many tensors changed. The trainer's merge_with_base and
+    bench/merge_nemo.py (saved .nemo files) both merge through it."""
     import torch
 
+    changed = 0
     with torch.no_grad():
-        for k, v in model.state_dict().items():
+        for k, v in state.items():
             b = base_state.get(k)
             if b is not None and torch.is_floating_point(v) and b.shape == v.shape:
                 b = b.to(v.device, v.dtype)
                 if not torch.equal(v, b):
                     v.copy_(a * v + (1 - a) * b)
-    return a
+                    changed += 1
+    return changed
 
 
 def _restore_tdt_loss(model) -> None:
