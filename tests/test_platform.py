@@ -37,6 +37,11 @@ def platform_settings(tmp_path_factory):
     mp.undo()
 
 
+def assert_success(run: dict) -> None:
+    """A finished run succeeded; if not, the message says which tasks failed and what the scheduler logged."""
+    assert run["state"] == "success", f"run {run.get('dag_run_id')} {run['state']}: {run.get('diagnosis')}"
+
+
 def test_status_and_idempotent_start(platform_settings):
     s = platform_settings
     rows = {r["service"]: r["state"] for r in P.status(s)}
@@ -57,7 +62,9 @@ def step_trigger_dag_through_rest_api_with_params(platform_settings):
     run_id = client.trigger("clinasr_synthetic_data", {"terms": "warfarin, apixaban", "utterances_per_term": 2,
                                                        "seed": 11, "accent_profiles": ["native"]})
     run = client.wait("clinasr_synthetic_data", run_id, timeout=600)
-    assert run["state"] == "success"
+    assert_success(run)
+    # what a failed run's message would say, read from the same endpoints (the event log filter must be accepted)
+    assert client.diagnose("clinasr_synthetic_data", run_id) == "failed tasks: none; state mismatches: 0"
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
     assert snap["uri"].startswith(f"s3://{s.bucket}/datasets/")
     assert snap["counts"]["train"] + snap["counts"]["val"] == 4
@@ -124,7 +131,7 @@ def step_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_se
     client = AirflowClient(s.airflow_url, "admin", P.airflow_admin_password(s))
     client.wait_for_dag("clinasr_evaluation_sets")
     run_id = client.trigger("clinasr_evaluation_sets", {})
-    assert client.wait("clinasr_evaluation_sets", run_id, timeout=600)["state"] == "success"
+    assert_success(client.wait("clinasr_evaluation_sets", run_id, timeout=600))
     states = {st["name"]: st for st in evalsets.status(settings=s)}
     assert {n: st["state"] for n, st in states.items()} == {"clinical_heldout": "current", "general_heldout": "current",
                                                             "general_replay": "current"}
@@ -136,7 +143,7 @@ def step_evaluation_sets_are_built_once_staged_and_indexed_by_config(platform_se
     assert sorted(r["evaluation_set"]["name"] for r in recs) == sorted(states)
     assert all(r["evaluation_set"]["built"] for r in recs) and all(r["outputs"][0]["uri"].startswith("s3://") for r in recs)
     again = client.trigger("clinasr_evaluation_sets", {})
-    assert client.wait("clinasr_evaluation_sets", again, timeout=300)["state"] == "success"
+    assert_success(client.wait("clinasr_evaluation_sets", again, timeout=300))
     recs = [r for r in V.ProvenanceLog(s).records() if r["run_id"] == again and r["task_id"] == "build"]
     assert len(recs) == 3 and not any(r["evaluation_set"]["built"] for r in recs)
 
@@ -150,7 +157,7 @@ def step_training_dag_registers_a_candidate(platform_settings):
     run_id = client.trigger("clinasr_training", {"dataset_uri": snap["uri"], "max_steps": 4, "batch_size": 2,
                                                  "register_as": "clinasr-platform-test"})
     run = client.wait("clinasr_training", run_id, timeout=600)
-    assert run["state"] == "success"
+    assert_success(run)
     out = client.xcom("clinasr_training", run_id, "candidate")
     states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_training", run_id)}
     assert states["train_local"] == "success" and states["train_sagemaker"] == states["launch_ec2"] == "skipped"
@@ -203,7 +210,7 @@ def step_evaluate_promote_dag_rejects_through_the_gate_then_promotes_with_an_ove
                                                          "reference_models": ["whisper:tiny.en",
                                                                               "pretrained:nvidia/parakeet-tdt-0.6b-v2"]})
     run = client.wait("clinasr_evaluate_promote", run_id, timeout=600)
-    assert run["state"] == "success"
+    assert_success(run)
     gate_out = client.xcom("clinasr_evaluate_promote", run_id, "gate")
     assert list(gate_out["leaderboards"]) == ["clinical_heldout", "general_heldout", "validation"]
     plan = client.xcom("clinasr_evaluate_promote", run_id, "plan")
@@ -303,7 +310,7 @@ def step_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
         before = {r["dag_run_id"] for r in client.runs("clinasr_synthetic_data")}
         run_id = client.trigger("clinasr_drift", {"model_name": "clinasr-platform-test", "window_days": 3,
                                                   "policy": str(tmp_path / "policy.yaml"), "utterances_per_term": 1})
-        assert client.wait("clinasr_drift", run_id, timeout=300)["state"] == "success"
+        assert_success(client.wait("clinasr_drift", run_id, timeout=300))
         states = {t["task_id"]: t["state"] for t in client.task_instances("clinasr_drift", run_id)}
         new = [r for r in client.runs("clinasr_synthetic_data") if r["dag_run_id"] not in before]
         return run_id, client.xcom("clinasr_drift", run_id, "measure"), states, new
@@ -334,7 +341,7 @@ def step_drift_dag_retrains_on_a_drifted_term_and_not_on_steady_feedback(platfor
                                               "policy": str(tmp_path / "policy.yaml"), "utterances_per_term": 1})
     assert "zilebesiran" not in load_lexicon().categories()
     client.respond("clinasr_drift", run_id, "approve_lexicon", "Approve")
-    assert client.wait("clinasr_drift", run_id, timeout=300)["state"] == "success"
+    assert_success(client.wait("clinasr_drift", run_id, timeout=300))
     assert client.xcom("clinasr_drift", run_id, "measure")["proposed_additions"] == ["zilebesiran"]
     assert load_lexicon().categories()["zilebesiran"] == "drug"
     new = [r for r in client.runs("clinasr_synthetic_data") if r["dag_run_id"] not in before]

@@ -68,6 +68,21 @@ class AirflowClient:
         q = requests.utils.quote(run_id, safe="")
         return self._req("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
 
+    def diagnose(self, dag_id: str, run_id: str, states: dict | None = None) -> str:
+        """Why a run failed, in one line: its failed tasks with their tries, and any "state mismatch" the scheduler
+        logged (a task's process exit seen after the task was re-queued, which fails or retries the task)."""
+        states = states or {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
+        tries = {t["task_id"]: t.get("try_number") for t in self.task_instances(dag_id, run_id)}
+        failed = [f"{k} (try {tries.get(k)})" for k, v in states.items() if v in ("failed", "upstream_failed")]
+        try:
+            logs = self._req("GET", "/eventLogs", params={"dag_id": dag_id, "run_id": run_id, "event": "state mismatch",
+                                                          "limit": 10}).get("event_logs", [])
+        except AirflowAPIError as e:
+            logs = [{"extra": f"(event log unavailable: {e})"}]
+        mismatches = [f"{e.get('task_id')} try {e.get('try_number')}: {str(e.get('extra'))[:300]}" for e in logs]
+        return (f"failed tasks: {', '.join(failed) or 'none'}; state mismatches: {len(mismatches)}"
+                + "".join(f"\n  {m}" for m in mismatches))
+
     def runs(self, dag_id: str) -> list[dict]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date", "limit": 20})["dag_runs"]
 
@@ -98,7 +113,7 @@ class AirflowClient:
         raise AirflowAPIError(f"no new run of {dag_id} appeared in {timeout:.0f}s")
 
     def respond(self, dag_id: str, run_id: str, task_id: str, option: str, timeout: float = 600,
-                settle_s: float = 5, follow_s: float = 90) -> dict:
+                settle_s: float = 15, follow_s: float = 240) -> dict:
         """Answer a human-in-the-loop task (e.g. approve_qa: "Approve" or "Reject") once it waits for input,
         as a reviewer does under *Required actions* in the UI.
 
@@ -106,8 +121,9 @@ class AirflowClient:
         process's exit after the task was re-queued and retries it, and the retry waits for input again although
         the first try already acted on the answer. A person is never that fast, so this client waits
         ``settle_s`` after the task reaches ``awaiting_input``; and since that has not always been enough, it
-        then follows the task for ``follow_s`` and, as the reviewer would when the action reappears, gives the
-        same answer to a retry that waits again."""
+        then follows the task for ``follow_s`` (longer than the DAGs' one-minute retry delay plus a slow scheduler's
+        loops) and, as the reviewer would when the action reappears, gives the same answer to a retry that waits
+        again. (CI, 2 cores: with 5 s / 90 s the race struck the first try and its retry, and the run failed.)"""
         ti = f"/dags/{dag_id}/dagRuns/{requests.utils.quote(run_id, safe='')}/taskInstances/{task_id}"
         deadline = time.time() + timeout
         while self._req("GET", ti).get("state") != "awaiting_input":
@@ -147,6 +163,8 @@ class AirflowClient:
                 log(f"  [{dag_id}] {run['state']}: {summary}")
                 last = summary
             if run["state"] in ("success", "failed"):
+                if run["state"] == "failed":
+                    run["diagnosis"] = self.diagnose(dag_id, run_id, states)
                 return run
             time.sleep(3)
         others = [r["dag_run_id"] for r in self.runs(dag_id)
