@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
@@ -38,33 +36,20 @@ from clinasr import lm, metrics, phantom_guard  # noqa: E402
 from clinasr.textnorm import normalize  # noqa: E402
 
 
-def lm_members(src: Path) -> dict[str, bytes]:
-    """The LM, decoding spec and LM sentences a .nemo carries (clinasr.lm's members)."""
-    m, _ = lm._members(src, [lm.LM_MEMBER, lm.DECODING_MEMBER, lm.TEXT_MEMBER])
-    if lm.DECODING_MEMBER not in m:
-        raise SystemExit(f"{src} carries no n-gram LM (clinasr lm --help)")
-    return m
-
-
-def embed_members(model: Path, m: dict[str, bytes], dst: Path, **spec_changes) -> Path:
-    """``model`` written to ``dst`` with the LM members ``m`` (of :func:`lm_members`), its spec changed as asked."""
-    spec = {**json.loads(m[lm.DECODING_MEMBER]), **spec_changes}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "lm.arpa.gz").write_bytes(m[lm.LM_MEMBER])
-        lm.embed(model, Path(d) / "lm.arpa.gz", spec, gzip.decompress(m[lm.TEXT_MEMBER]).decode().splitlines(), dst)
-    return dst
-
-
 def guard_off(src: Path, dst: Path) -> Path:
     """A copy of an LM model whose decoding spec turns the phantom guard off."""
-    return dst if dst.exists() else embed_members(src, lm_members(src), dst, phantom_guard=False)
+    if dst.exists():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if lm.copy_lm(src, src, dst, phantom_guard=False) is None:
+        raise SystemExit(f"{src} carries no n-gram LM (clinasr lm --help)")
+    return dst
 
 
 def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, built: dict | None = None) -> Path:
     """``ft`` with its LM rebuilt from ``base_lm``'s sentences and its clinical training sentences (clinasr.lm.rebuild).
-    ``built`` (one dict per run): the first rebuild's LM members, embedded as they are in every later fine-tune of
-    the same base and clinical set, which would rebuild the same LM."""
+    ``built`` (one dict per run): the first rebuild's model, whose LM is embedded as it is in every later fine-tune
+    of the same base and clinical set, which would rebuild the same LM."""
     import shutil
 
     from clinasr.training.train import own_text
@@ -74,13 +59,13 @@ def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, buil
         return dst
     cache.mkdir(parents=True, exist_ok=True)
     if built:
-        return embed_members(ft, built, dst)
+        return lm.copy_lm(built["model"], ft, dst)
     shutil.copy(ft, dst)
     text = own_text(work / "clinical_train" / "train_manifest.jsonl", cache / "lm_text.txt")
     if lm.rebuild(base_lm, dst, [text]) is None:
         raise SystemExit(f"{base_lm} has no LM with its sentences to rebuild from")
     if built is not None:
-        built.update(lm_members(dst))
+        built["model"] = dst
     return dst
 
 

@@ -240,3 +240,59 @@ def test_a_fine_tune_of_a_model_whose_lm_lacks_its_text_decodes_greedily_and_say
     r, logs = _fine_tune(base, tiny_dataset, tmp_path / "ft")
     assert lm.embedded(r["nemo_path"]) is None
     assert any("without its sentences" in m and "decodes greedily" in m for m in logs)
+
+
+def test_an_experiments_fine_tune_scored_in_memory_decodes_as_its_saved_nemo(lm_model, tiny_dataset, tmp_path,
+                                                                              monkeypatch):
+    """The bench scores a fine-tune in the process that trained it, beside a base scored from its file: both must
+    decode alike (the base and its fine-tunes carry an LM since 2026-12-03; before this, the fine-tune in memory was
+    decoded greedily against a base decoded with its LM)."""
+    from clinasr import experiment
+    from clinasr.training.train import train
+
+    out, _ = lm_model
+    manifest = tiny_dataset / "val_manifest.jsonl"
+    seen = {}
+
+    def on_trained(model):
+        seen["saved"] = model._clinasr_saved_nemo
+        seen["memory"] = experiment.score(model.eval(), manifest, tmp_path / "memory", "x", lm_from=seen["saved"])
+        seen["memory_no_lm"] = experiment.score(model.eval(), manifest, tmp_path / "no_lm", "x")
+
+    train({"dataset": str(tiny_dataset), "output_dir": str(tmp_path / "ft"), "mlflow": {"enabled": False},
+           "base": {"nemo": str(out)}, "model_overrides": "configs/model/finetune_small.yaml",
+           "trainer_overrides": {"max_steps": 1, "val_check_interval": 1, "checkpoint_every_n_steps": 1,
+                                 "batch_size": 4}}, log=lambda m: None, on_trained=on_trained)
+    assert lm.embedded(seen["saved"]) is not None
+    from_file = experiment.score(seen["saved"], manifest, tmp_path / "file", "x")
+
+    def hyps(res):
+        return [json.loads(line)["hypothesis"] for line in open(res["hypotheses"])]
+
+    assert "phantom_guard" in seen["memory"] and "phantom_guard" in from_file   # decoded with the LM, under the guard
+    assert hyps(seen["memory"]) == hyps(from_file)
+    assert "phantom_guard" not in seen["memory_no_lm"]                          # no .nemo named: greedy
+    monkeypatch.setenv("CLINASR_DECODING", "greedy")
+    assert experiment.decoding() == "greedy"
+    greedy = experiment.score(seen["saved"], manifest, tmp_path / "greedy", "x")
+    assert "phantom_guard" not in greedy and hyps(greedy) == hyps(seen["memory_no_lm"])
+
+
+def test_a_model_resaved_by_nemo_gets_its_lm_back(lm_model, tmp_path):
+    """NeMo's save_to writes only what NeMo knows: bench/resave_fp32.py (the GPU scripts' first step) lost the
+    shipped base's LM until copy_lm put it back; a plain source copies nothing."""
+    import subprocess
+    import sys
+
+    out, res = lm_model
+    copy = tmp_path / "fp32.nemo"
+    subprocess.run([sys.executable, "bench/resave_fp32.py", str(out), str(copy)], check=True, capture_output=True)
+    assert lm.embedded(copy) == res["spec"]
+    assert lm._members(copy, lm.OURS)[0] == lm._members(out, lm.OURS)[0]          # the LM and its sentences too
+    plain = _without(_without(_without(copy, lm.LM_MEMBER, tmp_path / "a.nemo"), lm.DECODING_MEMBER,
+                              tmp_path / "b.nemo"), lm.TEXT_MEMBER, tmp_path / "plain.nemo")
+    assert lm.embedded(plain) is None and lm.copy_lm(plain, copy) is None and lm.embedded(copy) == res["spec"]
+    off = lm.copy_lm(out, plain, tmp_path / "off.nemo", phantom_guard=False)   # a copy that decodes otherwise
+    assert lm.embedded(off) == {**res["spec"], "phantom_guard": False}
+    with pytest.raises(lm.LMError, match="lacks"):
+        lm.copy_lm(_without(out, lm.TEXT_MEMBER, tmp_path / "no_text.nemo"), plain)

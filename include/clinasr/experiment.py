@@ -216,15 +216,32 @@ def export_half(src: Path, dst: Path) -> dict:
     return {"path": str(dst), "bytes": dst.stat().st_size, "float16_parameters": n_half}
 
 
-def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = None) -> dict:
+def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = None,
+          lm_from: str | Path | None = None) -> dict:
     """Transcribe and score a set with a .nemo path or a loaded model; the result keeps the scored rows (for
-    paired comparisons)."""
+    paired comparisons). Both decode as a .nemo asks, as the product does (its n-gram LM, if it carries one, unless
+    ``CLINASR_DECODING=greedy``): a path as itself, a loaded model as ``lm_from`` (the .nemo it was saved to or
+    changed from; without one, greedy). A fine-tune scored in memory beside a base scored from its file must not
+    decode differently from it: since the shipped base carries an LM, that compared greedy fine-tunes with a base
+    decoded with its LM."""
     from clinasr import evaluate
     from clinasr.inference import Transcriber
 
-    t = Transcriber(model) if isinstance(model, (str, Path)) else Transcriber.from_model(model)
+    if isinstance(model, (str, Path)):
+        t = Transcriber(model)
+    else:
+        t = Transcriber.from_model(model)
+        if lm_from:
+            t._use_embedded_lm(Path(lm_from))
     t.warm_up()
     return evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False, keep_per_row=True)
+
+
+def decoding() -> str:
+    """How this process and the scoring processes it starts decode: ``model`` (as each .nemo asks: beam search with
+    its n-gram LM when it carries one) or ``greedy`` (``CLINASR_DECODING=greedy``, set by the bench scripts'
+    ``--decoding greedy``: ~14x faster on a CPU). Results record it beside every comparison."""
+    return (os.environ.get("CLINASR_DECODING") or "model").strip().lower()
 
 
 # ---- phases ---------------------------------------------------------------------------------------
@@ -516,7 +533,7 @@ def phase_finetune(cfg: dict, base_nemo: Path, work: Path, out: Path, only: list
     log(f"[experiment] held-out clinical set: {held['card']['counts']}")
     results: dict = {"config": cfg, "heldout": {"rows": held["card"]["counts"], "hours": held["card"]["hours"],
                                                  "voices": cfg["voices"]["heldout"], "templates": c["heldout"]},
-                     "runs": {}, "provenance": _provenance(cfg)}
+                     "runs": {}, "provenance": _provenance(cfg), "decoding": decoding()}
     per_row = {}
 
     def record(name: str, res: dict, extra: dict) -> None:
@@ -587,6 +604,7 @@ def results_md(results: dict) -> str:
         for k, v in slices:
             lines.append(f"| {k}={v} | " + " | ".join(
                 f"{r['slices'].get(k, {}).get(v, {}).get('wer', float('nan')):.3f}" for r in runs.values()) + " |")
+    lines += ["", f"Decoding: {results.get('decoding', 'greedy (before 2026-12-03)')}, every model alike."]
     return "\n".join(lines) + "\n"
 
 
@@ -656,7 +674,9 @@ def _score_main(args_path: str, result_path: str) -> None:
         if args.get("merge_with"):    # alpha x this model + (1 - alpha) x the base
             base = ASRModel.restore_from(args["merge_with"], map_location="cpu").state_dict()
             merge_with_base(model, base, {"merge_with_base": float(args["alpha"])})
-    res = {n: score(model, Path(m), Path(args["out"]), n) for n, m in args["manifests"].items()}
+    changed = not isinstance(model, Path)   # decodes with the LM of the .nemo it was changed from
+    res = {n: score(model, Path(m), Path(args["out"]), n, lm_from=args["model"] if changed else None)
+           for n, m in args["manifests"].items()}
     Path(result_path).write_text(json.dumps(res, default=str))
 
 
@@ -702,7 +722,7 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
     manifests = {n: Path(sets[n]["dir"]) / evalsets.TEST_MANIFEST for n in ("clinical_heldout", "general_heldout")}
     base = repo_path(cfg["base"])
     results: dict = {"config": cfg, "sets": {n: sets[n]["card"] for n in sets}, "train_set": train_set["card"],
-                     "runs": {}, "provenance": _provenance(cfg)}
+                     "runs": {}, "provenance": _provenance(cfg), "decoding": decoding()}
     per_row: dict[str, dict] = {}
 
     def record(name: str, scored: dict, extra: dict) -> None:
@@ -880,6 +900,8 @@ def recipes_md(results: dict) -> str:
             + f"{f(ge['wer'])} ({eng(ge, 'wer')}) | "
             f"{ci(vs.get('general_heldout'), 'wer_change')} | {f(ge['phantoms_per_100'], 1)} | "
             f"{ci(vs.get('general_heldout'), 'phantoms_per_100_change', 1.0)} |")
+    lines.append("")
+    lines.append(f"Decoding: {results.get('decoding', 'greedy (before 2026-12-03)')}, every model alike.")
     s = results["sets"]
 
     def rows(name):   # a set card counts rows per manifest ({"train_manifest.jsonl": n, ...}); older ones one number
@@ -937,11 +959,12 @@ def _train_main(args_path: str, result_path: str) -> None:
 
         if spec and torch.cuda.is_available():
             return
+        saved = getattr(model, "_clinasr_saved_nemo", None)   # with the LM training rebuilt for it, if any
         if spec and spec.get("manifests"):   # several sets: {set name: result}
             for set_name, m in spec["manifests"].items():
-                scored[set_name] = score(model.eval(), Path(m), Path(spec["out"]) / spec["name"], set_name)
+                scored[set_name] = score(model.eval(), Path(m), Path(spec["out"]) / spec["name"], set_name, lm_from=saved)
         elif spec:
-            scored.update(score(model.eval(), Path(spec["manifest"]), Path(spec["out"]), spec["name"]))
+            scored.update(score(model.eval(), Path(spec["manifest"]), Path(spec["out"]), spec["name"], lm_from=saved))
 
     res = train(args, on_trained=on_trained)
     Path(result_path).write_text(json.dumps({**res, "score": scored or None}, default=str))

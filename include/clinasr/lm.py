@@ -212,6 +212,24 @@ def embed(nemo_path: str | Path, lm: str | Path, spec: dict, sentences: Sequence
     return dst
 
 
+def copy_lm(src: str | Path, dst: str | Path, out: str | Path | None = None, **spec_changes) -> Path | None:
+    """The LM, decoding spec and sentences ``src`` carries, put into ``dst`` (written to ``out``, default in place)
+    with its spec changed as asked; None, and nothing written, when ``src`` carries no LM. For a model re-saved by
+    NeMo (``save_to`` writes only what NeMo knows, so a re-saved .nemo has lost its LM) or a copy that decodes
+    otherwise (e.g. ``phantom_guard=False``)."""
+    import tempfile
+
+    m, _ = _members(src, OURS)
+    if DECODING_MEMBER not in m:
+        return None
+    if LM_MEMBER not in m or TEXT_MEMBER not in m:
+        raise LMError(f"{Path(src).name} names an n-gram LM but lacks {LM_MEMBER} or {TEXT_MEMBER}")
+    spec = {**json.loads(m[DECODING_MEMBER]), **spec_changes}
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "lm.arpa.gz").write_bytes(m[LM_MEMBER])
+        return embed(dst, Path(d) / "lm.arpa.gz", spec, gzip.decompress(m[TEXT_MEMBER]).decode().splitlines(), out)
+
+
 def decoding_config(model, nemo_path: str | Path, workdir: str | Path, mode: str | None = None):
     """The NeMo decoding config that ``nemo_path``'s embedded spec asks for, with its LM written (plain ARPA, as
     NeMo reads it; it loads the file once, when the strategy changes) under ``workdir``; None for a plain model or

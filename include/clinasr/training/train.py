@@ -357,7 +357,8 @@ def train(args: dict, log=print, on_trained=None, callbacks: list | None = None)
 
         if (src := getattr(model, "_clinasr_source_nemo", None)) and lm.embedded(src) is not None:
             lm.rebuild(src, nemo_path, [own_text(data["manifests"]["train"], work / "lm_text.txt")], log)
-        if on_trained:   # e.g. score the trained model in memory (clinasr.experiment)
+        if on_trained:   # e.g. score the trained model in memory (clinasr.experiment), as its .nemo decodes
+            model._clinasr_saved_nemo = str(nemo_path)
             on_trained(model)
         mlflow.log_artifact(str(nemo_path), "model")
         if (out / "tensorboard").exists():
