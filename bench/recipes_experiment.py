@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--decoding", choices=["model", "greedy"], default=None,
                     help="model: every model decodes as its .nemo asks, as the product does (the shipped base and its "
                     "fine-tunes: beam search with their n-gram LM); greedy: every model greedily (CLINASR_DECODING="
-                    "greedy; ~14x faster on a CPU). Default: CLINASR_DECODING, else model. Never one way for the base and "
-                    "another for the fine-tunes.")
+                    "greedy; beam 4 + LM takes ~1.9x greedy's time on a CPU and ~25 s to load per process). "
+                    "Default: CLINASR_DECODING, else model. Never one way for the base and another for the "
+                    "fine-tunes.")
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
     if a.decoding:   # read by every scoring process this one starts (clinasr.experiment.decoding)
