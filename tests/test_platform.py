@@ -65,6 +65,8 @@ def step_trigger_dag_through_rest_api_with_params(platform_settings):
     assert_success(run)
     # what a failed run's message would say, read from the same endpoints (the event log filter must be accepted)
     assert client.diagnose("clinasr_synthetic_data", run_id) == "failed tasks: none; state mismatches: 0"
+    tail = client.task_log_tail("clinasr_synthetic_data", run_id, "stage_snapshot", 1)   # what it shows of a failed task
+    assert tail and all(isinstance(line, str) and len(line) <= 300 for line in tail), tail
     snap = client.xcom("clinasr_synthetic_data", run_id, "stage_snapshot")
     assert snap["uri"].startswith(f"s3://{s.bucket}/datasets/")
     assert snap["counts"]["train"] + snap["counts"]["val"] == 4

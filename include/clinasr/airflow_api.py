@@ -68,12 +68,39 @@ class AirflowClient:
         q = requests.utils.quote(run_id, safe="")
         return self._req("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
 
+    def task_log_tail(self, dag_id: str, run_id: str, task_id: str, try_number: int, lines: int = 12) -> list[str]:
+        """The last ``lines`` messages of one try of a task's log (what the UI's log view shows), each cut to 300
+        characters; an exception's type and message are kept with the line that reported it."""
+        q = requests.utils.quote(run_id, safe="")
+        content = self._req("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{task_id}/logs/{try_number}",
+                            params={"full_content": "true"}, headers={"Accept": "application/json"}).get("content", [])
+        out = []
+        for m in content[-lines:]:
+            if isinstance(m, dict):
+                line = str(m.get("event", ""))
+                for err in m.get("error_detail") or []:
+                    if isinstance(err, dict):
+                        line += f" | {err.get('exc_type')}: {err.get('exc_value')}"
+            else:
+                line = str(m)
+            out.append(line[:300])
+        return out
+
     def diagnose(self, dag_id: str, run_id: str, states: dict | None = None) -> str:
-        """Why a run failed, in one line: its failed tasks with their tries, and any "state mismatch" the scheduler
-        logged (a task's process exit seen after the task was re-queued, which fails or retries the task)."""
+        """Why a run failed: its failed tasks with their tries and the end of each failed task's log, and any
+        "state mismatch" the scheduler logged (a task's process exit seen after the task was re-queued, which fails
+        or retries the task)."""
         states = states or {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
         tries = {t["task_id"]: t.get("try_number") for t in self.task_instances(dag_id, run_id)}
         failed = [f"{k} (try {tries.get(k)})" for k, v in states.items() if v in ("failed", "upstream_failed")]
+        tails = []
+        for k, v in states.items():
+            if v == "failed" and tries.get(k):
+                try:
+                    tails.append(f"\n  log of {k}, try {tries[k]}:" + "".join(
+                        f"\n    {line}" for line in self.task_log_tail(dag_id, run_id, k, int(tries[k]))))
+                except AirflowAPIError as e:
+                    tails.append(f"\n  log of {k} unavailable: {e}")
         try:
             logs = self._req("GET", "/eventLogs", params={"dag_id": dag_id, "run_id": run_id, "event": "state mismatch",
                                                           "limit": 10}).get("event_logs", [])
@@ -81,7 +108,7 @@ class AirflowClient:
             logs = [{"extra": f"(event log unavailable: {e})"}]
         mismatches = [f"{e.get('task_id')} try {e.get('try_number')}: {str(e.get('extra'))[:300]}" for e in logs]
         return (f"failed tasks: {', '.join(failed) or 'none'}; state mismatches: {len(mismatches)}"
-                + "".join(f"\n  {m}" for m in mismatches))
+                + "".join(f"\n  {m}" for m in mismatches) + "".join(tails))
 
     def runs(self, dag_id: str) -> list[dict]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-start_date", "limit": 20})["dag_runs"]
