@@ -75,15 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trainer-override", nargs="*", default=[], metavar="KEY=VALUE",
                     help="trainer options for every run, e.g. precision=32-true num_workers=1 max_minutes=null "
                          "(the same recipe on a CPU); values are read as YAML")
-    ap.add_argument("--decoding", choices=["model", "greedy"], default=None,
-                    help="model: every model decodes as its .nemo asks, as the product does (the shipped base and its "
-                    "fine-tunes: beam search with their n-gram LM); greedy: every model greedily (CLINASR_DECODING="
-                    "greedy; beam 4 + LM takes ~1.9x greedy's time on a CPU and ~25 s to load per process). "
-                    "Default: CLINASR_DECODING, else model. Never one way for the base and another for the "
-                    "fine-tunes.")
+    experiment.add_decoding_option(ap)
     a = ap.parse_args(argv)
-    if a.decoding:   # read by every scoring process this one starts (clinasr.experiment.decoding)
-        os.environ["CLINASR_DECODING"] = a.decoding
+    experiment.set_decoding(a.decoding)
     cfg = experiment.load_config(a.config)
     out, work = Path(a.out), Path(a.work)
     out.mkdir(parents=True, exist_ok=True)

@@ -49,16 +49,10 @@ def main(argv=None) -> int:
                     help="trainer options for every recipe (values read as YAML), e.g. max_minutes=null")
     ap.add_argument("--no-sweeps", action="store_true",
                     help="score each recipe's final model only (not its merge_sweep / checkpoint_sweep models)")
-    ap.add_argument("--decoding", choices=["model", "greedy"], default=None,
-                    help="model: every model decodes as its .nemo asks, as the product does (the shipped base and its "
-                    "fine-tunes: beam search with their n-gram LM); greedy: every model greedily (CLINASR_DECODING="
-                    "greedy; beam 4 + LM takes ~1.9x greedy's time on a CPU and ~25 s to load per process). "
-                    "Default: CLINASR_DECODING, else model. Never one way for the base and another for the "
-                    "fine-tunes.")
+    experiment.add_decoding_option(ap)
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
-    if a.decoding:   # read by every scoring process this one starts (clinasr.experiment.decoding)
-        os.environ["CLINASR_DECODING"] = a.decoding
+    experiment.set_decoding(a.decoding)
     if a.no_sweeps:
         for r in cfg["recipes"].values():
             r.pop("merge_sweep", None)

@@ -272,7 +272,10 @@ def test_an_experiments_fine_tune_scored_in_memory_decodes_as_its_saved_nemo(lm_
     assert "phantom_guard" in seen["memory"] and "phantom_guard" in from_file   # decoded with the LM, under the guard
     assert hyps(seen["memory"]) == hyps(from_file)
     assert "phantom_guard" not in seen["memory_no_lm"]                          # no .nemo named: greedy
-    monkeypatch.setenv("CLINASR_DECODING", "greedy")
+    monkeypatch.setenv("CLINASR_DECODING", "model")   # restored after the test; the bench's --decoding greedy:
+    experiment.set_decoding(None)
+    assert experiment.decoding() == "model"
+    experiment.set_decoding("greedy")
     assert experiment.decoding() == "greedy"
     greedy = experiment.score(seen["saved"], manifest, tmp_path / "greedy", "x")
     assert "phantom_guard" not in greedy and hyps(greedy) == hyps(seen["memory_no_lm"])

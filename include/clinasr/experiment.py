@@ -244,6 +244,23 @@ def decoding() -> str:
     return (os.environ.get("CLINASR_DECODING") or "model").strip().lower()
 
 
+def add_decoding_option(ap) -> None:
+    """The bench scripts' ``--decoding`` option (argparse); :func:`set_decoding` applies it."""
+    ap.add_argument("--decoding", choices=["model", "greedy"], default=None,
+                    help="model: every model decodes as its .nemo asks, as the product does (the shipped base and its "
+                    "fine-tunes: beam search with their n-gram LM); greedy: every model greedily (CLINASR_DECODING="
+                    "greedy; beam 4 + LM takes ~1.9x greedy's time on a CPU and ~25 s to load per process). "
+                    "Default: CLINASR_DECODING, else model. Never one way for the base and another for the "
+                    "fine-tunes.")
+
+
+def set_decoding(mode: str | None) -> None:
+    """``--decoding``'s value for this process and every scoring process it starts (read by :func:`decoding` and the
+    Transcriber); None leaves ``CLINASR_DECODING`` as it is."""
+    if mode:
+        os.environ["CLINASR_DECODING"] = mode
+
+
 # ---- phases ---------------------------------------------------------------------------------------
 def _in_fresh_interpreter(mode: str, args: dict, what: str) -> dict:
     """``python -m clinasr.experiment MODE ARGS RESULT`` and its JSON result (see _train for why)."""
