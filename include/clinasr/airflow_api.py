@@ -86,12 +86,12 @@ class AirflowClient:
             out.append(line[:300])
         return out
 
-    def diagnose(self, dag_id: str, run_id: str, states: dict | None = None) -> str:
+    def diagnose(self, dag_id: str, run_id: str) -> str:
         """Why a run failed: its failed tasks with their tries and the end of each failed task's log, and any
         "state mismatch" the scheduler logged (a task's process exit seen after the task was re-queued, which fails
         or retries the task)."""
-        states = states or {t["task_id"]: t["state"] for t in self.task_instances(dag_id, run_id)}
-        tries = {t["task_id"]: t.get("try_number") for t in self.task_instances(dag_id, run_id)}
+        tis = self.task_instances(dag_id, run_id)
+        states, tries = {t["task_id"]: t["state"] for t in tis}, {t["task_id"]: t.get("try_number") for t in tis}
         failed = [f"{k} (try {tries.get(k)})" for k, v in states.items() if v in ("failed", "upstream_failed")]
         tails = []
         for k, v in states.items():
@@ -191,7 +191,7 @@ class AirflowClient:
                 last = summary
             if run["state"] in ("success", "failed"):
                 if run["state"] == "failed":
-                    run["diagnosis"] = self.diagnose(dag_id, run_id, states)
+                    run["diagnosis"] = self.diagnose(dag_id, run_id)
                 return run
             time.sleep(3)
         others = [r["dag_run_id"] for r in self.runs(dag_id)

@@ -224,17 +224,20 @@ def score(model, manifest: Path, out: Path, name: str, max_rows: int | None = No
     changed from; without one, greedy). A fine-tune scored in memory beside a base scored from its file must not
     decode differently from it: since the shipped base carries an LM, that compared greedy fine-tunes with a base
     decoded with its LM."""
+    return score_sets(model, {name: manifest}, out, max_rows, lm_from)[name]
+
+
+def score_sets(model, manifests: dict[str, Path], out: Path, max_rows: int | None = None,
+               lm_from: str | Path | None = None) -> dict[str, dict]:
+    """:func:`score` on several sets ({name: manifest}) with one Transcriber: the model restored and its LM loaded
+    once, not once per set."""
     from clinasr import evaluate
     from clinasr.inference import Transcriber
 
-    if isinstance(model, (str, Path)):
-        t = Transcriber(model)
-    else:
-        t = Transcriber.from_model(model)
-        if lm_from:
-            t._use_embedded_lm(Path(lm_from))
+    t = Transcriber(model) if isinstance(model, (str, Path)) else Transcriber.from_model(model, decode_as=lm_from)
     t.warm_up()
-    return evaluate.evaluate_set(t, name, manifest, out, max_rows=max_rows, progress=False, keep_per_row=True)
+    return {name: evaluate.evaluate_set(t, name, Path(m), out, max_rows=max_rows, progress=False, keep_per_row=True)
+            for name, m in manifests.items()}
 
 
 def decoding() -> str:
@@ -692,8 +695,7 @@ def _score_main(args_path: str, result_path: str) -> None:
             base = ASRModel.restore_from(args["merge_with"], map_location="cpu").state_dict()
             merge_with_base(model, base, {"merge_with_base": float(args["alpha"])})
     changed = not isinstance(model, Path)   # decodes with the LM of the .nemo it was changed from
-    res = {n: score(model, Path(m), Path(args["out"]), n, lm_from=args["model"] if changed else None)
-           for n, m in args["manifests"].items()}
+    res = score_sets(model, args["manifests"], Path(args["out"]), lm_from=args["model"] if changed else None)
     Path(result_path).write_text(json.dumps(res, default=str))
 
 
@@ -978,8 +980,7 @@ def _train_main(args_path: str, result_path: str) -> None:
             return
         saved = getattr(model, "_clinasr_saved_nemo", None)   # with the LM training rebuilt for it, if any
         if spec and spec.get("manifests"):   # several sets: {set name: result}
-            for set_name, m in spec["manifests"].items():
-                scored[set_name] = score(model.eval(), Path(m), Path(spec["out"]) / spec["name"], set_name, lm_from=saved)
+            scored.update(score_sets(model.eval(), spec["manifests"], Path(spec["out"]) / spec["name"], lm_from=saved))
         elif spec:
             scored.update(score(model.eval(), Path(spec["manifest"]), Path(spec["out"]), spec["name"], lm_from=saved))
 

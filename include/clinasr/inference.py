@@ -118,13 +118,17 @@ class Transcriber(WarmUp):
 
     @classmethod
     def from_model(cls, model, device: str | None = None, max_chunk_s: float = 30.0, version: str = "",
-                   bf16_min_batch: int | None = None) -> "Transcriber":
-        """A Transcriber over an already loaded NeMo ASR model (e.g. from ``from_pretrained``)."""
+                   bf16_min_batch: int | None = None, decode_as: str | Path | None = None) -> "Transcriber":
+        """A Transcriber over an already loaded NeMo ASR model (e.g. from ``from_pretrained``). ``decode_as``: the
+        .nemo the model was saved to or changed from (a fine-tune in the process that trained it, a merged copy):
+        offline decoding then uses that file's n-gram LM, as a Transcriber of the file would; without it, greedy."""
         import torch
 
         self = cls.__new__(cls)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._setup(model.to(device), device, max_chunk_s, version, bf16_min_batch)
+        if decode_as:
+            self._use_embedded_lm(Path(decode_as))
         return self
 
     def _setup(self, model, device: str, max_chunk_s: float, version: str, bf16_min_batch: int | None) -> None:
