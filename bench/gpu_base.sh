@@ -19,6 +19,13 @@
 # the encoder's 16 MB; `echo /.wenc/ >> .git/info/exclude`) in the training calls, and it is put on the path.
 # models/ holds two bases since v6 (41 MB): move it aside for those calls too (.wenc + the tree must fit 64 MiB); to
 # continue the shipped base, move only models/clinasr-base-en-fastconformer aside (tree + .wenc + one base: ~40 MB).
+# To continue a base with no local change between calls (the machine is released 30 s after a call; every change
+# to the tree between two calls risked that, and on 2026-12-03 the warm machine was lost after the data call three
+# times): put the INIT model and its card in an ignored folder (`mkdir .init; cp models/clinasr-base-en-multi/
+# {model.nemo,model_card.json} .init/; echo /.init/ >> .git/info/exclude`), move models/ out of the tree for every
+# call, and carry [.whl, .espeak] in `data`, then [.wenc, .init] in `train MINUTES .init/model.nemo`.
+# Budget (measured 2026-12-03): a fresh machine's start costs 200-740 s of device time on top of the call; `data`
+# ran 339-415 s; so data plus two training calls needs ~1,800 s, a whole session's budget, with no refusal.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
