@@ -62,6 +62,10 @@ train)
     fi
     init=(--init "$dir/model.nemo")
   fi
+  # the base's held-out figure here is greedy, as for every base before v9 (the CPU scores it with its LM later): on
+  # 2026-12-03 the H200 died in NeMo's CUDA-graph beam search after training (clinasr.lm now turns the graphs off;
+  # not yet run on a GPU), and the call's scoring and export were lost
+  export CLINASR_DECODING=${CLINASR_DECODING:-greedy}
   python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --resume \
     --deadline-minutes "$2" --trainer-override max_minutes=null "${init[@]}" ;;
 *) echo "usage: $0 data | train MINUTES [INIT.nemo]" >&2; exit 2 ;;

@@ -256,8 +256,11 @@ def decoding_config(model, nemo_path: str | Path, workdir: str | Path, mode: str
         if cfg.strategy == "greedy_batch":
             cfg.greedy.ngram_lm_model, cfg.greedy.ngram_lm_alpha = str(arpa), alpha
         else:
+            # allow_cuda_graphs off: on an H200 (2026-12-03) NeMo's CUDA-graph beam search (modified_alsd_cuda_graphs)
+            # died with "an illegal memory access" scoring a base after training; a CPU never uses the graphs
             cfg.beam = {"beam_size": int(spec.get("beam_size", DEFAULT_DECODING["beam_size"])),
-                        "return_best_hypothesis": True, "ngram_lm_model": str(arpa), "ngram_lm_alpha": alpha}
+                        "return_best_hypothesis": True, "ngram_lm_model": str(arpa), "ngram_lm_alpha": alpha,
+                        "allow_cuda_graphs": False}
     return cfg, spec
 
 
