@@ -25,7 +25,8 @@
 # {model.nemo,model_card.json} .init/; echo /.init/ >> .git/info/exclude`), move models/ out of the tree for every
 # call, and carry [.whl, .espeak] in `data`, then [.wenc, .init] in `train MINUTES .init/model.nemo`.
 # Budget (measured 2026-12-03): a fresh machine's start costs 200-740 s of device time on top of the call; `data`
-# ran 339-415 s; so data plus two training calls needs ~1,800 s, a whole session's budget, with no refusal.
+# ran 339-415 s; so data plus two training calls needs ~1,800 s, a whole session's budget, with no refusal. Base v9
+# (2026-12-03, night) fitted: one refusal (91 s), start ~190 s, data 385 s, `train 9` twice (497 s, 452 s; 5,005 steps).
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
