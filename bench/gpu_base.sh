@@ -27,6 +27,9 @@
 # Budget (measured 2026-12-03): a fresh machine's start costs 200-740 s of device time on top of the call; `data`
 # ran 339-415 s; so data plus two training calls needs ~1,800 s, a whole session's budget, with no refusal. Base v9
 # (2026-12-03, night) fitted: one refusal (91 s), start ~190 s, data 385 s, `train 9` twice (497 s, 452 s; 5,005 steps).
+# Base v10 (2026-12-04) did not: start + data 534 s, `train 9` 489 s (2,354 steps), then the machine was gone when the
+# next call came (held 106 s more: the call came later than the 30 s idle release); a fresh machine has neither the
+# packages nor the 100 h, and 641 s could not pay for both again. Send the next training call the moment one returns.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
@@ -64,8 +67,9 @@ train)
     init=(--init "$dir/model.nemo")
   fi
   # the base's held-out figure here is greedy, as for every base before v9 (the CPU scores it with its LM later): on
-  # 2026-12-03 the H200 died in NeMo's CUDA-graph beam search after training (clinasr.lm now turns the graphs off;
-  # not yet run on a GPU), and the call's scoring and export were lost
+  # 2026-12-03 the H200 died in NeMo's CUDA-graph beam search after training, and the call's scoring and export were
+  # lost; clinasr.lm now turns the graphs off, and beam 4 + LM then decoded on an H200 (bench/gpu_beam_check.py,
+  # 2026-12-04, bench/results/gpu-beam-check-h200.json)
   export CLINASR_DECODING=${CLINASR_DECODING:-greedy}
   python3 bench/flywheel_experiment.py base --config $cfg --work "$work" --out "$out" --resume \
     --deadline-minutes "$2" --trainer-override max_minutes=null "${init[@]}" ;;

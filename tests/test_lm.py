@@ -301,3 +301,23 @@ def test_a_model_resaved_by_nemo_gets_its_lm_back(lm_model, tmp_path):
     assert lm.embedded(off) == {**res["spec"], "phantom_guard": False}
     with pytest.raises(lm.LMError, match="lacks"):
         lm.copy_lm(_without(out, lm.TEXT_MEMBER, tmp_path / "no_text.nemo"), plain)
+
+
+def test_the_gpu_beam_check_decodes_with_the_lm_and_reports_the_graphs_off(lm_model, tiny_dataset, tmp_path):
+    """bench/gpu_beam_check.py, the device check of the beam decoder (on the CPU here): it decodes clips beam + LM
+    and greedily and reports what it decoded with."""
+    import subprocess
+    import sys
+
+    out, res = lm_model
+    report = tmp_path / "check.json"
+    p = subprocess.run([sys.executable, "bench/gpu_beam_check.py", str(out), str(tiny_dataset), "--n", "3",
+                        "--device", "cpu", "--out", str(report)], capture_output=True, text=True)
+    assert p.returncode in (0, 1), p.stderr[-2000:]   # 1: every beam transcript empty (a tiny model may say nothing)
+    r = json.loads(report.read_text())
+    assert r["clips"] == 3 and r["allow_cuda_graphs"] is False
+    assert r["decoding"]["strategy"] == "malsd_batch" and r["decoding"]["beam_size"] == res["spec"]["beam_size"]
+    assert 0 <= r["differ"] <= 3 and (p.returncode == 1) == (r["empty_beam"] == 3)
+    empty = subprocess.run([sys.executable, "bench/gpu_beam_check.py", str(out), str(tmp_path / "none"),
+                            "--device", "cpu"], capture_output=True, text=True)
+    assert empty.returncode == 2 and "no .wav" in empty.stderr
