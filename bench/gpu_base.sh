@@ -30,6 +30,9 @@
 # Base v10 (2026-12-04) did not: start + data 534 s, `train 9` 489 s (2,354 steps), then the machine was gone when the
 # next call came (held 106 s more: the call came later than the 30 s idle release); a fresh machine has neither the
 # packages nor the 100 h, and 641 s could not pay for both again. Send the next training call the moment one returns.
+# Base v11 (2026-12-04, second session): held 396 s for start + data (339 s), `train 9` 479 s (2,626 steps); the next
+# `train 9`, sent as the reply to the one before, found a fresh machine (0.3 s, exit 5: no packages). One training
+# call a session is what can be counted on; more steps need a data call again, or training in the data call.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}
