@@ -129,7 +129,7 @@ def main(argv=None) -> int:
             res[key] = {"wer": r["wer"], "ci": r["ci"].get("wer"), "rows": r["rows"]["scored"],
                         "term_accuracy": None if r["ker"] is None else 1 - r["ker"],
                         "phantoms_per_100": r["phantom_terms"]["per_100_utterances"],
-                        "latency_p95_s": r["latency"]["p95_s"]}
+                        "latency_p95_s": r["latency"]["p95_s"], "by_voice": by_voice(manifest, per_row[name][key])}
             if first and first != name:
                 res[key]["vs_" + first] = metrics.paired_reduction_ci(per_row[first][key], per_row[name][key])
             log(f"{name} {key}: WER {r['wer']:.3f} ({r['rows']['scored']} rows)")
@@ -175,6 +175,22 @@ def merge_results(paths: list[Path]) -> dict:
                 raise SystemExit(f"cannot combine: {name} in {p} scores differently from the earlier results on "
                                  f"{', '.join(moved)}")
     return merged
+
+
+def by_voice(manifest: Path, per_row: list[dict]) -> dict:
+    """WER per voice of one part (the manifest's ``voice``, e.g. espeak:roa/pt-br): which held-out voice carries a
+    set's errors. Words are pooled within a voice, as the set's WER pools them."""
+    voice = {}
+    for line in Path(manifest).read_text().splitlines():
+        r = json.loads(line)
+        voice[r["utt_id"]] = r.get("voice") or "?"
+    agg: dict = {}
+    for r in per_row:
+        v = agg.setdefault(voice.get(r["utt_id"], "?"), {"errors": 0, "words": 0, "rows": 0})
+        v["errors"] += r["errors"]
+        v["words"] += r["words"]
+        v["rows"] += 1
+    return {k: {"wer": v["errors"] / v["words"] if v["words"] else None, "rows": v["rows"]} for k, v in sorted(agg.items())}
 
 
 def clip_latency(t, work: Path, runs: int = 20) -> dict:
@@ -256,6 +272,19 @@ def table(results: dict) -> str:
         lines.append(f"| {k} | {results['sets'][k]} | {'≤ ' + format(bound, '.2f') if bound else ''} | " + " | ".join(cells) + " |")
     lines.append("| one 10 s clip, p95 seconds (CPU) | | ≤ 1.00 | " + " | ".join(
         f"{results['models'][n]['latency_10s_clip']['p95_s']:.3f}" for n in names) + " |")
+    voiced = [k for k in keys if k.startswith("general/espeak-heldout/")
+              and any(results["models"][n]["sets"][k].get("by_voice") for n in names)]
+    if voiced:   # runs before 2026-12-04 kept no per-voice figures: their cells are blank
+        lines += ["", "Everyday English per unseen espeak-ng voice: WER (rows)", "",
+                  "| set | voice | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for k in voiced:
+            voices = sorted({v for n in names for v in results["models"][n]["sets"][k].get("by_voice") or {}})
+            for v in voices:
+                cells = []
+                for n in names:
+                    bv = (results["models"][n]["sets"][k].get("by_voice") or {}).get(v)
+                    cells.append("" if not bv or bv["wer"] is None else f"{bv['wer']:.3f} ({bv['rows']})")
+                lines.append(f"| {k} | {v} | " + " | ".join(cells) + " |")
     clin = [k for k in keys if k.startswith("clinical/")]
     if clin:
         lines += ["", "Clinical held-out (no model here has heard a drug name): term accuracy / phantom terms per 100",

@@ -20,6 +20,8 @@ machine). Fine-tunes of one base trained on one clinical set get the same rebuil
 the same clinical sentences, the same tokenizer): it is estimated once and embedded in each. Writes results.json and results.md: per fine-tune and decoding, term accuracy and the
 relative KER reduction per engine against the base decoded the same way, the general WER change with a paired
 bootstrap CI, phantom terms per 100 general utterances, and how many vetoes removed a term nobody said.
+``--only-sets NAME ...`` scores those sets alone: a choice made on validation sets first (bench/choose_merge.py), then
+only the chosen models on the test sets, so that the test sets never see a candidate that was not chosen.
 """
 from __future__ import annotations
 
@@ -148,6 +150,8 @@ def main() -> None:
                     help="another everyday-English set rendered from a text file (held-out voices)")
     ap.add_argument("--clinical-set", action="append", default=[], metavar="NAME=SEED",
                     help="another clinical set: clinical_heldout's config with another seed (held-out voices)")
+    ap.add_argument("--only-sets", nargs="+", metavar="NAME",
+                    help="score these sets only (default: clinical_heldout, general_heldout and every --set/--clinical-set)")
     ap.add_argument("--jobs", type=int, default=1, help="models scored at once (default 1)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -157,8 +161,13 @@ def main() -> None:
     manifests = {n: work / "evalsets" / n / "test_manifest.jsonl" for n in ("clinical_heldout", "general_heldout")}
     clinical_sets = dict(s.split("=", 1) for s in a.clinical_set)
     manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work, clinical_sets, workers=max(2, a.jobs)))
+    if a.only_sets:
+        unknown = sorted(set(a.only_sets) - set(manifests))
+        if unknown:
+            raise SystemExit(f"--only-sets: no set {', '.join(unknown)} (the sets: {', '.join(manifests)})")
+        manifests = {n: p for n, p in manifests.items() if n in a.only_sets}
     rows = {n: {json.loads(x)["utt_id"]: json.loads(x) for x in p.read_text().splitlines()} for n, p in manifests.items()}
-    clinical = ["clinical_heldout", *sorted(clinical_sets)]
+    clinical = [n for n in ("clinical_heldout", *sorted(clinical_sets)) if n in manifests]
     general = [n for n in manifests if n not in clinical]
     base = dict(b.split("=", 1) for b in a.base)
     cache = out / "scores"
@@ -200,8 +209,8 @@ def main() -> None:
             results["runs"][f"{name} {dec}"] = r
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(table(results, general))
-    print(table(results, general))
+    (out / "results.md").write_text(table(results, clinical, general))
+    print(table(results, clinical, general))
 
 
 def _by_engine(rows: dict[str, dict], hyps: dict[str, str]) -> dict[str, dict]:
@@ -211,8 +220,11 @@ def _by_engine(rows: dict[str, dict], hyps: dict[str, str]) -> dict[str, dict]:
     return {e: scored(rows, hs) for e, hs in eng.items()}
 
 
-def table(res: dict, general: list[str]) -> str:
-    head = ("| model | decoding | term accuracy espeak / piper | KER reduction espeak / piper [95% CI] | "
+def table(res: dict, clinical: list[str], general: list[str]) -> str:
+    """One row per model and decoding: the first clinical set's term accuracy and KER reduction per engine, and
+    every general set's WER change and phantoms."""
+    cs = f"{clinical[0]}: " if clinical else ""
+    head = (f"| model | decoding | {cs}term accuracy espeak / piper | KER reduction espeak / piper [95% CI] | "
             + " | ".join(f"{g}: WER change [95% CI] | phantoms /100" for g in general) + " | vetoes: utterances, terms (of them phantoms) |")
     lines = [f"# The phantom guard (min similarity {res['min_similarity']})", "",
              "Against the base decoded the same way (greedy, with its own LM, with its LM under the guard). Held-out "
@@ -220,7 +232,7 @@ def table(res: dict, general: list[str]) -> str:
              "|" + "---|" * (head.count("|") - 1)]
     for key, r in res["runs"].items():
         name, dec = key.split(" ", 1)
-        cl = r["clinical_heldout"]
+        cl = r[clinical[0]] if clinical else {"term_accuracy_by_engine": {}, "by_engine": {}}
         acc = " / ".join(f"{cl['term_accuracy_by_engine'].get(e, float('nan')):.3f}" for e in ("espeak", "piper"))
         ker = " / ".join(_ci(cl["by_engine"].get(e, {}).get("ker_reduction"), pct=True) for e in ("espeak", "piper"))
         gen = " | ".join(f"{_ci(r[g]['vs_base'].get('wer_change'))} | {r[g]['phantoms_per_100']:.1f}" for g in general)

@@ -378,6 +378,71 @@ def test_base_model_tables_combine_only_runs_on_the_same_renders(tmp_path, monke
         B.merge_results([paths["a"], paths["other_model"]])
 
 
+def test_clinical_sets_pool_into_one_ker_reduction_per_engine(tmp_path, monkeypatch):
+    """bench/pool_clinical.py: the rows of two clinical sets scored by phantom_guard_eval are pooled per engine
+    (the base's misses against the model's, on the same utterances); the model is read through the phantom guard
+    (an LM drug beside nothing it was said like is replaced by the greedy reading); a set not scored is named."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import pool_clinical as PC
+
+    def write_set(out, name, rows, hyps):
+        man = tmp_path / f"{name}.jsonl"
+        man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for (model, dec), hs in hyps.items():
+            d = out / "scores" / f"{model}_{dec}" / name
+            d.mkdir(parents=True)
+            (d / "hypotheses.jsonl").write_text("".join(json.dumps({"utt_id": u, "hypothesis": h}) + "\n" for u, h in hs.items()))
+        return out, man
+
+    drug = lambda t: [{"term": t, "category": "drug"}]  # noqa: E731
+    rows_a = [{"utt_id": "a1", "text": "give warfarin now", "terms": drug("warfarin"), "voice": "espeak:roa/it"},
+              {"utt_id": "a2", "text": "give heparin now", "terms": drug("heparin"), "voice": "piper:joe"}]
+    rows_b = [{"utt_id": "b1", "text": "give morphine now", "terms": drug("morphine"), "voice": "piper:joe"},
+              {"utt_id": "b2", "text": "the window is open", "terms": [], "voice": "piper:joe"}]
+    ma, mb = {"a1": "give war for in now", "a2": "give hep in now"}, {"b1": "give the thing now", "b2": "the window is open"}
+    sets = {
+        "dev": write_set(tmp_path / "dev", "dev", rows_a, {("base", "greedy"): ma, ("base", "lm"): ma,
+                                                           ("m", "greedy"): {**ma, "a1": "give warfarin now"},
+                                                           ("m", "lm"): {"a1": "give warfarin now", "a2": "give heparin now"}}),
+        "test": write_set(tmp_path / "test", "test", rows_b, {("base", "greedy"): mb, ("base", "lm"): mb,
+                                                              ("m", "greedy"): mb,
+                                                              # drugs alone and spelled unlike the greedy words: the guard
+                                                              # keeps the greedy reading, said (b1) or not (b2)
+                                                              ("m", "lm"): {"b1": "give morphine now", "b2": "the fentanyl is open"}}),
+    }
+    res = PC.pooled(sets, ["m"])["m"]
+    assert res["espeak"]["estimate"] == 1.0 and res["espeak"]["rows"] == 1
+    assert res["piper"]["estimate"] == 0.5 and res["piper"]["rows"] == 3    # heparin recovered, morphine vetoed
+    greedy = PC.pooled(sets, ["m"], "greedy")["m"]
+    assert greedy["piper"]["estimate"] == 0.0
+    with pytest.raises(SystemExit, match="m2 was not scored on dev"):
+        PC.pooled(sets, ["m2"])
+
+
+def test_base_model_eval_splits_a_part_by_voice_and_shows_it(tmp_path, monkeypatch):
+    """bench/base_model_eval.py: WER per held-out voice, words pooled within a voice (one voice's errors are visible
+    apart from the part's mean); earlier runs without per-voice figures leave their cells blank."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import base_model_eval as B
+
+    m = tmp_path / "part.jsonl"
+    m.write_text("".join(json.dumps({"utt_id": u, "voice": v}) + "\n"
+                         for u, v in (("a", "espeak:roa/pt-br"), ("b", "espeak:roa/pt-br"), ("c", "espeak:roa/it"))))
+    per_row = [{"utt_id": "a", "errors": 3, "words": 4}, {"utt_id": "b", "errors": 1, "words": 6},
+               {"utt_id": "c", "errors": 1, "words": 10}]
+    bv = B.by_voice(m, per_row)
+    assert bv == {"espeak:roa/it": {"wer": 0.1, "rows": 1}, "espeak:roa/pt-br": {"wer": 0.4, "rows": 2}}
+    key = "general/espeak-heldout/clean"
+    res = {"sets": {key: 3}, "bounds": B.BOUNDS, "models": {
+        "old": {"spec": "x", "sets": {key: {"wer": 0.25, "ci": None}}, "latency_10s_clip": {"p95_s": 0.2}},
+        "new": {"spec": "y", "sets": {key: {"wer": 0.25, "ci": None, "by_voice": bv}}, "latency_10s_clip": {"p95_s": 0.2}}}}
+    t = B.table(res)
+    assert "| general/espeak-heldout/clean | espeak:roa/pt-br |  | 0.400 (2) |" in t
+    assert "| general/espeak-heldout/clean | espeak:roa/it |  | 0.100 (1) |" in t
+    del res["models"]["new"]["sets"][key]["by_voice"]
+    assert "per unseen espeak-ng voice" not in B.table(res)
+
+
 def test_more_seeds_of_a_recipe_join_the_card_only_when_they_scored_the_base_alike(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import base_model_eval as B
@@ -479,3 +544,67 @@ def test_merge_weight_is_chosen_on_the_validation_sets_and_reported_on_the_test_
     assert {c["decoding"] for c in ch["candidates"]} == {"lm+guard"}
     md = choose_merge.table(ch)
     assert "Chosen: weight 0.7, lm+guard" in md and "s1 0.720 (0.620), +0.025" in md
+
+
+def test_merge_weight_for_the_gpu_recipe_is_chosen_by_ker_reduction_on_both_held_out_engines(monkeypatch):
+    """bench/choose_merge.py --criterion issue21: a seed meets the bound only when the KER reduction is >= 75% on
+    the unseen espeak-ng voices and on the held-out engine each (a set with no held-out-engine rows cannot meet
+    it), with the WER and phantom bounds; ties in seeds go to the larger of the smaller reductions."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import choose_merge
+
+    def clin(espeak, piper):
+        eng = {"espeak": {"ker_reduction": {"estimate": espeak}}}
+        if piper is not None:
+            eng["piper"] = {"ker_reduction": {"estimate": piper}}
+        return {"term_accuracy_by_engine": {"espeak": 0.8}, "phantoms_per_100": 0.0, "by_engine": eng,
+                "vs_base": {"wer_change": {"estimate": 0.0}}}
+
+    def gen(rise):
+        return {"term_accuracy_by_engine": {}, "phantoms_per_100": 0.0, "vs_base": {"wer_change": {"estimate": rise}}}
+
+    runs = {}
+    for seed in ("s0", "s1"):
+        runs[f"{seed} lm+guard"] = {"clinical_dev": clin(0.84, 0.82), "general_dev": gen(0.025),    # English lost
+                                    "clinical_heldout": clin(0.84, 0.82), "general_heldout": gen(0.019)}
+        runs[f"{seed}_m95 lm+guard"] = {"clinical_dev": clin(0.82, 0.78), "general_dev": gen(0.015),
+                                        "clinical_heldout": clin(0.81, 0.76), "general_heldout": gen(0.012)}
+        runs[f"{seed}_m90 lm+guard"] = {"clinical_dev": clin(0.80, 0.76), "general_dev": gen(0.010),
+                                        "clinical_heldout": clin(0.80, 0.74), "general_heldout": gen(0.009)}
+        runs[f"{seed}_m85 lm+guard"] = {"clinical_dev": clin(0.79, 0.72), "general_dev": gen(0.008),   # Piper short
+                                        "clinical_heldout": clin(0.79, 0.72), "general_heldout": gen(0.008)}
+    runs["base lm+guard"] = runs["s0 lm+guard"]
+    res = {"sets": dict.fromkeys(["clinical_dev", "general_dev", "clinical_heldout", "general_heldout"], "x"), "runs": runs}
+    ch = choose_merge.choose(res, (["clinical_dev"], ["general_dev"]), (["clinical_heldout"], ["general_heldout"]),
+                             criterion="issue21")
+    by_w = {c["weight"]: c for c in ch["candidates"]}
+    assert [by_w[w]["dev"]["seeds_meeting"] for w in (1.0, 0.95, 0.9, 0.85)] == [0, 2, 2, 0]
+    assert ch["chosen"] == {"weight": 0.95, "decoding": "lm+guard"}          # 0.78 beats 0.76 on the held-out engine
+    assert by_w[0.9]["test"]["seeds_meeting"] == 0 and by_w[1.0]["test"]["seeds_meeting"] == 2
+    assert by_w[0.95]["test"]["ker_reduction_piper"] == pytest.approx(0.76)
+    md = choose_merge.table(ch)
+    assert "Bounds (issue 21)" in md and "s0 -81% / -76%, +0.012 ✓" in md
+    # the same figures under issue 20's bound choose by term accuracy, where every weight ties here
+    assert choose_merge.choose(res, (["clinical_dev"], ["general_dev"]), (["clinical_heldout"], ["general_heldout"]))[
+        "candidates"][0]["dev"]["seeds_meeting"] == 2
+    # no held-out-engine rows: the bound cannot be shown met
+    for seed in ("s0", "s1"):
+        runs[f"{seed}_m95 lm+guard"]["clinical_dev"] = clin(0.82, None)
+    ch = choose_merge.choose(res, (["clinical_dev"], ["general_dev"]), (["clinical_heldout"], ["general_heldout"]),
+                             criterion="issue21")
+    assert ch["chosen"]["weight"] == 0.9 and {c["weight"]: c for c in ch["candidates"]}[0.95]["dev"]["seeds_meeting"] == 0
+
+    # validation for every candidate in one results file, the test sets for the chosen one in another: read as one;
+    # a candidate the test sets never saw is reported as not scored
+    dev_sets, test_sets = ("clinical_dev", "general_dev"), ("clinical_heldout", "general_heldout")
+    stage1 = {"sets": dict.fromkeys(dev_sets, "x"), "runs": {k: {s: v[s] for s in dev_sets} for k, v in runs.items()}}
+    stage2 = {"sets": dict.fromkeys(test_sets, "y"),
+              "runs": {k: {s: v[s] for s in test_sets} for k, v in runs.items() if k.split(" ")[0] in ("base", "s0_m90", "s1_m90")}}
+    res2 = choose_merge.combine([stage1, stage2])
+    ch = choose_merge.choose(res2, (["clinical_dev"], ["general_dev"]), (["clinical_heldout"], ["general_heldout"]),
+                             criterion="issue21")
+    by_w = {c["weight"]: c for c in ch["candidates"]}
+    assert ch["chosen"]["weight"] == 0.9 and by_w[0.9]["test"]["seeds_meeting"] == 0 and by_w[1.0]["test"] is None
+    assert "| 1.0 | lm+guard | 0 of 2 |" in choose_merge.table(ch) and "not scored" in choose_merge.table(ch)
+    with pytest.raises(SystemExit, match="clinical_dev"):
+        choose_merge.combine([stage1, {"sets": {"clinical_dev": "elsewhere"}, "runs": {}}])
