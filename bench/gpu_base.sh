@@ -33,6 +33,11 @@
 # Base v11 (2026-12-04, second session): held 396 s for start + data (339 s), `train 9` 479 s (2,626 steps); the next
 # `train 9`, sent as the reply to the one before, found a fresh machine (0.3 s, exit 5: no packages). One training
 # call a session is what can be counted on; more steps need a data call again, or training in the data call.
+# What works (2026-12-04, third session): send the dependent calls *in one reply*, as several tool calls with the
+# local moves between them (`mv models` aside, run, move back, run, run): they run one after the other with no reply
+# in between, and three calls (prepare 45 s, two runs of 486 and 475 s) ran on one warm machine; a fourth, sent as
+# the next reply to a 475 s call, found it warm too. A call near the end of the budget is cut to what is left (a
+# 566 s limit killed a ~600 s run, and with it its `| tail`): have long calls write to $OUT as they go.
 # Results in $OUT: the model (float32 in parts of <= 15 MiB when the float16 export fails there), its card, base.log.
 set -euo pipefail
 work=${WORK:-/tmp/clinasr-base}; out=${OUT:-bench/out/base}; cfg=${CONFIG:-configs/experiment/base_multi.yaml}

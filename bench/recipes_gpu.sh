@@ -84,7 +84,9 @@ dst.with_suffix(".md").write_text(recipes_md(merged))
 print(recipes_md(merged))
 PY
   # RETURN_MODELS="RECIPE_PTN ...": those fine-tunes come back in float16, in parts of <= 15 MiB (the device tool
-  # returns 8 files of <= 16 MiB): here `cat NAME.nemo.part* > NAME.nemo` and score them on every held-out set, the
+  # returns 8 files of <= 16 MiB, 64 MiB in all: two fine-tunes a call since they carry their rebuilt LM, 28 MB each;
+  # the rest with `export_half`/`split_file` in a short call on the same warm machine, as below): here
+  # `cat NAME.nemo.part* > NAME.nemo` and score them on every held-out set, the
   # held-out engine (Piper) included, with `bench/recipes_experiment.py --trained [PER_TERM:]RECIPE=NAME.nemo`
   for n in ${RETURN_MODELS:-}; do
     r=${n%_pt*}; src="/tmp/w_$n/ft_$r/model.nemo"
