@@ -115,19 +115,19 @@ def table(ch: dict) -> str:
         return (f"{_pct(f['ker_reduction_espeak'])} / {_pct(f['ker_reduction_piper'])}" if i21
                 else f"{f['term_accuracy_espeak']:.3f}")
 
+    def summary(p):
+        return (f"{p['seeds_meeting']} of {p['seeds']} | "
+                f"{lead_of(p)} / {p['general_wer_change']:+.3f} / {p['phantoms_per_100']:.1f}")
+
     for c in ch["candidates"]:
-        d, t = c["dev"], c["test"]
+        t = c["test"]
         if t is None:
-            lines.append(f"| {c['weight']} | {c['decoding']} | {d['seeds_meeting']} of {d['seeds']} | "
-                         f"{lead_of(d)} / {d['general_wer_change']:+.3f} / {d['phantoms_per_100']:.1f} | not scored | | |")
+            lines.append(f"| {c['weight']} | {c['decoding']} | {summary(c['dev'])} | not scored | | |")
             continue
         per = "; ".join(f"{s} {lead_of(f['test'])}" + ("" if i21 else f" ({_fmt(f['test']['term_accuracy_piper'])})")
                         + f", {f['test']['general_wer_change']:+.3f}{' ✓' if f['test']['meets'] else ''}"
                         for s, f in sorted(c["seeds"].items()) if f["test"] is not None)
-        lines.append(f"| {c['weight']} | {c['decoding']} | {d['seeds_meeting']} of {d['seeds']} | "
-                     f"{lead_of(d)} / {d['general_wer_change']:+.3f} / {d['phantoms_per_100']:.1f} | "
-                     f"{t['seeds_meeting']} of {t['seeds']} | {lead_of(t)} / {t['general_wer_change']:+.3f} / "
-                     f"{t['phantoms_per_100']:.1f} | {per} |")
+        lines.append(f"| {c['weight']} | {c['decoding']} | {summary(c['dev'])} | {summary(t)} | {per} |")
     return "\n".join(lines) + "\n"
 
 

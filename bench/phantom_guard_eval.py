@@ -115,11 +115,18 @@ def score(model: Path, manifests: dict[str, Path], out: Path, greedy: bool = Fal
                                 stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         if rc:
             raise SystemExit(f"scoring {model} failed (exit {rc}): {out / 'score.log'}")
-    hyps = {}
-    for name in manifests:
-        rows = [json.loads(x) for x in (out / name / "hypotheses.jsonl").read_text().splitlines()]
-        hyps[name] = {r["utt_id"]: r["hypothesis"] for r in rows}
-    return hyps
+    return {name: read_hypotheses(out, name) for name in manifests}
+
+
+def scores_dir(out: Path, model: str, decoding: str) -> Path:
+    """Where a run with ``--out OUT`` keeps one model's transcripts in one decoding (greedy, lm)."""
+    return Path(out) / "scores" / f"{model}_{decoding}"
+
+
+def read_hypotheses(scored: Path, set_name: str) -> dict[str, str]:
+    """{utt_id: hypothesis} of one set in a model's scores directory."""
+    rows = [json.loads(x) for x in (scored / set_name / "hypotheses.jsonl").read_text().splitlines()]
+    return {r["utt_id"]: r["hypothesis"] for r in rows}
 
 
 def scored(rows: dict[str, dict], hyps: dict[str, str]) -> dict:
@@ -170,7 +177,7 @@ def main() -> None:
     clinical = [n for n in ("clinical_heldout", *sorted(clinical_sets)) if n in manifests]
     general = [n for n in manifests if n not in clinical]
     base = dict(b.split("=", 1) for b in a.base)
-    cache = out / "scores"
+    cache = out / "scores"   # the LM copies, beside each scores_dir(out, MODEL, DECODING)
     models = {"base": (Path(base["greedy"]), Path(base["lm"]))}
     built: dict = {}
     for p in a.pair:
@@ -182,7 +189,7 @@ def main() -> None:
             for dec, path in (("greedy", g), ("lm", guard_off(f, cache / f"{name}_lm_guard_off.nemo")))]
     with ThreadPoolExecutor(max(1, a.jobs)) as pool:
         done = dict(zip([(n, d) for n, d, _ in jobs],
-                        pool.map(lambda j: score(j[2], manifests, cache / f"{j[0]}_{j[1]}", greedy=j[1] == "greedy"), jobs)))
+                        pool.map(lambda j: score(j[2], manifests, scores_dir(out, j[0], j[1]), greedy=j[1] == "greedy"), jobs)))
     hyps = {}
     for name in models:
         hyps[name] = {"greedy": done[(name, "greedy")], "lm": done[(name, "lm")]}

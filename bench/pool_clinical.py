@@ -25,10 +25,10 @@ from clinasr import metrics  # noqa: E402
 
 
 def _hyps(out: Path, name: str, dec: str, s: str) -> dict[str, str]:
-    f = out / "scores" / f"{name}_{dec}" / s / "hypotheses.jsonl"
-    if not f.exists():
-        raise SystemExit(f"{name} was not scored on {s} in {out} ({f} is missing)")
-    return {r["utt_id"]: r["hypothesis"] for r in map(json.loads, f.read_text().splitlines())}
+    scored = P.scores_dir(out, name, dec)
+    if not (scored / s).is_dir():
+        raise SystemExit(f"{name} was not scored on {s} in {out} ({scored / s} is missing)")
+    return P.read_hypotheses(scored, s)
 
 
 def per_rows(name: str, sets: dict[str, tuple[Path, Path]], decoding: str, inventory) -> list[dict]:
