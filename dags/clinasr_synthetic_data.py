@@ -58,6 +58,11 @@ what was dropped and why) is stored with the snapshot.
         "augment": Param(True, type="boolean"),
         "accent_profiles": Param(["native", "second_language", "regional"], type="array",
                                  items={"enum": ["native", "second_language", "regional"]}),
+        "synthesis": Param("default", enum=["default", "kokoro"],
+                           description="voice set: default (espeak-ng + CMU Flite; the CPU demo's) or kokoro (+ the "
+                                       "Kokoro-82M neural synthesiser in ~17% of rows, ~8x slower to render on a "
+                                       "CPU; for GPU fine-tunes it cut a held-out neural engine's term errors by 82% "
+                                       "instead of 72%: docs/benchmarks.md)"),
         "workers": Param(2, type="integer", minimum=1, maximum=64),
         "real_manifest": Param(None, type=["string", "null"], description="real de-identified manifest to mix in"),
         "real_ratio": Param(5.0, type="number", exclusiveMinimum=0),

@@ -65,6 +65,14 @@ def test_params_reject_bad_values(dagbag):
         bad3 = ParamsDict(dag.params)
         bad3["template_family"] = "b"
         bad3.validate()
+    # the voice-set choice offers exactly the voice sets the data stage knows
+    from clinasr.datasets import SYNTHESIS_CONFIGS
+
+    assert dag.params.get_param("synthesis").schema["enum"] == list(SYNTHESIS_CONFIGS)
+    with pytest.raises(ParamValidationError, match="synthesis"):
+        bad4 = ParamsDict(dag.params)
+        bad4["synthesis"] = "configs/other.yaml"
+        bad4.validate()
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)

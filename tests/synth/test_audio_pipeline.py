@@ -331,6 +331,38 @@ def test_kokoro_is_a_second_neural_engine_that_lives_beside_espeak():
         e.synthesize("take [[w'0:f@rIn]] daily", "jm_kumo")
 
 
+def test_the_kokoro_voice_set_renders_neural_rows_through_the_ml_stage(tmp_path, monkeypatch):
+    """The data stage's ``synthesis: kokoro`` voice set (clinasr.datasets.SYNTHESIS_CONFIGS), as the ML runtime runs
+    it: Kokoro-82M rows beside espeak-ng ones, in the base's training voices only (its held-out voices never), read
+    with the engine's own pronunciation; the QA sample reads the same config."""
+    import json
+
+    from clinasr.datasets import SYNTHESIS_CONFIGS
+    from clinasr.settings import REPO_ROOT
+    from clinasr.synth import pipeline, qa
+
+    lex = load_lexicon()
+    gen = generate_transcripts(lex, load_terms(["warfarin", "apixaban", "heparin", "morphine"], lex), 4, seed=2,
+                               template_family="a")
+    tr = tmp_path / "t.jsonl"
+    tr.write_text("".join(json.dumps(u.to_dict()) + "\n" for u in gen["utterances"]))
+    cfg = SYNTHESIS_CONFIGS["kokoro"]      # repository-relative, as the data stage sends it, read from elsewhere
+    monkeypatch.chdir(tmp_path)
+    assert "kokoro" not in (REPO_ROOT / SYNTHESIS_CONFIGS["default"]).read_text()
+    out = pipeline.build_dataset_stage({"transcripts": str(tr), "out_dir": str(tmp_path / "ds"), "seed": 1, "workers": 2,
+                                        "augment": False, "accent_profiles": ["second_language"], "config": cfg})
+    rows = [json.loads(x) for f in ("train", "val") for x in (tmp_path / "ds" / f"{f}_manifest.jsonl").read_text().splitlines()]
+    kokoro = [r for r in rows if r["voice"].startswith("kokoro:")]
+    assert kokoro and len(kokoro) < len(rows) == out["card"]["counts"]["train"] + out["card"]["counts"]["val"]
+    assert {r["voice"] for r in kokoro} <= {"kokoro:jf_alpha", "kokoro:jf_gongitsune", "kokoro:jm_kumo",
+                                            "kokoro:jf_alpha+jm_kumo", "kokoro:jf_gongitsune+jm_kumo"}
+    assert {r["pronunciation"] for r in kokoro} == {"engine_default"} and all(r["duration"] > 0.4 for r in kokoro)
+    qa.build_qa_sample({"transcripts": str(tr), "out_dir": str(tmp_path / "qa"), "seed": 1, "augmented": 0,
+                        "accent_profiles": ["second_language"], "config": cfg})
+    heard = {r["voice"] for r in json.loads((tmp_path / "qa" / "qa.json").read_text())["rows"]}
+    assert any(v.startswith("kokoro:") for v in heard)
+
+
 def test_pico_speaks_with_its_own_rules_speed_and_pitch():
     e = tts.engine("pico")
     assert {"en-US", "en-GB", "de-DE"} <= e.voices

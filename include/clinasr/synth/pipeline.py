@@ -35,7 +35,12 @@ POOL_RESTARTS = 3
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    cfg = yaml.safe_load(Path(path or DEFAULT_CONFIG).read_text())
+    """A synthesis config (default configs/synthesis.yaml; a relative path not found from here is the repository's,
+    as the data stage's voice sets name them) with ``overrides`` merged in."""
+    path = Path(path or DEFAULT_CONFIG)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    cfg = yaml.safe_load(path.read_text())
     for k, v in (overrides or {}).items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}

@@ -22,12 +22,13 @@ def _pick(utts: list[dict], term: str, rng: random.Random) -> dict | None:
 
 
 def build_qa_sample(args: dict) -> dict:
-    """args: transcripts (jsonl), out_dir, seed, accent_profiles (optional), augmented (copies, default 3),
-    config_overrides (synthesis config), check_model (optional .nemo / s3:// / models:/ to transcribe with)."""
+    """args: transcripts (jsonl), out_dir, seed, accent_profiles (optional), augmented (copies, default 3), config
+    (the synthesis config, repository-relative or absolute; default configs/synthesis.yaml), config_overrides,
+    check_model (optional .nemo / s3:// / models:/ to transcribe with)."""
     from clinasr.synth import pronounce, tts
     from clinasr.synth.pipeline import load_config, render_row
 
-    cfg = load_config(overrides=args.get("config_overrides") or {})
+    cfg = load_config(args.get("config"), args.get("config_overrides") or {})
     out = Path(args["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     seed = int(args.get("seed", 0))

@@ -18,7 +18,8 @@ def dataset_request(params: dict):
         generator=params["generator"], template_family=params.get("template_family", "a"), seed=int(params["seed"]),
         val_fraction=float(params["val_fraction"]), augment=bool(params["augment"]),
         accent_profiles=params.get("accent_profiles") or None, workers=int(params.get("workers", 2)),
-        real_manifest=params.get("real_manifest") or None, real_ratio=float(params.get("real_ratio", 5.0)), llm=llm)
+        real_manifest=params.get("real_manifest") or None, real_ratio=float(params.get("real_ratio", 5.0)), llm=llm,
+        synthesis=params.get("synthesis") or "default")
 
 
 def qa_review_sample(params: dict, transcripts: dict, run_id: str) -> dict:
