@@ -6,7 +6,8 @@ choice on the test sets it was not chosen on.
 
 RESULTS.json is bench/phantom_guard_eval.py's, over fine-tunes named SEED (unmerged) and SEED_mNN (merged at NN/100,
 bench/merge_nemo.py), each scored greedily, with its LM and with its LM under the phantom guard, against the base
-decoded the same way. ``--criterion issue20`` (the CPU recipe's): a (weight, decoding) meets the bounds on a seed when,
+decoded the same way. Fine-tunes trained on different training sets are named ARM.SEED[_mNN] (e.g. kokoro80.s0): the
+candidates are then (training set, weight, decoding), chosen among by the same rule. ``--criterion issue20`` (the CPU recipe's): a (weight, decoding) meets the bounds on a seed when,
 on the validation sets, term accuracy on unseen espeak-ng voices is >= 0.70, everyday-English WER rises by at most
 0.02 over the base and there is at most 1 phantom term per 100 everyday utterances. ``--criterion issue21`` (the
 GPU recipe's flywheel bound): the relative KER reduction against the base is >= 75% on the unseen espeak-ng voices
@@ -35,9 +36,11 @@ BOUNDS_21 = {"min_ker_reduction_espeak": 0.75, "min_ker_reduction_piper": 0.75, 
 CRITERIA = {"issue20": BOUNDS, "issue21": BOUNDS_21}
 
 
-def _name(model: str) -> tuple[str, float]:
-    m = re.fullmatch(r"(.+)_m(\d+)", model)
-    return (m.group(1), int(m.group(2)) / 100) if m else (model, 1.0)
+def _name(model: str) -> tuple[str, str, float]:
+    """(arm, seed, weight) of a model named [ARM.]SEED[_mNN]."""
+    arm, _, rest = model.rpartition(".")
+    m = re.fullmatch(r"(.+)_m(\d+)", rest)
+    return (arm, m.group(1), int(m.group(2)) / 100) if m else (arm, rest, 1.0)
 
 
 def figures(run: dict, clinical: list[str], general: list[str], criterion: str = "issue20") -> dict:
@@ -72,13 +75,13 @@ def _mean(xs):
 
 def choose(res: dict, dev: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
            decodings: tuple[str, ...] = DECODINGS, criterion: str = "issue20") -> dict:
-    cands: dict[tuple[float, str], dict] = {}
+    cands: dict[tuple[str, float, str], dict] = {}
     for key, run in res["runs"].items():
         model, dec = key.split(" ", 1)
         if model == "base" or dec not in decodings:
             continue
-        seed, w = _name(model)
-        c = cands.setdefault((w, dec), {"weight": w, "decoding": dec, "seeds": {}})
+        arm, seed, w = _name(model)
+        c = cands.setdefault((arm, w, dec), {"arm": arm, "weight": w, "decoding": dec, "seeds": {}})
         scored = all(s in run for s in sum(map(list, test), []))
         c["seeds"][seed] = {"dev": figures(run, *dev, criterion), "test": figures(run, *test, criterion) if scored else None}
     for c in cands.values():
@@ -93,7 +96,8 @@ def choose(res: dict, dev: tuple[list[str], list[str]], test: tuple[list[str], l
                                                                  "phantoms_per_100", "rank")}}
     ranked = sorted(cands.values(), key=lambda c: (-c["dev"]["seeds_meeting"], -c["dev"]["rank"]))
     return {"criterion": criterion, "bounds": CRITERIA[criterion], "dev_sets": dev, "test_sets": test,
-            "chosen": {k: ranked[0][k] for k in ("weight", "decoding")}, "candidates": ranked}
+            "chosen": {k: ranked[0][k] for k in ("arm", "weight", "decoding") if k != "arm" or ranked[0]["arm"]},
+            "candidates": ranked}
 
 
 def table(ch: dict) -> str:
@@ -101,15 +105,18 @@ def table(ch: dict) -> str:
     bounds = ("relative KER reduction >= 75% on unseen espeak-ng voices and on the held-out engine (Piper) each, "
               if i21 else "term accuracy on unseen espeak-ng voices >= 0.70, ")
     lead = "mean KER reduction espeak / Piper" if i21 else "mean term acc."
-    lines = [f"# Merge weight and decoding chosen on {', '.join(sum(map(list, ch['dev_sets']), []))}, reported on "
+    arms = any(c.get("arm") for c in ch["candidates"])   # several training sets (ARM.SEED) compared: a column for it
+    chosen = ", ".join(([ch["chosen"]["arm"]] if ch["chosen"].get("arm") else [])
+                       + [f"weight {ch['chosen']['weight']}", ch["chosen"]["decoding"]])
+    lines = [f"# {'Training set, merge weight' if arms else 'Merge weight'} and decoding chosen on {', '.join(sum(map(list, ch['dev_sets']), []))}, reported on "
              f"{', '.join(sum(map(list, ch['test_sets']), []))}", "",
              f"Bounds ({ch.get('criterion', 'issue20').replace('issue', 'issue ')}): {bounds}everyday-English WER change "
              "<= +0.02 over the base decoded the same way (the largest over the general sets), <= 1 phantom per 100. "
-             f"**Chosen: weight {ch['chosen']['weight']}, {ch['chosen']['decoding']}.**", "",
-             f"| weight | decoding | validation: seeds meeting all | {lead} / WER change / phantoms | test: seeds meeting | "
+             f"**Chosen: {chosen}.**", "",
+             f"| {'training set | ' if arms else ''}weight | decoding | validation: seeds meeting all | {lead} / WER change / phantoms | test: seeds meeting | "
              f"{lead} / WER change / phantoms | test, seed by seed: "
              f"{'KER reduction espeak / Piper' if i21 else 'term acc. espeak (Piper)'}, WER change |",
-             "|---|---|---|---|---|---|---|"]
+             "|---" * (8 if arms else 7) + "|"]
 
     def lead_of(f):
         return (f"{_pct(f['ker_reduction_espeak'])} / {_pct(f['ker_reduction_piper'])}" if i21
@@ -120,14 +127,14 @@ def table(ch: dict) -> str:
                 f"{lead_of(p)} / {p['general_wer_change']:+.3f} / {p['phantoms_per_100']:.1f}")
 
     for c in ch["candidates"]:
-        t = c["test"]
+        t, lead_cols = c["test"], (f"| {c.get('arm') or '—'} " if arms else "") + f"| {c['weight']} | {c['decoding']} "
         if t is None:
-            lines.append(f"| {c['weight']} | {c['decoding']} | {summary(c['dev'])} | not scored | | |")
+            lines.append(f"{lead_cols}| {summary(c['dev'])} | not scored | | |")
             continue
         per = "; ".join(f"{s} {lead_of(f['test'])}" + ("" if i21 else f" ({_fmt(f['test']['term_accuracy_piper'])})")
                         + f", {f['test']['general_wer_change']:+.3f}{' ✓' if f['test']['meets'] else ''}"
                         for s, f in sorted(c["seeds"].items()) if f["test"] is not None)
-        lines.append(f"| {c['weight']} | {c['decoding']} | {summary(c['dev'])} | {summary(t)} | {per} |")
+        lines.append(f"{lead_cols}| {summary(c['dev'])} | {summary(t)} | {per} |")
     return "\n".join(lines) + "\n"
 
 

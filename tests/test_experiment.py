@@ -417,6 +417,18 @@ def test_clinical_sets_pool_into_one_ker_reduction_per_engine(tmp_path, monkeypa
     assert greedy["piper"]["estimate"] == 0.0
     with pytest.raises(SystemExit, match="m2 was not scored on dev"):
         PC.pooled(sets, ["m2"])
+    # everyday-English sets pool into a WER change and a phantom rate, the model read through the guard too: a drug
+    # the greedy reading also hears stays (a phantom), one it does not is vetoed
+    rows_g = [{"utt_id": "g1", "text": "the window is open", "terms": [], "voice": "piper:joe"},
+              {"utt_id": "g2", "text": "a cup of tea", "terms": [], "voice": "espeak:roa/it"}]
+    ok = {"g1": "the window is open", "g2": "a cup of tea"}
+    general = {"gen": write_set(tmp_path / "gen", "gen", rows_g, {
+        ("base", "greedy"): ok, ("base", "lm"): ok, ("m", "greedy"): {**ok, "g1": "the fentanyl is open"},
+        ("m", "lm"): {"g1": "the fentanyl is open", "g2": "a cup of heparin"}})}
+    g = PC.pooled_general(general, ["m"])["m"]
+    assert g["utterances"] == 2 and g["phantoms"] == 1 and g["phantoms_per_100"]["estimate"] == 50.0
+    assert g["wer_change"]["estimate"] == pytest.approx(1 / 8) and g["phantoms_per_100_change"]["estimate"] == 50.0
+    assert PC.pooled_general(general, ["m"], "greedy")["m"]["wer_change"]["estimate"] == pytest.approx(1 / 8)
 
 
 def test_base_model_eval_splits_a_part_by_voice_and_shows_it(tmp_path, monkeypatch):
@@ -608,3 +620,36 @@ def test_merge_weight_for_the_gpu_recipe_is_chosen_by_ker_reduction_on_both_held
     assert "| 1.0 | lm+guard | 0 of 2 |" in choose_merge.table(ch) and "not scored" in choose_merge.table(ch)
     with pytest.raises(SystemExit, match="clinical_dev"):
         choose_merge.combine([stage1, {"sets": {"clinical_dev": "elsewhere"}, "runs": {}}])
+
+
+def test_training_set_is_chosen_among_arms_named_arm_dot_seed(monkeypatch):
+    """bench/choose_merge.py: fine-tunes of several training sets (ARM.SEED[_mNN]) are candidates per (training set,
+    weight, decoding), chosen by the same rule; results without arms keep their shape (no arm key, no column)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import choose_merge
+
+    def clin(espeak, piper):
+        return {"term_accuracy_by_engine": {"espeak": 0.8}, "phantoms_per_100": 0.0, "vs_base": {"wer_change": {"estimate": 0.0}},
+                "by_engine": {"espeak": {"ker_reduction": {"estimate": espeak}}, "piper": {"ker_reduction": {"estimate": piper}}}}
+
+    def gen(rise):
+        return {"term_accuracy_by_engine": {}, "phantoms_per_100": 0.0, "vs_base": {"wer_change": {"estimate": rise}}}
+
+    runs = {"base lm+guard": {"clinical_dev": clin(0, 0), "general_dev": gen(0)}}
+    for seed, piper in (("s0", 0.70), ("s1", 0.76)):      # the first training set: one seed of two meets
+        runs[f"{seed} lm+guard"] = {"clinical_dev": clin(0.9, piper), "general_dev": gen(0.01)}
+    for seed, piper in (("s0", 0.77), ("s1", 0.78)):      # another: both meet, and ...
+        runs[f"kokoro80.{seed} lm+guard"] = {"clinical_dev": clin(0.9, piper), "general_dev": gen(0.01)}
+        runs[f"kokoro80.{seed}_m90 lm+guard"] = {"clinical_dev": clin(0.9, piper - 0.1), "general_dev": gen(0.0)}
+    for seed in ("s0", "s1"):                              # ... a third whose English is lost on validation
+        runs[f"kokoro160.{seed} lm+guard"] = {"clinical_dev": clin(0.95, 0.9), "general_dev": gen(0.03)}
+    res = {"sets": {"clinical_dev": "x", "general_dev": "x"}, "runs": runs}
+    ch = choose_merge.choose(res, (["clinical_dev"], ["general_dev"]), (["clinical_dev"], ["general_dev"]),
+                             criterion="issue21")
+    assert ch["chosen"] == {"arm": "kokoro80", "weight": 1.0, "decoding": "lm+guard"}
+    by = {(c["arm"], c["weight"]): c["dev"]["seeds_meeting"] for c in ch["candidates"]}
+    assert by == {("kokoro80", 1.0): 2, ("", 1.0): 1, ("kokoro80", 0.9): 0, ("kokoro160", 1.0): 0}
+    md = choose_merge.table(ch)
+    assert "Chosen: kokoro80, weight 1.0, lm+guard" in md and "| training set | weight |" in md
+    assert "| — | 1.0 | lm+guard | 1 of 2 |" in md and md.count("|---") == 8
+    assert choose_merge._name("s0_m85") == ("", "s0", 0.85) and choose_merge._name("a.b.s1") == ("a.b", "s1", 1.0)
