@@ -31,6 +31,20 @@ def test_bad_input_is_a_message_not_a_traceback(clinasr_home):
     assert "Traceback" not in r.stderr
 
 
+def test_data_build_passes_the_voice_set_on_and_refuses_an_unknown_one(monkeypatch, capsys):
+    from clinasr import cli
+
+    got = []
+    monkeypatch.setattr("clinasr.datasets.build_and_stage", lambda req: got.append(req) or
+                        {"snapshot": {}, "dataset": {"card": {"counts": {}}}})
+    a = build_parser().parse_args(["data", "build", "--terms", "warfarin", "--synthesis", "kokoro"])
+    assert cli.cmd_data_build(a) == 0 and got[0].synthesis == "kokoro"
+    assert build_parser().parse_args(["data", "build"]).synthesis == "default"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "build", "--synthesis", "piper"])
+    assert "invalid choice: 'piper'" in capsys.readouterr().err
+
+
 def test_lm_names_a_missing_model_or_text_without_a_traceback(tmp_path):
     (tmp_path / "m.nemo").write_bytes(b"")
     for argv, missing in ((["lm", str(tmp_path / "none.nemo"), "--text", "x.txt", "--out", "o.nemo"], "none.nemo"),

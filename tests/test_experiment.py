@@ -423,11 +423,13 @@ def test_clinical_sets_pool_into_one_ker_reduction_per_engine(tmp_path, monkeypa
               {"utt_id": "g2", "text": "a cup of tea", "terms": [], "voice": "espeak:roa/it"}]
     ok = {"g1": "the window is open", "g2": "a cup of tea"}
     general = {"gen": write_set(tmp_path / "gen", "gen", rows_g, {
-        ("base", "greedy"): ok, ("base", "lm"): ok, ("m", "greedy"): {**ok, "g1": "the fentanyl is open"},
+        ("base", "greedy"): ok, ("base", "lm"): {**ok, "g2": "a cup of the"},   # the base's LM errs where greedy did not
+        ("m", "greedy"): {**ok, "g1": "the fentanyl is open"},
         ("m", "lm"): {"g1": "the fentanyl is open", "g2": "a cup of heparin"}})}
     g = PC.pooled_general(general, ["m"])["m"]
     assert g["utterances"] == 2 and g["phantoms"] == 1 and g["phantoms_per_100"]["estimate"] == 50.0
-    assert g["wer_change"]["estimate"] == pytest.approx(1 / 8) and g["phantoms_per_100_change"]["estimate"] == 50.0
+    assert g["phantoms_per_100"]["ci"][1] > 0 and g["phantoms_per_100_change"]["estimate"] == 50.0   # the model's rows
+    assert g["wer_change"]["estimate"] == 0.0                  # one error each, both read with their LM under the guard
     assert PC.pooled_general(general, ["m"], "greedy")["m"]["wer_change"]["estimate"] == pytest.approx(1 / 8)
 
 
@@ -651,5 +653,6 @@ def test_training_set_is_chosen_among_arms_named_arm_dot_seed(monkeypatch):
     assert by == {("kokoro80", 1.0): 2, ("", 1.0): 1, ("kokoro80", 0.9): 0, ("kokoro160", 1.0): 0}
     md = choose_merge.table(ch)
     assert "Chosen: kokoro80, weight 1.0, lm+guard" in md and "| training set | weight |" in md
-    assert "| — | 1.0 | lm+guard | 1 of 2 |" in md and md.count("|---") == 8
+    assert "| — | 1.0 | lm+guard | 1 of 2 |" in md and "| kokoro80 | 1.0 | lm+guard | 2 of 2 |" in md
+    assert md.count("|---") == 8
     assert choose_merge._name("s0_m85") == ("", "s0", 0.85) and choose_merge._name("a.b.s1") == ("a.b", "s1", 1.0)
