@@ -64,10 +64,9 @@ def pooled_general(sets: dict[str, tuple[Path, Path]], models: list[str], decodi
     out = {}
     for m in models:
         rows = per_rows(m, sets, decoding, inventory)
-        paired = metrics.paired_reduction_ci(base, rows)
-        out[m] = {"utterances": paired["utterances"], "wer_change": paired["wer_change"],
-                  "phantoms": sum(r["phantoms"] for r in rows),
-                  "phantoms_per_100": {"estimate": 100.0 * sum(r["phantoms"] for r in rows) / len(rows),
+        paired, phantoms = metrics.paired_reduction_ci(base, rows), sum(r["phantoms"] for r in rows)
+        out[m] = {"utterances": paired["utterances"], "wer_change": paired["wer_change"], "phantoms": phantoms,
+                  "phantoms_per_100": {"estimate": 100.0 * phantoms / len(rows),
                                        "ci": metrics.bootstrap_ci(rows)["phantoms_per_100"]},
                   "phantoms_per_100_change": paired["phantoms_per_100_change"]}
     return out

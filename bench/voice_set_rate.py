@@ -8,6 +8,7 @@ clinical transcripts rendered with each, workers as given, and the ratio to ``de
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import tempfile
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 
 from clinasr.datasets import SYNTHESIS_CONFIGS
-from clinasr.settings import REPO_ROOT
 from clinasr.synth import pipeline
 from clinasr.synth.lexicon import load_lexicon, load_terms
 from clinasr.synth.transcripts import generate_transcripts
@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in SYNTHESIS_CONFIGS.items():
             t = time.perf_counter()
-            built = pipeline.build_dataset(Path(tmp) / name, utts, config=pipeline.load_config(REPO_ROOT / path), seed=1,
+            built = pipeline.build_dataset(Path(tmp) / name, utts, config=pipeline.load_config(path), seed=1,
                                            workers=a.workers, meta={"name": f"rate-{name}"}, progress=False)
             wall = time.perf_counter() - t
             audio = 3600 * sum(built["card"]["hours"].values())
@@ -55,10 +55,10 @@ def main() -> None:
 
 
 def _engines(per_voice: dict) -> dict:
-    out: dict[str, int] = {}
+    engines: collections.Counter = collections.Counter()
     for v, n in per_voice.items():
-        out[v.split(":")[0]] = out.get(v.split(":")[0], 0) + n
-    return out
+        engines[v.split(":")[0]] += n
+    return dict(engines)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clinasr.settings import REPO_ROOT, Settings
+from clinasr.settings import Settings, repo_path
 
 # The clinical training set's voice sets (synthesis configs, checked in): ``default`` is the CPU demo's; ``kokoro``
 # adds Kokoro-82M, a neural synthesiser, to ~17% of the rows. For GPU fine-tunes it is the measured choice: the
@@ -66,7 +66,7 @@ class DatasetRequest:
         """The voice set's config (its path relative to the repository, which the ML runtime resolves against its
         own copy, a container's too), with its sha256 (recorded in the dataset card: which voices made it)."""
         path = SYNTHESIS_CONFIGS[self.synthesis]
-        return {"name": self.synthesis, "path": path, "sha256": hashlib.sha256((REPO_ROOT / path).read_bytes()).hexdigest()}
+        return {"name": self.synthesis, "path": path, "sha256": hashlib.sha256(repo_path(path).read_bytes()).hexdigest()}
 
 
 def make_transcripts(req: DatasetRequest, work_dir: Path) -> dict:

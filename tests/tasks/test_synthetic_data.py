@@ -27,6 +27,7 @@ def test_the_voice_set_is_a_checked_in_config_sent_to_the_ml_stage_and_recorded_
     import json
 
     from clinasr import datasets
+    from clinasr.settings import REPO_ROOT
 
     r = dataset_request(FORM)
     assert r.synthesis == "default"
@@ -48,7 +49,7 @@ def test_the_voice_set_is_a_checked_in_config_sent_to_the_ml_stage_and_recorded_
     cfg = datasets.SYNTHESIS_CONFIGS["kokoro"]
     assert syn["config"] == qa["config"] == cfg        # the repository's path: the ML runtime resolves it in its copy
     assert syn["meta"]["synthesis_config"] == {
-        "name": "kokoro", "path": cfg, "sha256": hashlib.sha256((datasets.REPO_ROOT / cfg).read_bytes()).hexdigest()}
+        "name": "kokoro", "path": cfg, "sha256": hashlib.sha256((REPO_ROOT / cfg).read_bytes()).hexdigest()}
 
 
 def test_the_reviewers_decision_is_declared_for_provenance(clinasr_home, monkeypatch):

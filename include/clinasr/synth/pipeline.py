@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from clinasr import audio as A
-from clinasr.settings import REPO_ROOT
+from clinasr.settings import REPO_ROOT, repo_path
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "synthesis.yaml"
 TTS_ATTEMPTS = 2
@@ -35,12 +35,9 @@ POOL_RESTARTS = 3
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """A synthesis config (default configs/synthesis.yaml; a relative path not found from here is the repository's,
-    as the data stage's voice sets name them) with ``overrides`` merged in."""
-    path = Path(path or DEFAULT_CONFIG)
-    if not path.is_absolute() and not path.exists():
-        path = REPO_ROOT / path
-    cfg = yaml.safe_load(path.read_text())
+    """A synthesis config (default configs/synthesis.yaml; a relative path is the repository's, as checked-in configs
+    and the data stage's voice sets name them: ``settings.repo_path``) with ``overrides`` merged in."""
+    cfg = yaml.safe_load(repo_path(path or DEFAULT_CONFIG).read_text())
     for k, v in (overrides or {}).items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}
