@@ -16,7 +16,7 @@ does: greedily, or with the LM under the phantom guard (``--decodings``). The ch
 meets them on the most seeds, then the highest mean term accuracy (issue20) or the highest mean of the smaller of
 the two KER reductions (issue21). Several RESULTS.json (the validation sets scored for every candidate, the test
 sets for the chosen one: ``bench/phantom_guard_eval.py --only-sets``) are read as one; a candidate not scored on the
-test sets is reported as such. Writes DIR/choice.json and DIR/choice.md (every candidate on both
+test sets is reported as such, and a model not scored on every validation set is no candidate (the table names it). Writes DIR/choice.json and DIR/choice.md (every candidate on both
 validation and test sets, seed by seed).
 """
 from __future__ import annotations
@@ -76,9 +76,14 @@ def _mean(xs):
 def choose(res: dict, dev: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
            decodings: tuple[str, ...] = DECODINGS, criterion: str = "issue20") -> dict:
     cands: dict[tuple[str, float, str], dict] = {}
+    unscored: dict[str, list[str]] = {}   # "MODEL DECODING" left out: a validation set it was not scored on
     for key, run in res["runs"].items():
         model, dec = key.split(" ", 1)
         if model == "base" or dec not in decodings:
+            continue
+        missing = [s for s in sum(map(list, dev), []) if s not in run]
+        if missing:
+            unscored[key] = missing
             continue
         arm, seed, w = _name(model)
         c = cands.setdefault((arm, w, dec), {"arm": arm, "weight": w, "decoding": dec, "seeds": {}})
@@ -94,10 +99,16 @@ def choose(res: dict, dev: tuple[list[str], list[str]], test: tuple[list[str], l
                        **{k: _mean([f[k] for f in fs]) for k in ("term_accuracy_espeak", "ker_reduction_espeak",
                                                                  "ker_reduction_piper", "general_wer_change",
                                                                  "phantoms_per_100", "rank")}}
+    if not cands:
+        raise SystemExit("no candidate was scored on every validation set ("
+                         + "; ".join(f"{m}: no {', '.join(v)}" for m, v in sorted(unscored.items())) + ")")
     ranked = sorted(cands.values(), key=lambda c: (-c["dev"]["seeds_meeting"], -c["dev"]["rank"]))
-    return {"criterion": criterion, "bounds": CRITERIA[criterion], "dev_sets": dev, "test_sets": test,
-            "chosen": {k: ranked[0][k] for k in ("arm", "weight", "decoding") if k != "arm" or ranked[0]["arm"]},
-            "candidates": ranked}
+    out = {"criterion": criterion, "bounds": CRITERIA[criterion], "dev_sets": dev, "test_sets": test,
+           "chosen": {k: ranked[0][k] for k in ("arm", "weight", "decoding") if k != "arm" or ranked[0]["arm"]},
+           "candidates": ranked}
+    if unscored:
+        out["not_candidates"] = unscored
+    return out
 
 
 def table(ch: dict) -> str:
@@ -135,6 +146,9 @@ def table(ch: dict) -> str:
                         + f", {f['test']['general_wer_change']:+.3f}{' ✓' if f['test']['meets'] else ''}"
                         for s, f in sorted(c["seeds"].items()) if f["test"] is not None)
         lines.append(f"{lead_cols}| {summary(c['dev'])} | {summary(t)} | {per} |")
+    if ch.get("not_candidates"):
+        lines += ["", "Not candidates (not scored on every validation set): " + "; ".join(
+            f"{m} (no {', '.join(v)})" for m, v in sorted(ch["not_candidates"].items())) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,9 @@ machine). Fine-tunes of one base trained on one clinical set get the same rebuil
 the same clinical sentences, the same tokenizer): it is estimated once and embedded in each. Writes results.json and results.md: per fine-tune and decoding, term accuracy and the
 relative KER reduction per engine against the base decoded the same way, the general WER change with a paired
 bootstrap CI, phantom terms per 100 general utterances, and how many vetoes removed a term nobody said.
+``--noisy-set NAME=TEXT:DRAWS`` renders an everyday-English set spoken only in noise (SNR 10-25 dB), each sentence
+DRAWS times, each draw drawing a held-out voice and noise of its own (independently: two draws may share a voice):
+phantom terms come mostly from noisy clips, and a validation set where they show needs many of them.
 ``--only-sets NAME ...`` scores those sets alone: a choice made on validation sets first (bench/choose_merge.py), then
 only the chosen models on the test sets, so that the test sets never see a candidate that was not chosen.
 """
@@ -71,14 +74,37 @@ def rebuilt_lm(name: str, ft: Path, base_lm: Path, work: Path, cache: Path, buil
     return dst
 
 
-def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | None = None, workers: int = 2) -> dict[str, Path]:
-    """Everyday-English sets from text files, in general_heldout's held-out voices and conditions, and clinical
-    sets of clinical_heldout's config with other seeds (``clinical``: name -> seed)."""
+def noisy_conditions(draws: int) -> dict[str, dict]:
+    """``draws`` conditions that each speak every sentence once with hospital noise at SNR 10-25 dB (general_heldout's
+    noisy condition): each draw picks its own held-out voice and noise per sentence (they key on the utterance id)."""
+    from clinasr import evalsets
+
+    noisy = (evalsets.load_config()["sets"]["general_heldout"].get("conditions") or {}).get("noisy")
+    if not noisy:
+        raise SystemExit("--noisy-set speaks general_heldout's noisy condition, and the evaluation-set config has none")
+    return {f"noisy{k + 1}": copy.deepcopy(noisy) for k in range(draws)}
+
+
+def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | None = None, workers: int = 2,
+                noisy: dict[str, tuple[str, int]] | None = None) -> dict[str, Path]:
+    """Everyday-English sets from text files, in general_heldout's held-out voices and conditions, clinical sets of
+    clinical_heldout's config with other seeds (``clinical``: name -> seed), and everyday-English sets spoken only
+    with noise, several draws of each sentence (``noisy``: name -> (text file, draws)): phantom terms come mostly
+    from noisy clips, and a validation set of 149 sentences shows 0-1 of them, too few to choose on."""
     from clinasr import evalsets
 
     out = {}
+    names = [*extra, *(clinical or {}), *(noisy or {})]
+    clash = sorted({n for n in names if names.count(n) > 1 or n in ("clinical_heldout", "general_heldout")})
+    if clash:
+        raise SystemExit(f"set names must differ from each other and from the held-out sets: {', '.join(clash)}")
     todo = [(n, "general_heldout", {"text": t}) for n, t in sorted(extra.items())]
     todo += [(n, "clinical_heldout", {"seed": int(seed)}) for n, seed in sorted((clinical or {}).items())]
+    # a noisy set's seed does not depend on the other sets asked for (its utterance ids carry its name, so two
+    # noisy sets of one text still draw their own voices and noise)
+    noisy_seed = int(evalsets.load_config()["sets"]["general_heldout"]["seed"]) + 100
+    todo += [(n, "general_heldout", {"text": t, "conditions": noisy_conditions(k), "seed": noisy_seed})
+             for n, (t, k) in sorted((noisy or {}).items())]
     for i, (name, like, change) in enumerate(todo):
         cfg = evalsets.load_config()
         s = copy.deepcopy(cfg["sets"][like])
@@ -88,6 +114,11 @@ def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | No
         d = work / "extra_sets" / name
         if not (d / evalsets.TEST_MANIFEST).exists():
             evalsets.build_set(name, d, cfg, workers=workers, progress=False)
+        else:   # a set rendered before under this name must be the set asked for now
+            card = json.loads((d / "evalset_card.json").read_text())
+            if card.get("config_hash") != evalsets.config_hash(cfg, name):
+                raise SystemExit(f"{d} holds another set {name!r} (other text, seed or draws): remove it or choose "
+                                 "another name")
         out[name] = d / evalsets.TEST_MANIFEST
         if like == "clinical_heldout":   # another seed draws some of the test set's sentences again: left out
             test = {json.loads(x)["text"] for x in (work / "evalsets" / like / evalsets.TEST_MANIFEST).read_text().splitlines()}
@@ -97,6 +128,19 @@ def render_sets(extra: dict[str, str], work: Path, clinical: dict[str, str] | No
             out[name].write_text("".join(x + "\n" for x in kept))
             print(f"[sets] {name}: {len(rows) - len(kept)} of {len(rows)} rows left out (their sentence is in {like})")
     return out
+
+
+def _noisy_arg(arg: str) -> tuple[str, str, int]:
+    """NAME=TEXT:DRAWS -> (NAME, TEXT, DRAWS)."""
+    name, _, rest = arg.partition("=")
+    text, _, draws = rest.rpartition(":")
+    try:
+        n = int(draws)
+    except ValueError:
+        n = 0
+    if not name or not text or n < 1:
+        raise SystemExit(f"--noisy-set {arg!r}: expected NAME=TEXT:DRAWS with DRAWS >= 1")
+    return name, text, n
 
 
 def score(model: Path, manifests: dict[str, Path], out: Path, greedy: bool = False) -> dict[str, dict[str, str]]:
@@ -157,8 +201,11 @@ def main() -> None:
                     help="another everyday-English set rendered from a text file (held-out voices)")
     ap.add_argument("--clinical-set", action="append", default=[], metavar="NAME=SEED",
                     help="another clinical set: clinical_heldout's config with another seed (held-out voices)")
+    ap.add_argument("--noisy-set", action="append", default=[], metavar="NAME=TEXT:DRAWS",
+                    help="an everyday-English set spoken only with noise (SNR 10-25 dB), DRAWS times per sentence, each "
+                         "draw with a held-out voice and noise drawn for it: a validation set on which phantom terms show")
     ap.add_argument("--only-sets", nargs="+", metavar="NAME",
-                    help="score these sets only (default: clinical_heldout, general_heldout and every --set/--clinical-set)")
+                    help="score these sets only (default: clinical_heldout, general_heldout and every --set/--clinical-set/--noisy-set)")
     ap.add_argument("--jobs", type=int, default=1, help="models scored at once (default 1)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -167,7 +214,9 @@ def main() -> None:
     work, out = Path(a.work), Path(a.out)
     manifests = {n: work / "evalsets" / n / "test_manifest.jsonl" for n in ("clinical_heldout", "general_heldout")}
     clinical_sets = dict(s.split("=", 1) for s in a.clinical_set)
-    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work, clinical_sets, workers=max(2, a.jobs)))
+    noisy = {n: (t, int(k)) for n, t, k in (_noisy_arg(x) for x in a.noisy_set)}
+    manifests.update(render_sets(dict(s.split("=", 1) for s in a.set), work, clinical_sets, workers=max(2, a.jobs),
+                                 noisy=noisy))
     if a.only_sets:
         unknown = sorted(set(a.only_sets) - set(manifests))
         if unknown:

@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-term", type=int, help="clinical training utterances per priority term (default: the config's)")
     ap.add_argument("--synthesis", help="the synthesis config (voices, augmentation) of the clinical training set "
                     "(default: the config's clinical.synthesis, else configs/synthesis.yaml); give it its own --work")
+    ap.add_argument("--replay-in-clinical-voices", action="store_true",
+                    help="the replay set speaks the clinical set's voices that the base lacks too, each at its share of "
+                         "the clinical rows (clinasr.evalsets.add_voices_of): no voice is heard only in clinical speech")
     ap.add_argument("--prepare-only", action="store_true",
                     help="render the sets and the clinical training set into --work, then stop (nothing is trained)")
     ap.add_argument("--base-scores", help="the base's scores on the held-out sets from `python -m clinasr.experiment "
@@ -63,6 +66,12 @@ def main(argv=None) -> int:
         cfg["clinical"]["per_term"] = a.per_term
     if a.synthesis:
         cfg["clinical"]["synthesis"] = a.synthesis
+    if a.replay_in_clinical_voices:
+        cfg["clinical"]["replay_in_clinical_voices"] = True
+        try:
+            experiment.recipes_evalsets_config(cfg["clinical"])
+        except ValueError as e:
+            ap.error(f"--replay-in-clinical-voices: {e}; give --synthesis")
     def pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
         out = {}
         for kv in items:

@@ -22,6 +22,8 @@
 # `prepare` carries .whl alone (espeak-ng stays unpacked under /opt). prepare 80 160 took 378 s (Kokoro's rows are
 # most of it), three runs at once 593 s of the 600 s limit: run two at once, or fewer steps, next time. 'prepare'
 # prints the training rows per engine: an engine that failed leaves quarantine reasons instead of rows.
+# With the replay set in Kokoro's voices too (RECIPES_ARGS="... --replay-in-clinical-voices", WORK_PREFIX=/tmp/wr,
+# 2026-12-04, fifth session) prepare 80 took 527 s (the replay set with its ~1,700 Kokoro rows 405 s), two runs at once 493 s.
 set -uo pipefail
 mode=${1:-}; shift || true
 default_pt=$(python3 -c "import yaml; print(yaml.safe_load(open('configs/experiment/recipes.yaml'))['clinical']['per_term'])")

@@ -72,6 +72,103 @@ def test_replay_speaks_in_the_base_models_voices_and_follows_its_config(cfg, tmp
         evalsets.config_hash(other, "general_replay")
 
 
+def test_replay_with_the_clinical_voices_speaks_each_new_voice_at_its_clinical_share(cfg, tmp_path):
+    """``with_voices_of``: a replay set speaks the base's voices and, at the share of the rows they have in the clinical
+    set's synthesis config, the voices the base lacks (Kokoro in synthesis_clinical_kokoro.yaml), so that no voice is
+    heard only in clinical speech. The rows' voices are drawn as the builder draws them."""
+    import random
+
+    import yaml
+
+    from clinasr.synth import pipeline, tts
+
+    kokoro_cfg = "configs/experiment/synthesis_clinical_kokoro.yaml"
+    clinical = pipeline.load_config(evalsets.REPO_ROOT / kokoro_cfg)
+    sl = clinical["accent_profiles"]["second_language"]
+    share = clinical["accent_mix"]["second_language"] / sum(clinical["accent_mix"].values()) \
+        * sum(v["engine"] == "kokoro" for v in sl) / len(sl)                  # 5 of 9 voices of 30% of the rows
+    plain = evalsets.synthesis_config(cfg, evalsets.spec(cfg, "general_replay"), {})
+    other = copy.deepcopy(cfg)
+    other["replay"]["general_replay"]["with_voices_of"] = kokoro_cfg
+    scfg = evalsets.synthesis_config(other, evalsets.spec(other, "general_replay"), {})
+    added = scfg["accent_profiles"].pop("second_language_kokoro")
+    assert sorted(v["voice"] for v in added) == sorted(v["voice"] for v in sl if v["engine"] == "kokoro")
+    assert scfg["accent_profiles"] == plain["accent_profiles"]                 # every voice of the base kept
+    mix = scfg["accent_mix"]
+    assert mix["second_language_kokoro"] / sum(mix.values()) == pytest.approx(share)
+    assert {k: v for k, v in mix.items() if k in plain["accent_mix"]} == plain["accent_mix"]
+    assert scfg["voice_variation"]["kokoro_speed"] == clinical["voice_variation"]["kokoro_speed"]
+    assert clinical["voice_variation"]["rate"] != plain["voice_variation"]["rate"]
+    assert scfg["voice_variation"] == {**plain["voice_variation"], "kokoro_speed": clinical["voice_variation"]["kokoro_speed"]}
+    scfg["accent_profiles"]["second_language_kokoro"] = added
+    voices = tts.voices_from_config(scfg)
+    picks = [tts.pick_voice(random.Random(f"7|{i}|pick"), voices, mix) for i in range(6000)]
+    assert sum(v.engine == "kokoro" for v in picks) / len(picks) == pytest.approx(share, abs=0.02)
+    # the set is rebuilt when that config's content changes; a config whose voices the base has anyway adds nothing
+    assert evalsets.config_hash(other, "general_replay") != evalsets.config_hash(cfg, "general_replay")
+    changed = tmp_path / "clinical.yaml"
+    changed.write_text(yaml.safe_dump(clinical))
+    other["replay"]["general_replay"]["with_voices_of"] = str(changed)
+    h = evalsets.config_hash(other, "general_replay")
+    changed.write_text(yaml.safe_dump({**clinical, "accent_mix": {**clinical["accent_mix"], "second_language": 0.5}}))
+    assert evalsets.config_hash(other, "general_replay") != h
+    other["replay"]["general_replay"]["with_voices_of"] = str(tmp_path / "gone.yaml")
+    with pytest.raises(evalsets.EvalSetError, match="with_voices_of: the synthesis config .*gone.yaml does not exist"):
+        evalsets.config_hash(other, "general_replay")
+    other["replay"]["general_replay"]["with_voices_of"] = "configs/synthesis.yaml"
+    assert evalsets.synthesis_config(other, evalsets.spec(other, "general_replay"), {})["accent_mix"] == plain["accent_mix"]
+    # a held-out voice never reaches training speech through it
+    heldout = copy.deepcopy(clinical)
+    heldout["accent_profiles"]["second_language"].append({"engine": "espeak", "voice": "roa/pt-br"})
+    (tmp_path / "heldout.yaml").write_text(yaml.safe_dump(heldout))
+    other["replay"]["general_replay"]["with_voices_of"] = str(tmp_path / "heldout.yaml")
+    with pytest.raises(evalsets.EvalSetError, match="roa/pt-br"):
+        evalsets.synthesis_config(other, evalsets.spec(other, "general_replay"), {})
+    # a config of new voices only would replay none of the base's: refused
+    only_new = {**clinical, "accent_profiles": {"second_language": [v for v in sl if v["engine"] == "kokoro"]}}
+    (tmp_path / "only_new.yaml").write_text(yaml.safe_dump(only_new))
+    other["replay"]["general_replay"]["with_voices_of"] = str(tmp_path / "only_new.yaml")
+    with pytest.raises(evalsets.EvalSetError, match="every voice is new to the base"):
+        evalsets.synthesis_config(other, evalsets.spec(other, "general_replay"), {})
+    ten = {"accent_mix": {"a": 1.0}, "accent_profiles": {"a": [{"engine": "kokoro", "voice": f"v{i}"} for i in range(10)]}}
+    with pytest.raises(evalsets.EvalSetError, match="every voice is new"):     # shares that sum to 0.999...
+        evalsets.add_voices_of(copy.deepcopy(plain), _yaml(tmp_path / "ten.yaml", ten), cfg)
+    # a base voice with no share is not replayed: it is added; a profile name of the base's is never overwritten
+    base = copy.deepcopy(plain)
+    base["accent_mix"]["regional"] = 0.0
+    regional = base["accent_profiles"]["regional"][0]
+    src = {"accent_mix": {"native": 1.0, "regional": 1.0},
+           "accent_profiles": {"native": [base["accent_profiles"]["native"][0]], "regional": [regional]}}
+    out = evalsets.add_voices_of(copy.deepcopy(base), _yaml(tmp_path / "zero.yaml", src), cfg)
+    assert out["accent_profiles"][f"regional_{regional['engine']}"] == [regional]
+    assert out["accent_mix"][f"regional_{regional['engine']}"] / sum(out["accent_mix"].values()) == pytest.approx(0.5)
+    base["accent_profiles"][f"regional_{regional['engine']}"] = []
+    with pytest.raises(evalsets.EvalSetError, match="is one of the base's"):
+        evalsets.add_voices_of(base, tmp_path / "zero.yaml", cfg)
+
+
+def _yaml(path, data):
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_replay_set_is_not_built_without_the_voices_it_adds(cfg, tmp_path):
+    """A replay set whose with_voices_of voices cannot speak here (an engine not installed, a voice that does not
+    exist) is refused before anything renders: it would otherwise be built without them under a config hash that
+    says they are in it."""
+    src = {"accent_mix": {"second_language": 1.0},
+           "accent_profiles": {"second_language": [{"engine": "espeak", "voice": "gmw/en-us"},
+                                                   {"engine": "espeak", "voice": "zz/no-such-voice"}]}}
+    other = copy.deepcopy(cfg)
+    other["replay"]["general_replay"] = {**other["replay"]["general_replay"], "utterances": 20,
+                                         "with_voices_of": str(_yaml(tmp_path / "src.yaml", src))}
+    with pytest.raises(evalsets.EvalSetError, match="cannot speak here: .*zz/no-such-voice"):
+        evalsets.build_set("general_replay", tmp_path / "set", other, progress=False)
+    assert not (tmp_path / "set").exists() or not any((tmp_path / "set").rglob("*.wav"))
+
+
 def test_held_out_sets_speak_the_voices_as_they_are_whatever_the_training_variation(cfg):
     """The training data's espeak-ng variants and Flite variation (configs/synthesis.yaml) never reach the gate's
     sets; rows rendered under another render config are never reused (their cache is keyed by it)."""

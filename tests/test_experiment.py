@@ -494,6 +494,74 @@ def test_fine_tunes_trained_elsewhere_are_named_by_recipe_and_clinical_set_and_c
         E.trained_runs(cfg, {"big:rep4_b64_1000": m})
 
 
+def test_recipes_replay_speaks_the_clinical_voices_only_when_asked(tmp_path):
+    """bench/recipes_experiment.py --replay-in-clinical-voices: the replay set of the recipes experiment gets the
+    clinical synthesis config's voices (a config hash of its own, so a prepared work dir is never reused for it);
+    without a clinical synthesis config the flag is an error, named before anything renders."""
+    from clinasr import evalsets
+
+    plain = E.recipes_evalsets_config({"synthesis": "configs/experiment/synthesis_clinical_kokoro.yaml"})
+    assert "with_voices_of" not in plain["replay"]["general_replay"]
+    asked = E.recipes_evalsets_config({"synthesis": "configs/experiment/synthesis_clinical_kokoro.yaml",
+                                       "replay_in_clinical_voices": True})
+    assert asked["replay"]["general_replay"]["with_voices_of"] == "configs/experiment/synthesis_clinical_kokoro.yaml"
+    assert evalsets.config_hash(asked, "general_replay") != evalsets.config_hash(plain, "general_replay")
+    assert evalsets.config_hash(asked, "general_heldout") == evalsets.config_hash(plain, "general_heldout")
+    with pytest.raises(ValueError, match="needs the clinical set's synthesis config"):
+        E.recipes_evalsets_config({"replay_in_clinical_voices": True})
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "recipes_experiment.py"), "--replay-in-clinical-voices",
+                        "--prepare-only", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "give --synthesis" in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_noisy_validation_set_draws_each_sentence_several_times_in_noise():
+    """bench/phantom_guard_eval.py --noisy-set NAME=TEXT:DRAWS: DRAWS conditions, each general_heldout's noisy one."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from phantom_guard_eval import _noisy_arg, noisy_conditions
+
+    from clinasr import evalsets
+
+    assert _noisy_arg("dev_noisy=bench/data/general_dev_en.txt:4") == ("dev_noisy", "bench/data/general_dev_en.txt", 4)
+    for bad in ("dev_noisy=bench/data/general_dev_en.txt", "dev_noisy=x.txt:0", "=x.txt:2"):
+        with pytest.raises(SystemExit, match="NAME=TEXT:DRAWS"):
+            _noisy_arg(bad)
+    conds = noisy_conditions(3)
+    noisy = evalsets.load_config()["sets"]["general_heldout"]["conditions"]["noisy"]
+    assert list(conds) == ["noisy1", "noisy2", "noisy3"] and all(c == noisy for c in conds.values())
+    assert noisy["augment"] and noisy["augmentation"]["noise"]["p"] == 1.0
+
+
+def test_a_noisy_validation_set_renders_its_draws_and_is_never_mistaken_for_another(tmp_path, monkeypatch):
+    """--noisy-set rendered for real (a small evaluation-set config): every sentence once per draw, every row noisy
+    and its own utterance; asked again with other draws under the same name it stops instead of reusing the old
+    audio; a name used twice, or a held-out set's name, is refused before anything renders."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from phantom_guard_eval import render_sets
+
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "evalsets-small.yaml").read_text())
+    big = yaml.safe_load((REPO / "configs" / "evalsets.yaml").read_text())
+    cfg["sets"]["general_heldout"]["conditions"]["noisy"] = big["sets"]["general_heldout"]["conditions"]["noisy"]
+    (tmp_path / "evalsets.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("CLINASR_EVALSETS_CONFIG", str(tmp_path / "evalsets.yaml"))
+    text = tmp_path / "dev.txt"
+    text.write_text("the kettle clicked off just as the phone started ringing\nwe walked along the river after lunch\n")
+    out = render_sets({}, tmp_path / "w", noisy={"dev_noisy": (str(text), 2)})
+    rows = [json.loads(x) for x in out["dev_noisy"].read_text().splitlines()]
+    assert len(rows) == 4 and len({r["utt_id"] for r in rows}) == 4
+    assert sorted(r["condition"] for r in rows) == ["noisy1", "noisy1", "noisy2", "noisy2"]
+    assert all(r["noise_band"] != "clean" for r in rows)
+    assert render_sets({}, tmp_path / "w", noisy={"dev_noisy": (str(text), 2)}) == out      # the same set: reused
+    with pytest.raises(SystemExit, match="holds another set 'dev_noisy'"):
+        render_sets({}, tmp_path / "w", noisy={"dev_noisy": (str(text), 3)})
+    for extra, noisy in (({"dev_noisy": str(text)}, {"dev_noisy": (str(text), 2)}), ({}, {"general_heldout": (str(text), 2)})):
+        with pytest.raises(SystemExit, match="set names must differ"):
+            render_sets(extra, tmp_path / "w2", noisy=noisy)
+    assert not (tmp_path / "w2").exists()
+
+
 def test_recipes_table_shows_the_ker_reduction_per_engine_when_the_results_have_it():
     ci = lambda e: {"estimate": e, "ci": [e - 0.05, e + 0.05]}  # noqa: E731
     run = {"global_step": 1000, "train_seconds": 200,
@@ -656,3 +724,15 @@ def test_training_set_is_chosen_among_arms_named_arm_dot_seed(monkeypatch):
     assert "| — | 1.0 | lm+guard | 1 of 2 |" in md and "| kokoro80 | 1.0 | lm+guard | 2 of 2 |" in md
     assert md.count("|---") == 8
     assert choose_merge._name("s0_m85") == ("", "s0", 0.85) and choose_merge._name("a.b.s1") == ("a.b", "s1", 1.0)
+    # a validation set scored for some models only (a noisier draw added later): the others are no candidates, named
+    for seed in ("s0", "s1"):
+        runs[f"kokoro80.{seed} lm+guard"]["general_dev_noisy"] = gen(0.01)
+    runs["kokoro80.s0_m90 lm+guard"]["general_dev_noisy"] = gen(0.0)
+    ch = choose_merge.choose(res, (["clinical_dev"], ["general_dev", "general_dev_noisy"]), (["clinical_dev"], ["general_dev"]),
+                             criterion="issue21")
+    assert {(c["arm"], c["weight"]) for c in ch["candidates"]} == {("kokoro80", 1.0), ("kokoro80", 0.9)}
+    assert ch["not_candidates"] == {f"{m} lm+guard": ["general_dev_noisy"]
+                                    for m in ("s0", "s1", "kokoro80.s1_m90", "kokoro160.s0", "kokoro160.s1")}
+    assert "Not candidates (not scored on every validation set): kokoro160.s0 lm+guard (no general_dev_noisy);" in choose_merge.table(ch)
+    with pytest.raises(SystemExit, match="no candidate was scored on every validation set .*s0 lm\\+guard: no general_check"):
+        choose_merge.choose(res, (["clinical_dev"], ["general_check"]), (["clinical_dev"], ["general_dev"]))

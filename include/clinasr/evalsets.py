@@ -83,6 +83,10 @@ def config_hash(cfg: dict, name: str) -> str:
         deps["text"] = _file_sha(s["text"])
     if s.get("voices") == "base":
         deps["base_voices"] = {k: _base_config(s).get(k) for k in ("voices", "accent_mix", "voice_variation")}
+    if s.get("with_voices_of"):
+        if not repo_path(s["with_voices_of"]).exists():
+            raise EvalSetError(f"{name}: with_voices_of: the synthesis config {repo_path(s['with_voices_of'])} does not exist")
+        deps["with_voices_of"] = _file_sha(s["with_voices_of"])
     return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -261,6 +265,8 @@ def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
         scfg["accent_profiles"] = tts.profile_entries(base["voices"]["train"])
         scfg["accent_mix"] = {p: base["accent_mix"].get(p, 1.0) for p in scfg["accent_profiles"]}
         scfg["voice_variation"] = {**scfg.get("voice_variation", {}), **(base.get("voice_variation") or {})}
+        if s.get("with_voices_of"):
+            add_voices_of(scfg, s["with_voices_of"], cfg)
     elif s.get("voices", "heldout") != "training":
         scfg["accent_profiles"] = {p: list(vs) for p, vs in cfg["heldout"]["voices"].items()}
         scfg["accent_mix"] = dict(cfg["heldout"].get("accent_mix") or {p: 1.0 for p in scfg["accent_profiles"]})
@@ -270,6 +276,70 @@ def synthesis_config(cfg: dict, s: dict, condition: dict) -> dict:
     for k, v in (condition.get("augmentation") or {}).items():
         scfg["augmentation"][k] = {**scfg["augmentation"].get(k, {}), **v}
     return scfg
+
+
+def add_voices_of(scfg: dict, path: str | Path, cfg: dict | None = None) -> dict:
+    """Add to a replay set's synthesis config ``scfg`` (the base's voices) the voices of a clinical training set's
+    synthesis config (``path``) that the base does not replay, each with the share of the rows it has there.
+
+    A voice that speaks only clinical rows tells a fine-tune the domain: with Kokoro in the clinical rows and not in
+    the replay rows, Kokoro's voices never say anything but drugs and doses. Replayed at the same share as in the
+    clinical set, an added voice says nothing about the domain (measured with Kokoro: English ~0.01 better, the
+    held-out engine's KER 4 points lower; docs/benchmarks.md, "Replay in the clinical voices too"). The added voices
+    form one profile per (profile, engine) of the source config, named ``<profile>_<engine>`` (e.g.
+    ``second_language_kokoro``), weighted so that P(voice) in the replay equals P(voice) in the clinical set; the
+    source config's variation settings of the added engines (``kokoro_speed``) come along, and no other setting:
+    the base's voices sound as they did. Returns ``scfg``, changed in place."""
+    from clinasr.synth import pipeline
+
+    p = repo_path(path)
+    if not p.exists():
+        raise EvalSetError(f"with_voices_of: the synthesis config {p} does not exist")
+    other = pipeline.load_config(p)
+    have = {(e["engine"], e["voice"]) for prof, es in scfg["accent_profiles"].items()
+            if float(scfg["accent_mix"].get(prof, 0.0)) > 0 for e in es}   # voices the replay speaks in
+    profiles = {prof: es for prof, es in other["accent_profiles"].items() if es}
+    total = sum(float(other["accent_mix"].get(prof, 0.0)) for prof in profiles)
+    groups: dict[str, list[dict]] = {}
+    share: dict[str, float] = {}
+    for prof, es in profiles.items():
+        each = float(other["accent_mix"].get(prof, 0.0)) / total / len(es) if total else 0.0
+        for e in es:
+            if (e["engine"], e["voice"]) in have or each <= 0:
+                continue
+            g = f"{prof}_{e['engine']}"
+            if g in scfg["accent_profiles"]:
+                raise EvalSetError(f"with_voices_of {path}: the added voices' profile {g!r} is one of the base's")
+            groups.setdefault(g, []).append(dict(e))
+            share[g] = share.get(g, 0.0) + each
+    if not groups:
+        return scfg
+    added = sum(share.values())
+    if 1.0 - added <= 1e-9:
+        raise EvalSetError(f"with_voices_of {path}: every voice is new to the base: nothing of the base's voices "
+                           "would be replayed")
+    check_training_voices({"accent_profiles": groups}, cfg=cfg)
+    weight = sum(float(scfg["accent_mix"].get(prof, 0.0)) for prof in scfg["accent_profiles"])
+    engines = {e["engine"] for es in groups.values() for e in es}
+    for g, es in groups.items():
+        scfg["accent_profiles"][g] = es
+        scfg["accent_mix"][g] = share[g] / (1.0 - added) * weight
+    scfg["voice_variation"].update({k: v for k, v in (other.get("voice_variation") or {}).items()
+                                    if k.split("_", 1)[0] in engines})
+    return scfg
+
+
+def _added_voices_unavailable(scfg: dict, s: dict) -> list[str]:
+    """The voices ``with_voices_of`` added to a replay set that cannot speak here (their engine not installed): the
+    set would be rendered without them under a config hash that says they are in it."""
+    from clinasr.synth import tts
+
+    base = _base_config(s)
+    profiles = [p for p in scfg["accent_profiles"] if p not in base["voices"]["train"]]
+    if not profiles:
+        return []
+    _, problems = tts.check_voices(tts.voices_from_config(scfg, profiles))
+    return problems
 
 
 def _render_key(scfg: dict) -> str:
@@ -313,6 +383,10 @@ def build_set(name: str, out_dir: Path, cfg: dict | None = None, workers: int = 
     conditions, quarantined = {}, 0
     for cond, c in (s.get("conditions") or {"mixed": {"augment": True}}).items():
         scfg = synthesis_config(cfg, s, c)
+        missing = _added_voices_unavailable(scfg, s) if s.get("with_voices_of") else []
+        if missing:
+            raise EvalSetError(f"{name}: the voices of {s['with_voices_of']} cannot speak here: {'; '.join(missing)} "
+                               "(install their engine; the set must not be built without them)")
         cutts = [{**u, "utt_id": f"{u['utt_id']}-{cond}"} for u in utts]
         built = pipeline.build_dataset(out_dir / cond, cutts, config=scfg, seed=int(s["seed"]), workers=workers,
                                        val_fraction=0.15, augment_on=bool(c.get("augment", True)),

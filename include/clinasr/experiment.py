@@ -722,11 +722,11 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
         raise ValueError(f"unknown recipes {unknown}; the config has {list(cfg['recipes'])}")
     elsewhere = trained_runs(cfg, trained) if trained else {}
     out.mkdir(parents=True, exist_ok=True)
-    ecfg = evalsets.load_config()
+    c = cfg["clinical"]
+    ecfg = recipes_evalsets_config(c)
     sets = {}
     for name in ("clinical_heldout", "general_heldout", "general_replay"):
         sets[name] = evalsets.build_set(name, work / "evalsets" / name, ecfg, workers=workers(), progress=False, log=log)
-    c = cfg["clinical"]
     lex = load_lexicon()
     terms = load_terms(c["terms"], lex)
     gen = generate_transcripts(lex, terms, int(c["per_term"]), seed=int(c["seed"]), template_family="a")
@@ -793,6 +793,21 @@ def phase_recipes(cfg: dict, work: Path, out: Path, only: list[str] | None = Non
             record(f"{name}@{entry}", swept, {**extra, "change": {**change, "checkpoint": entry}})
     plot_recipes(results, out / "results.png")
     return results
+
+
+def recipes_evalsets_config(clinical: dict) -> dict:
+    """configs/evalsets.yaml as the recipes experiment builds its sets: with ``replay_in_clinical_voices`` (and a
+    clinical ``synthesis`` config) the replay set speaks that config's voices that the base lacks too, each at its
+    share of the clinical rows (:func:`clinasr.evalsets.add_voices_of`), so that no voice is heard only in clinical
+    speech."""
+    from clinasr import evalsets
+
+    ecfg = evalsets.load_config()
+    if clinical.get("replay_in_clinical_voices"):
+        if not clinical.get("synthesis"):
+            raise ValueError("replay_in_clinical_voices needs the clinical set's synthesis config (clinical.synthesis)")
+        ecfg["replay"]["general_replay"] = {**ecfg["replay"]["general_replay"], "with_voices_of": clinical["synthesis"]}
+    return ecfg
 
 
 def trained_runs(cfg: dict, trained: dict[str, Path]) -> dict[str, dict]:
