@@ -10,6 +10,8 @@ model; the gate decides on sets no training run could have seen (configs/evalset
                       and where a phantom drug is easiest to see.
 ``general_replay``    general speech in the *training* voices from the base model's own text: mixed into
                       every fine-tune (rows carry ``domain: general``) so it keeps what the base knew.
+                      ``with_voices_of: SYNTHESIS_CONFIG`` adds the clinical set's voices the base lacks, at
+                      their clinical share (:func:`add_voices_of`; measured, not used by default).
 
 Each set is content-addressed twice: its **config hash** (its part of the YAML plus the text, lexicon,
 synthesis config and builder it depends on) decides whether it must be rebuilt; its **snapshot** (the
