@@ -77,17 +77,18 @@ def choose(res: dict, dev: tuple[list[str], list[str]], test: tuple[list[str], l
            decodings: tuple[str, ...] = DECODINGS, criterion: str = "issue20") -> dict:
     cands: dict[tuple[str, float, str], dict] = {}
     unscored: dict[str, list[str]] = {}   # "MODEL DECODING" left out: a validation set it was not scored on
+    dev_sets, test_sets = sum(map(list, dev), []), sum(map(list, test), [])
     for key, run in res["runs"].items():
         model, dec = key.split(" ", 1)
         if model == "base" or dec not in decodings:
             continue
-        missing = [s for s in sum(map(list, dev), []) if s not in run]
+        missing = [s for s in dev_sets if s not in run]
         if missing:
             unscored[key] = missing
             continue
         arm, seed, w = _name(model)
         c = cands.setdefault((arm, w, dec), {"arm": arm, "weight": w, "decoding": dec, "seeds": {}})
-        scored = all(s in run for s in sum(map(list, test), []))
+        scored = all(s in run for s in test_sets)
         c["seeds"][seed] = {"dev": figures(run, *dev, criterion), "test": figures(run, *test, criterion) if scored else None}
     for c in cands.values():
         for part in ("dev", "test"):

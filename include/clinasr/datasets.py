@@ -65,8 +65,10 @@ class DatasetRequest:
     def synthesis_config(self) -> dict:
         """The voice set's config (its path relative to the repository, which the ML runtime resolves against its
         own copy, a container's too), with its sha256 (recorded in the dataset card: which voices made it)."""
+        from clinasr.store import sha256_file
+
         path = SYNTHESIS_CONFIGS[self.synthesis]
-        return {"name": self.synthesis, "path": path, "sha256": hashlib.sha256(repo_path(path).read_bytes()).hexdigest()}
+        return {"name": self.synthesis, "path": path, "sha256": sha256_file(repo_path(path))}
 
 
 def make_transcripts(req: DatasetRequest, work_dir: Path) -> dict:

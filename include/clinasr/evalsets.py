@@ -66,11 +66,13 @@ def spec(cfg: dict, name: str) -> dict:
     raise EvalSetError(f"no evaluation or replay set {name!r} in {cfg['path']} (known: {', '.join(names(cfg))})")
 
 
-def _file_sha(path: str | Path) -> str:
+def _file_sha(path: str | Path, what: str = "text source") -> str:
+    from clinasr.store import sha256_file
+
     p = repo_path(path)
     if not p.exists():
-        raise EvalSetError(f"text source {p} does not exist")
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+        raise EvalSetError(f"{what} {p} does not exist")
+    return sha256_file(p)
 
 
 def config_hash(cfg: dict, name: str) -> str:
@@ -86,9 +88,7 @@ def config_hash(cfg: dict, name: str) -> str:
     if s.get("voices") == "base":
         deps["base_voices"] = {k: _base_config(s).get(k) for k in ("voices", "accent_mix", "voice_variation")}
     if s.get("with_voices_of"):
-        if not repo_path(s["with_voices_of"]).exists():
-            raise EvalSetError(f"{name}: with_voices_of: the synthesis config {repo_path(s['with_voices_of'])} does not exist")
-        deps["with_voices_of"] = _file_sha(s["with_voices_of"])
+        deps["with_voices_of"] = _file_sha(s["with_voices_of"], f"{name}: with_voices_of: the synthesis config")
     return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
